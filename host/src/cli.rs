@@ -1,0 +1,213 @@
+//! The `plumeway` command line: `run`, `check` and `demo`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, ConfigError};
+use crate::server::Server;
+
+/// plumeway: a reverse proxy and API gateway extended by WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(
+    name = "plumeway",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  plumeway demo                  run the quickstart (demo backends + proxy on 127.0.0.1:8080)\n  plumeway check plumeway.toml   validate a config and print what it sets up\n  plumeway run plumeway.toml     serve a config (same as `plumeway plumeway.toml`)\n\nLog level: --log LEVEL or PLUMEWAY_LOG (e.g. \"info\", \"debug\", \"plumeway::access=off\")."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file to serve (shorthand for `plumeway run CONFIG`).
+    config: Option<PathBuf>,
+    /// Log filter: a level (error, warn, info, debug, trace) or
+    /// tracing directives. Overrides PLUMEWAY_LOG.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a config file until SIGINT or SIGTERM.
+    Run {
+        /// Path to the TOML config.
+        config: PathBuf,
+    },
+    /// Validate a config file and print a summary, without serving it.
+    Check {
+        /// Path to the TOML config.
+        config: PathBuf,
+    },
+    /// Run the quickstart: two demo backends and the proxy in front of them.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+/// Runs the command line; the `plumeway` binary is just this.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let command = match (cli.command, cli.config) {
+        (Some(c), _) => c,
+        (None, Some(config)) => Command::Run { config },
+        (None, None) => {
+            eprintln!("plumeway: no config given. Try `plumeway demo`, or `plumeway --help`.");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                print!("{}", summary(&config, &cfg));
+                ExitCode::SUCCESS
+            }
+            Err(err) => config_failed(&err),
+        },
+        Command::Run { config } => match Config::load(&config) {
+            Ok(cfg) => run(cfg, None),
+            Err(err) => config_failed(&err),
+        },
+        Command::Demo { listen } => match crate::demo::config(listen) {
+            Ok(cfg) => run(cfg, Some(listen)),
+            Err(err) => config_failed(&err),
+        },
+    }
+}
+
+fn run(config: Config, demo: Option<SocketAddr>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("plumeway: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        if demo.is_some() {
+            if let Err(err) = crate::demo::start_backends(&config).await {
+                eprintln!("plumeway: cannot start the demo backends: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+        let server = match Server::bind(&config).await {
+            Ok(s) => s,
+            Err(err) => {
+                eprintln!("plumeway: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some(addr) = demo {
+            println!("{}", crate::demo::banner(addr));
+        }
+        server.serve(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn config_failed(err: &ConfigError) -> ExitCode {
+    eprintln!("error: {err}");
+    ExitCode::from(2)
+}
+
+fn init_logging(flag: Option<&str>) {
+    let directives = flag
+        .map(str::to_owned)
+        .or_else(|| std::env::var("PLUMEWAY_LOG").ok())
+        .unwrap_or_else(|| "info".to_owned());
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|err| {
+        eprintln!("plumeway: ignoring log filter {directives:?}: {err}");
+        EnvFilter::new("info")
+    });
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch SIGTERM; only Ctrl-C will stop plumeway");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The one-screen summary `plumeway check` prints.
+fn summary(path: &Path, config: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: ok", path.display());
+    let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
+    let _ = writeln!(out, "listeners: {}", listen.join(", "));
+    let limits = &config.server.limits;
+    let _ = writeln!(
+        out,
+        "limits: header bytes {}, headers {}, body {}; header read timeout {}",
+        limits.max_header_bytes, limits.max_headers, limits.max_body, config.server.timeouts.header_read
+    );
+    let _ = writeln!(out, "routes ({}):", config.routes.len());
+    for (i, r) in config.routes.iter().enumerate() {
+        let m = &r.matcher;
+        let mut cond = vec![format!("path {}", m.path_prefix)];
+        if let Some(h) = &m.host {
+            cond.push(format!("host {h}"));
+        }
+        if let Some(ms) = &m.methods {
+            cond.push(format!("methods {}", ms.join(",")));
+        }
+        for (k, v) in &m.headers {
+            cond.push(format!("header {k}={v}"));
+        }
+        let _ = writeln!(out, "  {:<20} {} -> {}", config.route_name(i), cond.join(" "), r.upstream);
+    }
+    let _ = writeln!(out, "upstreams ({}):", config.upstreams.len());
+    for (name, u) in &config.upstreams {
+        let targets: Vec<String> = u
+            .targets
+            .iter()
+            .map(|t| {
+                let mut s = t.url.to_string();
+                if t.weight != 1 {
+                    let _ = write!(s, " weight {}", t.weight);
+                }
+                if t.down {
+                    s.push_str(" (down)");
+                }
+                s
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {name:<20} {:?}, connect {}, response header {}: {}",
+            u.balancer,
+            u.timeouts.connect,
+            u.timeouts.response_header,
+            targets.join(", ")
+        );
+    }
+    out
+}

@@ -1,0 +1,130 @@
+//! The configuration file: its serde model, and the one pass that checks it.
+//!
+//! Parsing follows one rule: a config is checked when it is read. Unknown
+//! keys are errors, values parse themselves ([`Duration`], [`Size`],
+//! [`Target`]), and [`Config::validate`] checks what crosses tables (a route
+//! naming an upstream that does not exist). Every error names the file, the
+//! line and the key.
+
+mod duration;
+mod error;
+mod route;
+mod server;
+mod size;
+mod upstream;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::Duration;
+pub use error::{ConfigError, Invalid};
+pub use route::{MatchConfig, RouteConfig};
+pub use server::{Limits, ServerConfig, ServerTimeouts};
+pub use size::Size;
+pub use upstream::{Balancer, PoolConfig, Target, TargetUrl, UpstreamConfig, UpstreamTimeouts};
+
+/// A whole plumeway configuration file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: listeners, client limits and timeouts.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[upstreams.NAME]`: named sets of endpoints.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// `[[routes]]`: matched longest path prefix first.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::whole_file(path, format!("cannot read the file: {e}")))?;
+        Self::parse(path, &source)
+    }
+
+    /// Parses and validates `source`; `file` is used in error messages.
+    pub fn parse(file: &Path, source: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::parse(source).map_err(|e| toml_error(file, source, e, String::new()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            toml_error(file, source, e.into_inner(), key)
+        })?;
+        config.validate().map_err(|invalid| ConfigError::locate(file, source, invalid))
+    }
+
+    /// Checks what a single value cannot check by itself; returns the first
+    /// problem in file order.
+    pub fn validate(self) -> Result<Self, Invalid> {
+        let mut errors = Vec::new();
+        self.server.validate(&mut errors);
+        for (name, upstream) in &self.upstreams {
+            check_name("upstreams", name, &mut errors);
+            upstream.validate(name, &mut errors);
+        }
+        if self.routes.is_empty() {
+            errors.push(Invalid::new(
+                "routes",
+                "no routes: add at least one [[routes]] table with an upstream",
+            ));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            route.validate(i, &mut errors);
+            if !self.upstreams.contains_key(&route.upstream) {
+                errors.push(Invalid::new(
+                    format!("routes[{i}].upstream"),
+                    format!("unknown upstream {:?} ({})", route.upstream, declared(self.upstreams.keys())),
+                ));
+            }
+        }
+        match errors.into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(self),
+        }
+    }
+
+    /// The name a route is known by in logs: its `name`, else `route-N`.
+    pub fn route_name(&self, index: usize) -> String {
+        self.routes
+            .get(index)
+            .and_then(|r| r.name.clone())
+            .unwrap_or_else(|| format!("route-{index}"))
+    }
+}
+
+/// Names of tables (`[upstreams.NAME]`) appear in logs, metrics and other
+/// keys, so they are kept to a plain alphabet.
+fn check_name(section: &str, name: &str, errors: &mut Vec<Invalid>) {
+    let ok = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if !ok {
+        errors.push(Invalid::new(
+            format!("{section}.{name}"),
+            format!("invalid name {name:?}: use letters, digits, '-' and '_'"),
+        ));
+    }
+}
+
+fn declared<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<String> = names.map(|n| format!("{n:?}")).collect();
+    if names.is_empty() {
+        "none is declared".to_owned()
+    } else {
+        format!("declared: {}", names.join(", "))
+    }
+}
+
+fn toml_error(file: &Path, source: &str, e: toml::de::Error, key: String) -> ConfigError {
+    let message = e.message().trim_end().to_owned();
+    match e.span() {
+        Some(span) => ConfigError::at_span(file, source, span, key, message),
+        None => ConfigError::locate(file, source, Invalid { key, message }),
+    }
+}

@@ -1,0 +1,86 @@
+//! `[[routes]]`: which requests go where.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Invalid;
+
+/// One `[[routes]]` entry.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A name for logs and metrics; defaults to `route-N` (its position).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `match = { path_prefix = "/api", host = "api.example.com", methods = ["GET"] }`.
+    #[serde(rename = "match", default)]
+    pub matcher: MatchConfig,
+    /// `upstream = "users"`: the `[upstreams.NAME]` that serves this route.
+    pub upstream: String,
+}
+
+/// What a request must look like to take a route. Every condition given must
+/// hold; an empty `match` takes every request.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MatchConfig {
+    /// `path_prefix = "/api"`: matches `/api`, `/api/…` and `/api?…` but not
+    /// `/apix` (a prefix ending in `/` matches everything below it). The
+    /// longest matching prefix wins.
+    pub path_prefix: String,
+    /// `host = "api.example.com"` or `host = "*.example.com"`; compared
+    /// without the port, case-insensitively.
+    pub host: Option<String>,
+    /// `methods = ["GET", "HEAD"]`.
+    pub methods: Option<Vec<String>>,
+    /// `headers = { "x-tenant" = "blue" }`: each header present with exactly
+    /// this value.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Default for MatchConfig {
+    fn default() -> Self {
+        Self { path_prefix: "/".into(), host: None, methods: None, headers: BTreeMap::new() }
+    }
+}
+
+impl RouteConfig {
+    pub(super) fn validate(&self, i: usize, errors: &mut Vec<Invalid>) {
+        let key = format!("routes[{i}].match");
+        let m = &self.matcher;
+        if !m.path_prefix.starts_with('/') {
+            errors.push(Invalid::new(
+                format!("{key}.path_prefix"),
+                format!("a path prefix starts with \"/\", e.g. \"/{}\"", m.path_prefix),
+            ));
+        }
+        if let Some(host) = &m.host {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            if bare.is_empty() || bare.contains(['*', '/', ':', ' ']) {
+                errors.push(Invalid::new(
+                    format!("{key}.host"),
+                    format!("invalid host {host:?}; write a name such as \"api.example.com\" or \"*.example.com\", without port"),
+                ));
+            }
+        }
+        if let Some(methods) = &m.methods {
+            if methods.is_empty() {
+                errors.push(Invalid::new(format!("{key}.methods"), "an empty method list matches nothing; remove it to match every method"));
+            }
+            for (j, method) in methods.iter().enumerate() {
+                if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
+                    errors.push(Invalid::new(format!("{key}.methods[{j}]"), format!("invalid method {method:?}")));
+                }
+            }
+        }
+        for (name, value) in &m.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                errors.push(Invalid::new(format!("{key}.headers"), format!("invalid header name {name:?}")));
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                errors.push(Invalid::new(format!("{key}.headers"), format!("invalid value for header {name:?}")));
+            }
+        }
+    }
+}

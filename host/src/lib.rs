@@ -1,0 +1,15 @@
+//! plumeway: a reverse proxy and API gateway whose behaviour is extended by
+//! WebAssembly components.
+//!
+//! The crate is the whole proxy; the `plumeway` binary is a thin CLI over
+//! [`cli::main`]. The modules follow the request: [`server`] accepts,
+//! [`router`] picks a route, [`proxy`] forwards to an [`upstream`].
+
+pub mod body;
+pub mod cli;
+pub mod config;
+mod demo;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,184 @@
+//! Why the proxy could not produce the upstream's response, and what the
+//! client gets instead.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{BoxBody, full};
+use crate::config::{Duration, Size};
+
+/// A request the proxy failed, with what a log needs to explain it.
+///
+/// The client sees only [`ProxyError::status`] and a short body naming the
+/// [`ErrorKind`]; endpoint addresses and causes stay in the logs.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches the request.
+    #[error("no route matches the request")]
+    NoRoute,
+    /// The request body is larger than the configured limit.
+    #[error("request body is larger than the limit of {limit}")]
+    BodyTooLarge {
+        /// The `server.limits.max_body` in force.
+        limit: Size,
+    },
+    /// The client's request body broke while it was being forwarded.
+    #[error("reading the request body failed: {reason}")]
+    ClientBody {
+        /// What went wrong.
+        reason: String,
+    },
+    /// The upstream has no endpoint that can take traffic.
+    #[error("upstream {upstream:?} has no available endpoint")]
+    NoHealthyEndpoint {
+        /// The upstream's name.
+        upstream: Arc<str>,
+    },
+    /// The endpoint refused the connection.
+    #[error("{endpoint} (upstream {upstream:?}) refused the connection")]
+    ConnectionRefused {
+        /// The upstream's name.
+        upstream: Arc<str>,
+        /// The endpoint tried.
+        endpoint: Arc<str>,
+    },
+    /// The connection to the endpoint did not open in time.
+    #[error("connecting to {endpoint} (upstream {upstream:?}) timed out")]
+    ConnectionTimeout {
+        /// The upstream's name.
+        upstream: Arc<str>,
+        /// The endpoint tried.
+        endpoint: Arc<str>,
+    },
+    /// The endpoint sent no response head in time.
+    #[error("{endpoint} (upstream {upstream:?}) sent no response head within {timeout}")]
+    ResponseTimeout {
+        /// The upstream's name.
+        upstream: Arc<str>,
+        /// The endpoint tried.
+        endpoint: Arc<str>,
+        /// The `timeouts.response_header` in force.
+        timeout: Duration,
+    },
+    /// The connection failed or the endpoint did not speak valid HTTP.
+    #[error("{endpoint} (upstream {upstream:?}) failed: {reason}")]
+    UpstreamFailed {
+        /// The upstream's name.
+        upstream: Arc<str>,
+        /// The endpoint tried.
+        endpoint: Arc<str>,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The kind of a [`ProxyError`], named as in the `Proxy-Status` registry
+/// (RFC 9209) so that clients, logs and error plugins share one vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// `destination_not_found`: no route.
+    DestinationNotFound,
+    /// `http_request_denied`: the request broke a limit.
+    HttpRequestDenied,
+    /// `http_request_error`: the client sent a broken request.
+    HttpRequestError,
+    /// `destination_unavailable`: no endpoint can take traffic.
+    DestinationUnavailable,
+    /// `connection_refused`.
+    ConnectionRefused,
+    /// `connection_timeout`.
+    ConnectionTimeout,
+    /// `http_response_timeout`.
+    HttpResponseTimeout,
+    /// `http_protocol_error`: the upstream connection failed mid-exchange.
+    HttpProtocolError,
+}
+
+impl ProxyError {
+    /// The kind, for clients, metrics and error plugins.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NoRoute => ErrorKind::DestinationNotFound,
+            Self::BodyTooLarge { .. } => ErrorKind::HttpRequestDenied,
+            Self::ClientBody { .. } => ErrorKind::HttpRequestError,
+            Self::NoHealthyEndpoint { .. } => ErrorKind::DestinationUnavailable,
+            Self::ConnectionRefused { .. } => ErrorKind::ConnectionRefused,
+            Self::ConnectionTimeout { .. } => ErrorKind::ConnectionTimeout,
+            Self::ResponseTimeout { .. } => ErrorKind::HttpResponseTimeout,
+            Self::UpstreamFailed { .. } => ErrorKind::HttpProtocolError,
+        }
+    }
+
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self.kind() {
+            ErrorKind::DestinationNotFound => StatusCode::NOT_FOUND,
+            ErrorKind::HttpRequestDenied => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::HttpRequestError => StatusCode::BAD_REQUEST,
+            ErrorKind::DestinationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::ConnectionRefused | ErrorKind::HttpProtocolError => StatusCode::BAD_GATEWAY,
+            ErrorKind::ConnectionTimeout | ErrorKind::HttpResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Whether the proxy gave up waiting (a 504).
+    pub fn is_timeout(&self) -> bool {
+        self.status() == StatusCode::GATEWAY_TIMEOUT
+    }
+
+    /// The built-in error response: the status, a `Proxy-Status` header and
+    /// a one-line plain-text body.
+    pub fn to_response(&self) -> Response<BoxBody> {
+        let status = self.status();
+        let kind = self.kind();
+        let body = format!(
+            "{} {}: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            kind.describe()
+        );
+        let mut resp = Response::new(full(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        h.insert("proxy-status", kind.proxy_status());
+        resp
+    }
+}
+
+impl ErrorKind {
+    /// The RFC 9209 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DestinationNotFound => "destination_not_found",
+            Self::HttpRequestDenied => "http_request_denied",
+            Self::HttpRequestError => "http_request_error",
+            Self::DestinationUnavailable => "destination_unavailable",
+            Self::ConnectionRefused => "connection_refused",
+            Self::ConnectionTimeout => "connection_timeout",
+            Self::HttpResponseTimeout => "http_response_timeout",
+            Self::HttpProtocolError => "http_protocol_error",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::DestinationNotFound => "no route matches this request",
+            Self::HttpRequestDenied => "the request body is too large",
+            Self::HttpRequestError => "the request body could not be read",
+            Self::DestinationUnavailable => "no upstream endpoint is available",
+            Self::ConnectionRefused => "the upstream refused the connection",
+            Self::ConnectionTimeout => "connecting to the upstream timed out",
+            Self::HttpResponseTimeout => "the upstream did not answer in time",
+            Self::HttpProtocolError => "the upstream connection failed",
+        }
+    }
+
+    fn proxy_status(self) -> HeaderValue {
+        // Built from fixed strings only, so the value is always valid.
+        HeaderValue::from_str(&format!("plumeway; error={}", self.as_str()))
+            .unwrap_or_else(|_| HeaderValue::from_static("plumeway"))
+    }
+}
