@@ -81,7 +81,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(config: Config, demo: Option<SocketAddr>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("plumeway: cannot start the runtime: {err}");
@@ -89,11 +92,11 @@ fn run(config: Config, demo: Option<SocketAddr>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        if demo.is_some() {
-            if let Err(err) = crate::demo::start_backends(&config).await {
-                eprintln!("plumeway: cannot start the demo backends: {err}");
-                return ExitCode::FAILURE;
-            }
+        if demo.is_some()
+            && let Err(err) = crate::demo::start_backends(&config).await
+        {
+            eprintln!("plumeway: cannot start the demo backends: {err}");
+            return ExitCode::FAILURE;
         }
         let server = match Server::bind(&config).await {
             Ok(s) => s,
@@ -161,13 +164,21 @@ fn summary(path: &Path, config: &Config) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "{}: ok", path.display());
-    let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
+    let listen: Vec<String> = config
+        .server
+        .listen
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let _ = writeln!(out, "listeners: {}", listen.join(", "));
     let limits = &config.server.limits;
     let _ = writeln!(
         out,
         "limits: header bytes {}, headers {}, body {}; header read timeout {}",
-        limits.max_header_bytes, limits.max_headers, limits.max_body, config.server.timeouts.header_read
+        limits.max_header_bytes,
+        limits.max_headers,
+        limits.max_body,
+        config.server.timeouts.header_read
     );
     let _ = writeln!(out, "routes ({}):", config.routes.len());
     for (i, r) in config.routes.iter().enumerate() {
@@ -182,7 +193,13 @@ fn summary(path: &Path, config: &Config) -> String {
         for (k, v) in &m.headers {
             cond.push(format!("header {k}={v}"));
         }
-        let _ = writeln!(out, "  {:<20} {} -> {}", config.route_name(i), cond.join(" "), r.upstream);
+        let _ = writeln!(
+            out,
+            "  {:<20} {} -> {}",
+            config.route_name(i),
+            cond.join(" "),
+            r.upstream
+        );
     }
     let _ = writeln!(out, "upstreams ({}):", config.upstreams.len());
     for (name, u) in &config.upstreams {

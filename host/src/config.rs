@@ -50,13 +50,16 @@ impl Config {
 
     /// Parses and validates `source`; `file` is used in error messages.
     pub fn parse(file: &Path, source: &str) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::parse(source).map_err(|e| toml_error(file, source, e, String::new()))?;
+        let de = toml::Deserializer::parse(source)
+            .map_err(|e| toml_error(file, source, e, String::new()))?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { String::new() } else { key };
             toml_error(file, source, e.into_inner(), key)
         })?;
-        config.validate().map_err(|invalid| ConfigError::locate(file, source, invalid))
+        config
+            .validate()
+            .map_err(|invalid| ConfigError::locate(file, source, invalid))
     }
 
     /// Checks what a single value cannot check by itself; returns the first
@@ -79,7 +82,11 @@ impl Config {
             if !self.upstreams.contains_key(&route.upstream) {
                 errors.push(Invalid::new(
                     format!("routes[{i}].upstream"),
-                    format!("unknown upstream {:?} ({})", route.upstream, declared(self.upstreams.keys())),
+                    format!(
+                        "unknown upstream {:?} ({})",
+                        route.upstream,
+                        declared(self.upstreams.keys())
+                    ),
                 ));
             }
         }
@@ -102,7 +109,9 @@ impl Config {
 /// keys, so they are kept to a plain alphabet.
 fn check_name(section: &str, name: &str, errors: &mut Vec<Invalid>) {
     let ok = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric());
     if !ok {
         errors.push(Invalid::new(

@@ -55,7 +55,9 @@ pub(crate) fn banner(addr: SocketAddr) -> String {
 
 async fn serve_echo(listener: TcpListener, name: String) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let name = name.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -73,7 +75,12 @@ fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let headers: BTreeMap<&str, String> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let body = serde_json::json!({
         "backend": name,
@@ -82,6 +89,9 @@ fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "headers": headers,
     });
     let mut resp = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     resp
 }

@@ -70,13 +70,17 @@ impl Proxy {
             name: config.route_name(i).into(),
             // Validation guarantees the name exists; a missing one would be
             // a bug in `Config::validate`, so fail loudly at load time.
-            upstream: Arc::clone(
-                upstreams
-                    .get(route.upstream.as_str())
-                    .unwrap_or_else(|| panic!("validated config names unknown upstream {:?}", route.upstream)),
-            ),
+            upstream: Arc::clone(upstreams.get(route.upstream.as_str()).unwrap_or_else(|| {
+                panic!(
+                    "validated config names unknown upstream {:?}",
+                    route.upstream
+                )
+            })),
         });
-        Self { router, max_body: config.server.limits.max_body }
+        Self {
+            router,
+            max_body: config.server.limits.max_body,
+        }
     }
 
     /// Serves one request to completion of its response head, and logs it.
@@ -130,26 +134,39 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body.get()) {
-            return Err(ProxyError::BodyTooLarge { limit: self.max_body });
+            return Err(ProxyError::BodyTooLarge {
+                limit: self.max_body,
+            });
         }
 
         let endpoint = upstream
             .pick()
-            .ok_or_else(|| ProxyError::NoHealthyEndpoint { upstream: Arc::clone(upstream.name()) })?;
+            .ok_or_else(|| ProxyError::NoHealthyEndpoint {
+                upstream: Arc::clone(upstream.name()),
+            })?;
         trace.endpoint = Some(Arc::clone(endpoint.label()));
 
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
         let host = request_host(&parts.uri, &parts.headers).map(str::to_owned);
         headers::strip_hop_by_hop(&mut parts.headers);
-        headers::set_forwarded(&mut parts.headers, client.peer.ip(), client.proto, host.as_deref());
+        headers::set_forwarded(
+            &mut parts.headers,
+            client.peer.ip(),
+            client.proto,
+            host.as_deref(),
+        );
         headers::append_via(&mut parts.headers, client_version);
         // The upstream sees the Host the client asked for (HTTP/2 clients send
         // it as :authority, which HTTP/1.1 has no place for but Host).
         if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
             parts.headers.insert(header::HOST, h);
         }
-        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri = Uri::builder()
             .scheme(endpoint.url.scheme.clone())
             .authority(endpoint.url.authority.clone())
@@ -171,17 +188,31 @@ impl Proxy {
             Ok(Ok(resp)) => resp,
             Err(_elapsed) => {
                 let (upstream, endpoint) = names();
-                return Err(ProxyError::ResponseTimeout { upstream, endpoint, timeout });
+                return Err(ProxyError::ResponseTimeout {
+                    upstream,
+                    endpoint,
+                    timeout,
+                });
             }
             Ok(Err(err)) => {
                 let (upstream, endpoint) = names();
                 return Err(match err {
-                    PoolError::ConnectionRefused => ProxyError::ConnectionRefused { upstream, endpoint },
-                    PoolError::ConnectionTimeout => ProxyError::ConnectionTimeout { upstream, endpoint },
-                    PoolError::RequestBodyTooLarge => ProxyError::BodyTooLarge { limit: self.max_body },
+                    PoolError::ConnectionRefused => {
+                        ProxyError::ConnectionRefused { upstream, endpoint }
+                    }
+                    PoolError::ConnectionTimeout => {
+                        ProxyError::ConnectionTimeout { upstream, endpoint }
+                    }
+                    PoolError::RequestBodyTooLarge => ProxyError::BodyTooLarge {
+                        limit: self.max_body,
+                    },
                     PoolError::RequestBody(reason) => ProxyError::ClientBody { reason },
                     PoolError::Connect(reason) | PoolError::Protocol(reason) => {
-                        ProxyError::UpstreamFailed { upstream, endpoint, reason }
+                        ProxyError::UpstreamFailed {
+                            upstream,
+                            endpoint,
+                            reason,
+                        }
                     }
                 });
             }
@@ -191,6 +222,9 @@ impl Proxy {
         headers::strip_hop_by_hop_response(&mut parts.headers);
         headers::append_via(&mut parts.headers, parts.version);
         parts.version = client_version;
-        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed_unsync(),
+        ))
     }
 }

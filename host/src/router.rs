@@ -50,7 +50,10 @@ impl<T> Router<T> {
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| Entry { matcher: Matcher::new(i, r), target: Arc::new(make(i, r)) })
+            .map(|(i, r)| Entry {
+                matcher: Matcher::new(i, r),
+                target: Arc::new(make(i, r)),
+            })
             .collect();
         routes.sort_by_key(|e| e.matcher.priority());
         Self { routes }
@@ -80,12 +83,19 @@ impl Matcher {
         // Validation has checked every method and header, so a value that
         // still fails to parse here is skipped rather than trusted.
         let methods = m.methods.as_ref().map(|ms| {
-            ms.iter().filter_map(|s| Method::from_bytes(s.as_bytes()).ok()).collect()
+            ms.iter()
+                .filter_map(|s| Method::from_bytes(s.as_bytes()).ok())
+                .collect()
         });
         let headers = m
             .headers
             .iter()
-            .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?)))
+            .filter_map(|(k, v)| {
+                Some((
+                    HeaderName::from_bytes(k.as_bytes()).ok()?,
+                    HeaderValue::from_str(v).ok()?,
+                ))
+            })
             .collect();
         Self {
             prefix: m.path_prefix.trim_end_matches('/').to_owned(),
@@ -96,7 +106,14 @@ impl Matcher {
         }
     }
 
-    fn priority(&self) -> (std::cmp::Reverse<usize>, u8, std::cmp::Reverse<usize>, usize) {
+    fn priority(
+        &self,
+    ) -> (
+        std::cmp::Reverse<usize>,
+        u8,
+        std::cmp::Reverse<usize>,
+        usize,
+    ) {
         let host_rank = match self.host {
             Some(HostMatch::Exact(_)) => 0,
             Some(HostMatch::Suffix(_)) => 1,
@@ -113,9 +130,18 @@ impl Matcher {
 
     fn matches<B>(&self, req: &Request<B>, host: Option<&str>, path: &str) -> bool {
         path_has_prefix(path, &self.prefix)
-            && self.host.as_ref().is_none_or(|h| host.is_some_and(|host| h.matches(host)))
-            && self.methods.as_ref().is_none_or(|ms| ms.contains(req.method()))
-            && self.headers.iter().all(|(k, v)| req.headers().get_all(k).iter().any(|got| got == v))
+            && self
+                .host
+                .as_ref()
+                .is_none_or(|h| host.is_some_and(|host| h.matches(host)))
+            && self
+                .methods
+                .as_ref()
+                .is_none_or(|ms| ms.contains(req.method()))
+            && self
+                .headers
+                .iter()
+                .all(|(k, v)| req.headers().get_all(k).iter().any(|got| got == v))
     }
 }
 
@@ -144,15 +170,20 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 /// The host a request is for: the `Host` header (HTTP/1.1) or the URI's
 /// authority (HTTP/2 `:authority`, absolute-form HTTP/1.1).
 pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Option<&'a str> {
-    uri.authority()
-        .map(|a| a.as_str())
-        .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+    uri.authority().map(|a| a.as_str()).or_else(|| {
+        headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // An IPv6 literal: keep the brackets' content intact.
-        return host.split(']').next().map_or(host, |h| &host[..h.len() + 1]);
+        return host
+            .split(']')
+            .next()
+            .map_or(host, |h| &host[..h.len() + 1]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -168,7 +199,12 @@ mod tests {
     }
 
     fn pick(r: &Router<String>, method: &str, host: &str, path: &str) -> Option<String> {
-        let req = Request::builder().method(method).uri(path).header("host", host).body(()).unwrap();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host)
+            .body(())
+            .unwrap();
         r.route(&req).map(|t| t.as_str().to_owned())
     }
 
@@ -179,7 +215,10 @@ mod tests {
         let r = router(&format!(
             "{UP}[[routes]]\nname=\"root\"\nupstream=\"u\"\n[[routes]]\nname=\"api\"\nmatch={{path_prefix=\"/api\"}}\nupstream=\"u\"\n[[routes]]\nname=\"users\"\nmatch={{path_prefix=\"/api/users/\"}}\nupstream=\"u\"\n"
         ));
-        assert_eq!(pick(&r, "GET", "x", "/api/users/7").as_deref(), Some("users"));
+        assert_eq!(
+            pick(&r, "GET", "x", "/api/users/7").as_deref(),
+            Some("users")
+        );
         assert_eq!(pick(&r, "GET", "x", "/api/users").as_deref(), Some("users"));
         assert_eq!(pick(&r, "GET", "x", "/api/orders").as_deref(), Some("api"));
         assert_eq!(pick(&r, "GET", "x", "/api").as_deref(), Some("api"));
@@ -191,8 +230,14 @@ mod tests {
         let r = router(&format!(
             "{UP}[[routes]]\nname=\"wild\"\nmatch={{host=\"*.example.com\"}}\nupstream=\"u\"\n[[routes]]\nname=\"exact\"\nmatch={{host=\"api.example.com\", methods=[\"GET\"]}}\nupstream=\"u\"\n"
         ));
-        assert_eq!(pick(&r, "GET", "API.example.com:8080", "/").as_deref(), Some("exact"));
-        assert_eq!(pick(&r, "POST", "api.example.com", "/").as_deref(), Some("wild"));
+        assert_eq!(
+            pick(&r, "GET", "API.example.com:8080", "/").as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            pick(&r, "POST", "api.example.com", "/").as_deref(),
+            Some("wild")
+        );
         assert_eq!(pick(&r, "GET", "example.com", "/"), None);
         assert_eq!(strip_port("[::1]:80"), "[::1]");
     }

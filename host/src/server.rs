@@ -44,7 +44,9 @@ impl Server {
     pub async fn bind(config: &Config) -> Result<Self, BindError> {
         let mut listeners = Vec::with_capacity(config.server.listen.len());
         for &addr in &config.server.listen {
-            let listener = TcpListener::bind(addr).await.map_err(|source| BindError { addr, source })?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { addr, source })?;
             listeners.push(listener);
         }
         let limits = &config.server.limits;
@@ -67,7 +69,10 @@ impl Server {
 
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets
@@ -80,7 +85,12 @@ impl Server {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "listening");
             }
-            tasks.spawn(accept_loop(listener, Arc::clone(&self.proxy), self.http.clone(), stop_rx.clone()));
+            tasks.spawn(accept_loop(
+                listener,
+                Arc::clone(&self.proxy),
+                self.http.clone(),
+                stop_rx.clone(),
+            ));
         }
         shutdown.await;
         let started = Instant::now();
@@ -91,7 +101,10 @@ impl Server {
         })
         .await;
         match drained {
-            Ok(()) => tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "shutdown complete"),
+            Ok(()) => tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "shutdown complete"
+            ),
             Err(_) => tracing::warn!(
                 timeout = ?self.shutdown_timeout,
                 "shutdown deadline reached; closing connections that are still busy"

@@ -64,7 +64,9 @@ impl Upstream {
     /// Picks the endpoint for the next request, or `None` when no endpoint
     /// can take traffic.
     pub fn pick(&self) -> Option<&Endpoint> {
-        self.balancer.pick(&self.endpoints).map(|i| &self.endpoints[i])
+        self.balancer
+            .pick(&self.endpoints)
+            .map(|i| &self.endpoints[i])
     }
 
     /// The connection pool shared by all of this upstream's endpoints.

@@ -43,7 +43,9 @@ impl FromStr for Duration {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         humantime::parse_duration(s.trim())
             .map(Duration)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"250ms\", \"2s\" or \"1m\""))
+            .map_err(|e| {
+                format!("invalid duration {s:?} ({e}); write it like \"250ms\", \"2s\" or \"1m\"")
+            })
     }
 }
 
@@ -74,9 +76,18 @@ mod tests {
 
     #[test]
     fn parses_common_forms() {
-        assert_eq!("250ms".parse::<Duration>().map(Duration::get), Ok(StdDuration::from_millis(250)));
-        assert_eq!("2s".parse::<Duration>().map(Duration::get), Ok(StdDuration::from_secs(2)));
-        assert_eq!("1m30s".parse::<Duration>().map(Duration::get), Ok(StdDuration::from_secs(90)));
+        assert_eq!(
+            "250ms".parse::<Duration>().map(Duration::get),
+            Ok(StdDuration::from_millis(250))
+        );
+        assert_eq!(
+            "2s".parse::<Duration>().map(Duration::get),
+            Ok(StdDuration::from_secs(2))
+        );
+        assert_eq!(
+            "1m30s".parse::<Duration>().map(Duration::get),
+            Ok(StdDuration::from_secs(90))
+        );
     }
 
     #[test]

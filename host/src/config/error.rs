@@ -17,15 +17,18 @@ use toml::de::{DeTable, DeValue};
 ///    |            ^^^^^^^
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file the config came from.
-    pub file: PathBuf,
+pub struct ConfigError(Box<Located>);
+
+/// The parts of a [`ConfigError`]; boxed so that `Result<Config, ConfigError>`
+/// stays small on the happy path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Located {
+    file: PathBuf,
     /// 1-based line and column, when the place is known.
-    pub position: Option<(usize, usize)>,
+    position: Option<(usize, usize)>,
     /// The dotted key path, e.g. `routes[0].upstream`; empty for the whole file.
-    pub key: String,
-    /// What is wrong, in words a user can act on.
-    pub message: String,
+    key: String,
+    message: String,
     /// The offending source line and the span to underline within it.
     snippet: Option<(String, Range<usize>)>,
 }
@@ -45,68 +48,114 @@ pub struct Invalid {
 impl Invalid {
     /// An error at `key`.
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into() }
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
 impl ConfigError {
     /// An error that is not tied to a place in a file, such as an unreadable file.
     pub fn whole_file(file: &Path, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(Located {
             file: file.to_owned(),
             position: None,
             key: String::new(),
             message: message.into(),
             snippet: None,
-        }
+        }))
     }
 
     /// An error at byte `span` of `source`.
-    pub fn at_span(file: &Path, source: &str, span: Range<usize>, key: String, message: String) -> Self {
+    pub fn at_span(
+        file: &Path,
+        source: &str,
+        span: Range<usize>,
+        key: String,
+        message: String,
+    ) -> Self {
         let start = span.start.min(source.len());
         let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = source[start..].find('\n').map_or(source.len(), |i| start + i);
+        let line_end = source[start..]
+            .find('\n')
+            .map_or(source.len(), |i| start + i);
         let line_no = source[..start].matches('\n').count() + 1;
         let col = source[line_start..start].chars().count() + 1;
-        let line = source[line_start..line_end].trim_end_matches('\r').to_owned();
+        let line = source[line_start..line_end]
+            .trim_end_matches('\r')
+            .to_owned();
         let under_start = start - line_start;
-        let under_end = (span.end.min(line_end) - line_start).max(under_start + 1).min(line.len().max(under_start + 1));
-        Self {
+        let under_end = (span.end.min(line_end) - line_start)
+            .max(under_start + 1)
+            .min(line.len().max(under_start + 1));
+        Self(Box::new(Located {
             file: file.to_owned(),
             position: Some((line_no, col)),
             key,
             message,
             snippet: Some((line, under_start..under_end)),
-        }
+        }))
     }
 
     /// Ties a validation error to the line of its key in `source`.
     pub fn locate(file: &Path, source: &str, invalid: Invalid) -> Self {
         match find_key(source, &invalid.key) {
             Some(span) => Self::at_span(file, source, span, invalid.key, invalid.message),
-            None => Self { key: invalid.key, ..Self::whole_file(file, invalid.message) },
+            None => {
+                let mut err = Self::whole_file(file, invalid.message);
+                err.0.key = invalid.key;
+                err
+            }
         }
+    }
+
+    /// The file the config came from.
+    pub fn file(&self) -> &Path {
+        &self.0.file
+    }
+
+    /// The 1-based line, when the place is known.
+    pub fn line(&self) -> Option<usize> {
+        self.0.position.map(|(line, _)| line)
+    }
+
+    /// The dotted key path, e.g. `routes[0].upstream`; empty for the whole file.
+    pub fn key(&self) -> &str {
+        &self.0.key
+    }
+
+    /// What is wrong, in words a user can act on.
+    pub fn message(&self) -> &str {
+        &self.0.message
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some((line, col)) = self.position {
+        let e = &self.0;
+        write!(f, "{}", e.file.display())?;
+        if let Some((line, col)) = e.position {
             write!(f, ":{line}:{col}")?;
         }
-        if !self.key.is_empty() {
-            write!(f, ": {}", self.key)?;
+        if !e.key.is_empty() {
+            write!(f, ": {}", e.key)?;
         }
-        write!(f, ": {}", self.message)?;
-        if let (Some((line, _)), Some((text, under))) = (self.position, &self.snippet) {
+        write!(f, ": {}", e.message)?;
+        if let (Some((line, _)), Some((text, under))) = (e.position, &e.snippet) {
             let gutter = " ".repeat(line.to_string().len());
             let pad: String = text[..under.start.min(text.len())]
                 .chars()
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect();
-            let width = text.get(under.clone()).map_or(1, |s| s.chars().count().max(1));
-            write!(f, "\n{gutter} |\n{line} | {text}\n{gutter} | {pad}{}", "^".repeat(width))?;
+            let width = text
+                .get(under.clone())
+                .map_or(1, |s| s.chars().count().max(1));
+            write!(
+                f,
+                "\n{gutter} |\n{line} | {text}\n{gutter} | {pad}{}",
+                "^".repeat(width)
+            )?;
         }
         Ok(())
     }
@@ -129,10 +178,16 @@ fn find_key(source: &str, key: &str) -> Option<Range<usize>> {
                     (None, Some(v)) => v.as_table()?,
                     (None, None) => return best,
                 };
-                let Some((k, v)) = t.get_key_value(name) else { return best };
+                let Some((k, v)) = t.get_key_value(name) else {
+                    return best;
+                };
                 // A key that names a table points best at the key itself; a
                 // leaf points at its value.
-                best = Some(if v.get_ref().is_table() { k.span() } else { v.span() });
+                best = Some(if v.get_ref().is_table() {
+                    k.span()
+                } else {
+                    v.span()
+                });
                 table = None;
                 value = Some(v.get_ref());
             }
@@ -166,7 +221,9 @@ fn split_key(key: &str) -> Vec<KeyPart<'_>> {
             }
             rest = &rest[open..];
             while let Some(stripped) = rest.strip_prefix('[') {
-                let Some(close) = stripped.find(']') else { break };
+                let Some(close) = stripped.find(']') else {
+                    break;
+                };
                 if let Ok(i) = stripped[..close].parse() {
                     parts.push(KeyPart::Index(i));
                 }

@@ -41,7 +41,12 @@ pub struct MatchConfig {
 
 impl Default for MatchConfig {
     fn default() -> Self {
-        Self { path_prefix: "/".into(), host: None, methods: None, headers: BTreeMap::new() }
+        Self {
+            path_prefix: "/".into(),
+            host: None,
+            methods: None,
+            headers: BTreeMap::new(),
+        }
     }
 }
 
@@ -52,7 +57,10 @@ impl RouteConfig {
         if !m.path_prefix.starts_with('/') {
             errors.push(Invalid::new(
                 format!("{key}.path_prefix"),
-                format!("a path prefix starts with \"/\", e.g. \"/{}\"", m.path_prefix),
+                format!(
+                    "a path prefix starts with \"/\", e.g. \"/{}\"",
+                    m.path_prefix
+                ),
             ));
         }
         if let Some(host) = &m.host {
@@ -66,20 +74,32 @@ impl RouteConfig {
         }
         if let Some(methods) = &m.methods {
             if methods.is_empty() {
-                errors.push(Invalid::new(format!("{key}.methods"), "an empty method list matches nothing; remove it to match every method"));
+                errors.push(Invalid::new(
+                    format!("{key}.methods"),
+                    "an empty method list matches nothing; remove it to match every method",
+                ));
             }
             for (j, method) in methods.iter().enumerate() {
                 if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
-                    errors.push(Invalid::new(format!("{key}.methods[{j}]"), format!("invalid method {method:?}")));
+                    errors.push(Invalid::new(
+                        format!("{key}.methods[{j}]"),
+                        format!("invalid method {method:?}"),
+                    ));
                 }
             }
         }
         for (name, value) in &m.headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                errors.push(Invalid::new(format!("{key}.headers"), format!("invalid header name {name:?}")));
+                errors.push(Invalid::new(
+                    format!("{key}.headers"),
+                    format!("invalid header name {name:?}"),
+                ));
             }
             if http::HeaderValue::from_str(value).is_err() {
-                errors.push(Invalid::new(format!("{key}.headers"), format!("invalid value for header {name:?}")));
+                errors.push(Invalid::new(
+                    format!("{key}.headers"),
+                    format!("invalid value for header {name:?}"),
+                ));
             }
         }
     }

@@ -47,7 +47,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_header_bytes: Size::kib(64), max_headers: 100, max_body: Size::mib(10) }
+        Self {
+            max_header_bytes: Size::kib(64),
+            max_headers: 100,
+            max_body: Size::mib(10),
+        }
     }
 }
 
@@ -64,14 +68,20 @@ pub struct ServerTimeouts {
 
 impl Default for ServerTimeouts {
     fn default() -> Self {
-        Self { header_read: Duration::from_secs(10), shutdown: Duration::from_secs(30) }
+        Self {
+            header_read: Duration::from_secs(10),
+            shutdown: Duration::from_secs(30),
+        }
     }
 }
 
 impl ServerConfig {
     pub(super) fn validate(&self, errors: &mut Vec<Invalid>) {
         if self.listen.is_empty() {
-            errors.push(Invalid::new("server.listen", "at least one listen address is needed"));
+            errors.push(Invalid::new(
+                "server.listen",
+                "at least one listen address is needed",
+            ));
         }
         for (i, addr) in self.listen.iter().enumerate() {
             if self.listen[..i].contains(addr) {
@@ -89,7 +99,10 @@ impl ServerConfig {
             ));
         }
         if self.limits.max_headers == 0 {
-            errors.push(Invalid::new("server.limits.max_headers", "must be at least 1"));
+            errors.push(Invalid::new(
+                "server.limits.max_headers",
+                "must be at least 1",
+            ));
         }
     }
 }

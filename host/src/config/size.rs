@@ -62,7 +62,11 @@ impl FromStr for Size {
         let mult = if unit.is_empty() {
             1
         } else {
-            UNITS.iter().find(|(u, _)| *u == unit).map(|(_, m)| *m).ok_or_else(bad)?
+            UNITS
+                .iter()
+                .find(|(u, _)| *u == unit)
+                .map(|(_, m)| *m)
+                .ok_or_else(bad)?
         };
         n.checked_mul(mult).map(Size).ok_or_else(bad)
     }
@@ -72,7 +76,7 @@ impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
         for (unit, mult) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if n >= mult && n % mult == 0 {
+            if n >= mult && n.is_multiple_of(mult) {
                 return write!(f, "{}{unit}", n / mult);
             }
         }

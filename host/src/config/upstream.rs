@@ -68,7 +68,10 @@ pub struct UpstreamTimeouts {
 
 impl Default for UpstreamTimeouts {
     fn default() -> Self {
-        Self { connect: Duration::from_secs(5), response_header: Duration::from_secs(60) }
+        Self {
+            connect: Duration::from_secs(5),
+            response_header: Duration::from_secs(60),
+        }
     }
 }
 
@@ -84,7 +87,10 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        Self { idle_timeout: Duration::from_secs(90), max_idle_per_endpoint: 64 }
+        Self {
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_endpoint: 64,
+        }
     }
 }
 
@@ -110,7 +116,9 @@ impl UpstreamConfig {
 
 impl TargetUrl {
     fn parse(s: &str) -> Result<Self, String> {
-        let uri: Uri = s.parse().map_err(|e| format!("invalid target URL {s:?}: {e}"))?;
+        let uri: Uri = s
+            .parse()
+            .map_err(|e| format!("invalid target URL {s:?}: {e}"))?;
         let scheme = uri.scheme().cloned().ok_or_else(|| {
             format!("invalid target URL {s:?}: it needs a scheme, e.g. \"http://{s}\"")
         })?;
@@ -123,7 +131,9 @@ impl TargetUrl {
             .authority()
             .ok_or_else(|| format!("invalid target URL {s:?}: it has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!("invalid target URL {s:?}: user info is not allowed"));
+            return Err(format!(
+                "invalid target URL {s:?}: user info is not allowed"
+            ));
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(format!(
@@ -170,7 +180,11 @@ impl<'de> Deserialize<'de> for Target {
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Target, E> {
                 let url = TargetUrl::parse(v).map_err(E::custom)?;
-                Ok(Target { url, weight: 1, down: false })
+                Ok(Target {
+                    url,
+                    weight: 1,
+                    down: false,
+                })
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Target, A::Error> {
                 let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
@@ -180,7 +194,11 @@ impl<'de> Deserialize<'de> for Target {
                     ));
                 }
                 let url = TargetUrl::parse(&t.url).map_err(serde::de::Error::custom)?;
-                Ok(Target { url, weight: t.weight, down: t.down })
+                Ok(Target {
+                    url,
+                    weight: t.weight,
+                    down: t.down,
+                })
             }
         }
         de.deserialize_any(Visitor)
@@ -206,8 +224,20 @@ mod tests {
     fn target_urls() {
         let t = TargetUrl::parse("http://127.0.0.1").unwrap();
         assert_eq!(t.to_string(), "http://127.0.0.1:80");
-        assert!(TargetUrl::parse("127.0.0.1:80").unwrap_err().contains("needs a scheme"));
-        assert!(TargetUrl::parse("http://h:1/x").unwrap_err().contains("without a path"));
-        assert!(TargetUrl::parse("ftp://h:1").unwrap_err().contains("not supported"));
+        assert!(
+            TargetUrl::parse("127.0.0.1:80")
+                .unwrap_err()
+                .contains("needs a scheme")
+        );
+        assert!(
+            TargetUrl::parse("http://h:1/x")
+                .unwrap_err()
+                .contains("without a path")
+        );
+        assert!(
+            TargetUrl::parse("ftp://h:1")
+                .unwrap_err()
+                .contains("not supported")
+        );
     }
 }

@@ -118,7 +118,9 @@ impl ProxyError {
             ErrorKind::HttpRequestError => StatusCode::BAD_REQUEST,
             ErrorKind::DestinationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::ConnectionRefused | ErrorKind::HttpProtocolError => StatusCode::BAD_GATEWAY,
-            ErrorKind::ConnectionTimeout | ErrorKind::HttpResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::ConnectionTimeout | ErrorKind::HttpResponseTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 
@@ -141,8 +143,14 @@ impl ProxyError {
         let mut resp = Response::new(full(body));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
         h.insert("proxy-status", kind.proxy_status());
         resp
     }

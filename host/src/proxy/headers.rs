@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1),
 /// plus the legacy ones that proxies have long treated the same way.
@@ -42,9 +42,18 @@ pub(super) fn strip_hop_by_hop_response(headers: &mut HeaderMap) {
 
 /// Tells the upstream who the client is: appends the client's address to
 /// `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub(super) fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&str>) {
+pub(super) fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&str>,
+) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let prior: Vec<&str> = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect();
+    let prior: Vec<&str> = headers
+        .get_all(&xff)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     let value = if prior.is_empty() {
         client.to_string()
     } else {
@@ -53,7 +62,10 @@ pub(super) fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'st
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(xff, v);
     }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(proto));
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(proto),
+    );
     let xfh = HeaderName::from_static("x-forwarded-host");
     match host.and_then(|h| HeaderValue::from_str(h).ok()) {
         Some(h) => {
@@ -74,11 +86,16 @@ pub(super) fn append_via(headers: &mut HeaderMap, version: Version) {
         Version::HTTP_3 => "3 plumeway",
         _ => "1.1 plumeway",
     };
-    let prior: Vec<&str> = headers.get_all(header::VIA).iter().filter_map(|v| v.to_str().ok()).collect();
+    let prior: Vec<&str> = headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     let value = if prior.is_empty() {
         HeaderValue::from_static(hop)
     } else {
-        HeaderValue::from_str(&format!("{}, {hop}", prior.join(", "))).unwrap_or(HeaderValue::from_static(hop))
+        HeaderValue::from_str(&format!("{}, {hop}", prior.join(", ")))
+            .unwrap_or(HeaderValue::from_static(hop))
     };
     headers.insert(header::VIA, value);
 }
@@ -90,7 +107,10 @@ mod tests {
     #[test]
     fn strips_connection_named_and_standard_hop_headers() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
@@ -107,7 +127,12 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("via", HeaderValue::from_static("1.1 edge"));
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some("example.com"));
+        set_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            "http",
+            Some("example.com"),
+        );
         append_via(&mut h, Version::HTTP_11);
         assert_eq!(h["x-forwarded-for"], "203.0.113.1, 10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -20,14 +20,19 @@ pub struct RoundRobin {
 
 impl Balance for RoundRobin {
     fn pick(&self, endpoints: &[Endpoint]) -> Option<usize> {
-        let n = endpoints.len();
-        if n == 0 {
+        // Turn over the available endpoints only: handing a down endpoint's
+        // turn to its neighbour would give that neighbour double load.
+        let available = endpoints.iter().filter(|e| e.is_available()).count();
+        if available == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        // Scan from the turn's position so an unavailable endpoint hands its
-        // turn to the next one instead of failing the request.
-        (0..n).map(|k| (start + k) % n).find(|&i| endpoints[i].is_available())
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % available;
+        endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.is_available())
+            .nth(turn)
+            .map(|(i, _)| i)
     }
 }
 
@@ -60,6 +65,7 @@ mod tests {
         let picks: Vec<_> = (0..6).map(|_| rr.pick(&eps).unwrap()).collect();
         assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 0);
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 3);
+        assert_eq!(picks.iter().filter(|&&i| i == 2).count(), 3);
         assert_eq!(rr.pick(&endpoints(&[true, true])), None);
     }
 }

@@ -60,76 +60,55 @@ impl Pool {
     }
 
     /// Sends `req` (whose URI names the endpoint) and waits for the response head.
-    pub async fn send(&self, req: http::Request<BoxBody>) -> Result<http::Response<Incoming>, PoolError> {
+    pub async fn send(
+        &self,
+        req: http::Request<BoxBody>,
+    ) -> Result<http::Response<Incoming>, PoolError> {
         self.client.request(req).await.map_err(classify)
     }
 }
 
 fn classify(err: hyper_util::client::legacy::Error) -> PoolError {
-    let io_kind = io_error_kind(&err);
     if err.is_connect() {
+        let io_kind = causes(&err)
+            .find_map(|e| e.downcast_ref::<io::Error>())
+            .map(io::Error::kind);
         return match io_kind {
             Some(io::ErrorKind::ConnectionRefused) => PoolError::ConnectionRefused,
             Some(io::ErrorKind::TimedOut) => PoolError::ConnectionTimeout,
             _ => PoolError::Connect(chain(&err)),
         };
     }
-    if has_cause::<http_body_util::LengthLimitError>(&err) {
+    if causes(&err).any(|e| e.is::<http_body_util::LengthLimitError>()) {
         return PoolError::RequestBodyTooLarge;
     }
-    if is_body_write_error(&err) {
+    let body_failed = causes(&err)
+        .filter_map(|e| e.downcast_ref::<hyper::Error>())
+        .any(|h| h.is_user() || h.is_body_write_aborted());
+    if body_failed {
         return PoolError::RequestBody(chain(&err));
     }
     PoolError::Protocol(chain(&err))
 }
 
-/// The kind of the first `io::Error` among the causes.
-fn io_error_kind(err: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return Some(io.kind());
-        }
-        cur = e.source();
-    }
-    None
+/// `err` and its causes, outermost first.
+fn causes<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(err), |e| (*e).source())
 }
 
-fn has_cause<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if e.is::<E>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
-}
-
-fn is_body_write_error(err: &(dyn StdError + 'static)) -> bool {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_user() || h.is_body_write_aborted() {
-                return true;
-            }
-        }
-        cur = e.source();
-    }
-    false
-}
-
-/// The error and its causes on one line, for logs and short bodies.
+/// The error and its causes on one line, for logs.
 fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
+    let mut out = String::new();
+    for e in causes(err) {
         let s = e.to_string();
         if !out.contains(&s) {
-            out.push_str(": ");
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
             out.push_str(&s);
         }
-        cur = e.source();
     }
     out
 }

@@ -1,0 +1,79 @@
+//! The command line as a user meets it: `check`, exit codes, help.
+
+use std::path::Path;
+use std::process::Command;
+
+fn plumeway(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_plumeway-e2e"))
+        .args(args)
+        .output()
+        .expect("run plumeway");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn check_prints_a_summary_of_a_valid_config() {
+    let config = repo("examples/quickstart/plumeway.toml");
+    let (code, stdout, stderr) = plumeway(&["check", &config]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(": ok\n"), "{stdout}");
+    assert!(stdout.contains("listeners: 127.0.0.1:8080"), "{stdout}");
+    assert!(stdout.contains("routes (2):"), "{stdout}");
+    assert!(
+        stdout.contains("api                  path /api -> demo"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("http://127.0.0.1:9001, http://127.0.0.1:9002"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_rejects_an_invalid_config_with_exit_2_and_the_place() {
+    let config = repo("tests/config/invalid/unknown-upstream.toml");
+    let (code, stdout, stderr) = plumeway(&["check", &config]);
+    assert_eq!(code, 2);
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.starts_with("error: ")
+            && stderr.contains(
+                "unknown-upstream.toml:6:12: routes[0].upstream: unknown upstream \"userz\""
+            ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_refuses_a_missing_file_clearly() {
+    let (code, _, stderr) = plumeway(&["run", "/nonexistent/plumeway.toml"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("/nonexistent/plumeway.toml: cannot read the file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn version_and_help_work() {
+    let (code, stdout, _) = plumeway(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("plumeway "), "{stdout}");
+    let (code, stdout, _) = plumeway(&["--help"]);
+    assert_eq!(code, 0);
+    for word in ["run", "check", "demo", "Examples:"] {
+        assert!(stdout.contains(word), "help lacks {word}: {stdout}");
+    }
+}

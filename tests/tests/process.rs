@@ -1,0 +1,142 @@
+//! Tests of the real `plumeway` binary as a process: memory while streaming,
+//! and graceful shutdown on SIGTERM.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use plumeway_tests::backend::{BackendBody, full};
+use plumeway_tests::client::ClientBody;
+use plumeway_tests::{Backend, BinaryProxy, within};
+use tokio::sync::{Notify, mpsc};
+
+const CHUNK: usize = 64 * 1024;
+const CHUNKS: usize = 800; // 800 × 64 KiB = 50 MiB
+const TOTAL: usize = CHUNK * CHUNKS;
+
+fn chunks()
+-> impl futures_util::Stream<Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>
+{
+    stream::iter((0..CHUNKS).map(|i| Ok(Frame::data(Bytes::from(vec![(i % 251) as u8; CHUNK])))))
+}
+
+/// Reads a body to the end without keeping it, returning its length.
+async fn drain<B>(mut body: B) -> usize
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut n = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("body frame").into_data() {
+            n += data.len();
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn streams_50_mib_each_way_without_buffering() {
+    // Uploads are counted as they arrive; downloads are generated as sent.
+    let backend = Backend::start(|req| async move {
+        if req.method() == http::Method::POST {
+            let n = drain(req.into_body()).await;
+            http::Response::new(full(n.to_string()))
+        } else {
+            let body: BackendBody = StreamBody::new(chunks()).boxed();
+            http::Response::new(body)
+        }
+    })
+    .await;
+    let proxy = BinaryProxy::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nlimits = {{ max_body = \"100MiB\" }}\n[upstreams.u]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"u\"\n",
+        backend.url()
+    ))
+    .await;
+    let client = proxy.client();
+    // Warm up (pools, allocator arenas) before taking the baseline.
+    assert_eq!(client.get("/warm").await.status, 200);
+    let baseline = proxy.memory_kib("VmRSS");
+
+    let upload: ClientBody = StreamBody::new(chunks()).boxed();
+    let req = client.request("POST", "/upload").body(upload).unwrap();
+    let reply = within("upload", client.send(req)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.text(),
+        TOTAL.to_string(),
+        "the backend got every byte"
+    );
+
+    let resp = client
+        .send_streaming(
+            client
+                .request("GET", "/download")
+                .body(plumeway_tests::client::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(within("download", drain(resp.into_body())).await, TOTAL);
+
+    // 100 MiB went through; a proxy that buffered either body would have
+    // grown by at least 50 MiB at its peak.
+    let peak = proxy.memory_kib("VmHWM");
+    let growth_mib = peak.saturating_sub(baseline) / 1024;
+    eprintln!("streaming 100 MiB: RSS baseline {baseline} KiB, peak {peak} KiB");
+    assert!(
+        growth_mib < 16,
+        "peak RSS grew by {growth_mib} MiB while streaming (baseline {baseline} KiB, peak {peak} KiB)"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<()>();
+    let release = Arc::new(Notify::new());
+    let gate = Arc::clone(&release);
+    let backend = Backend::start(move |_req| {
+        let arrived_tx = arrived_tx.clone();
+        let gate = Arc::clone(&gate);
+        async move {
+            let _ = arrived_tx.send(());
+            gate.notified().await;
+            http::Response::new(full("finished"))
+        }
+    })
+    .await;
+    let mut proxy = BinaryProxy::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.u]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"u\"\n",
+        backend.url()
+    ))
+    .await;
+    let client = proxy.client();
+    let in_flight = tokio::spawn(async move { client.get("/slow").await });
+    within("request reaches the backend", arrived.recv()).await;
+
+    proxy.signal("TERM");
+    proxy.wait_for_log("draining open connections").await;
+    // The listener is closed: new clients are turned away at once.
+    assert!(
+        tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+
+    release.notify_one();
+    let reply = within("in-flight response", in_flight).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "finished");
+    let status = proxy.wait().await;
+    assert!(
+        status.success(),
+        "exit status {status:?}; logs: {:#?}",
+        proxy.logs()
+    );
+    assert!(
+        proxy.logs().iter().any(|l| l.contains("shutdown complete")),
+        "{:#?}",
+        proxy.logs()
+    );
+}
