@@ -91,10 +91,18 @@ pub mod __private {
 #[macro_export]
 macro_rules! export {
     ($plugin:ty : $($hook:ident),+ $(,)?) => {
+        // Only a component has these exports; on the host target (unit
+        // tests) the plugin is plain Rust, and the export names (with `:`)
+        // would not even link.
+        #[cfg(target_arch = "wasm32")]
         #[doc(hidden)]
-        type __PlumewayPlugin = $crate::__private::Glue<$plugin>;
-        $crate::__private::bindings::lifecycle::export_lifecycle!(__PlumewayPlugin);
-        $( $crate::__export_hook!($hook); )+
+        mod __plumeway_exports {
+            #[allow(unused_imports)]
+            use super::*;
+            type __PlumewayPlugin = $crate::__private::Glue<$plugin>;
+            $crate::__private::bindings::lifecycle::export_lifecycle!(__PlumewayPlugin);
+            $( $crate::__export_hook!($hook); )+
+        }
     };
 }
 

@@ -1,0 +1,36 @@
+//! Logs each request and reports the context attributes it can see in
+//! `x-seen-*` headers.
+
+use plumeway_sdk::{Action, Config, Error, Plugin, Request, RequestFilter, context};
+
+/// The plugin.
+#[derive(Debug)]
+pub struct Logger {
+    tag: String,
+}
+
+impl Plugin for Logger {
+    fn init(config: Config) -> Result<Self, String> {
+        #[derive(plumeway_sdk::serde::Deserialize)]
+        #[serde(crate = "plumeway_sdk::serde")]
+        struct Settings {
+            #[serde(default)]
+            tag: String,
+        }
+        let s: Settings = config.parse()?;
+        Ok(Self { tag: s.tag })
+    }
+}
+
+impl RequestFilter for Logger {
+    fn on_request(&self, req: &mut Request<'_>) -> Result<Action, Error> {
+        plumeway_sdk::info!("logger {} saw {} {}", self.tag, req.method(), req.path());
+        for name in ["route", "plugin", "client-ip", "request-id"] {
+            let value = context::attribute(name).unwrap_or_else(|| "-".into());
+            req.headers_mut().set(&format!("x-seen-{name}"), value)?;
+        }
+        Ok(Action::Continue)
+    }
+}
+
+plumeway_sdk::export!(Logger: RequestFilter);
