@@ -13,9 +13,7 @@ pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A complete in-memory body.
 pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// Boxes any body whose error converts into [`BoxError`].

@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigError};
-use crate::server::Server;
+use crate::proxy::Proxy;
+use crate::server::{Server, StartError};
 
 /// plumeway: a reverse proxy and API gateway extended by WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -63,10 +64,7 @@ pub fn main() -> ExitCode {
     };
     match command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(cfg) => {
-                print!("{}", summary(&config, &cfg));
-                ExitCode::SUCCESS
-            }
+            Ok(cfg) => check(&config, cfg),
             Err(err) => config_failed(&err),
         },
         Command::Run { config } => match Config::load(&config) {
@@ -81,10 +79,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(config: Config, demo: Option<SocketAddr>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("plumeway: cannot start the runtime: {err}");
@@ -100,6 +95,7 @@ fn run(config: Config, demo: Option<SocketAddr>) -> ExitCode {
         }
         let server = match Server::bind(&config).await {
             Ok(s) => s,
+            Err(StartError::Config(err)) => return config_failed(&err),
             Err(err) => {
                 eprintln!("plumeway: {err}");
                 return ExitCode::FAILURE;
@@ -111,6 +107,25 @@ fn run(config: Config, demo: Option<SocketAddr>) -> ExitCode {
         server.serve(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// `plumeway check`: everything `run` does before it listens, plugins
+/// compiled and initialised included, then a summary.
+fn check(path: &Path, config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("plumeway: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(Proxy::build(&config)) {
+        Ok(proxy) => {
+            print!("{}", summary(path, &config, &proxy));
+            ExitCode::SUCCESS
+        }
+        Err(err) => config_failed(&err),
+    }
 }
 
 fn config_failed(err: &ConfigError) -> ExitCode {
@@ -160,25 +175,17 @@ async fn shutdown_signal() {
 }
 
 /// The one-screen summary `plumeway check` prints.
-fn summary(path: &Path, config: &Config) -> String {
+fn summary(path: &Path, config: &Config, proxy: &Proxy) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "{}: ok", path.display());
-    let listen: Vec<String> = config
-        .server
-        .listen
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
     let _ = writeln!(out, "listeners: {}", listen.join(", "));
     let limits = &config.server.limits;
     let _ = writeln!(
         out,
         "limits: header bytes {}, headers {}, body {}; header read timeout {}",
-        limits.max_header_bytes,
-        limits.max_headers,
-        limits.max_body,
-        config.server.timeouts.header_read
+        limits.max_header_bytes, limits.max_headers, limits.max_body, config.server.timeouts.header_read
     );
     let _ = writeln!(out, "routes ({}):", config.routes.len());
     for (i, r) in config.routes.iter().enumerate() {
@@ -200,6 +207,22 @@ fn summary(path: &Path, config: &Config) -> String {
             cond.join(" "),
             r.upstream
         );
+        let mut chain = Vec::new();
+        if let Some(p) = &r.rewrite {
+            chain.push(format!("rewrite {p}"));
+        }
+        if !r.request.is_empty() {
+            chain.push(format!("request [{}]", r.request.join(", ")));
+        }
+        if !r.response.is_empty() {
+            chain.push(format!("response [{}]", r.response.join(", ")));
+        }
+        if let Some(p) = &r.on_error {
+            chain.push(format!("on_error {p}"));
+        }
+        if !chain.is_empty() {
+            let _ = writeln!(out, "  {:<20} plugins: {}", "", chain.join("; "));
+        }
     }
     let _ = writeln!(out, "upstreams ({}):", config.upstreams.len());
     for (name, u) in &config.upstreams {
@@ -224,6 +247,25 @@ fn summary(path: &Path, config: &Config) -> String {
             u.timeouts.connect,
             u.timeouts.response_header,
             targets.join(", ")
+        );
+    }
+    let _ = writeln!(out, "plugins ({}):", config.plugins.len());
+    for (name, plugin) in proxy.plugins().iter() {
+        let pc = &config.plugins[name];
+        let source = match (&pc.builtin, &pc.path) {
+            (Some(b), _) => format!("builtin {b}"),
+            (None, Some(p)) => p.display().to_string(),
+            (None, None) => "-".to_owned(),
+        };
+        let l = plugin.limits();
+        let _ = writeln!(
+            out,
+            "  {name:<20} {source}; hooks {}; memory {}, time {}{}; {:?}",
+            plugin.exported_hooks().join(","),
+            l.memory,
+            l.time,
+            l.fuel.map(|f| format!(", fuel {f}")).unwrap_or_default(),
+            pc.isolation
         );
     }
     out

@@ -8,18 +8,21 @@
 
 mod duration;
 mod error;
+mod plugin;
 mod route;
 mod server;
 mod size;
 mod upstream;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 pub use duration::Duration;
 pub use error::{ConfigError, Invalid};
+pub use plugin::{Isolation, MAX_PLUGIN_MEMORY, OnFailure, PluginConfig, PluginLimits};
 pub use route::{MatchConfig, RouteConfig};
 pub use server::{Limits, ServerConfig, ServerTimeouts};
 pub use size::Size;
@@ -32,12 +35,28 @@ pub struct Config {
     /// `[server]`: listeners, client limits and timeouts.
     #[serde(default)]
     pub server: ServerConfig,
+    /// `[plugins.NAME]`: WebAssembly plugins that routes and upstreams use.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
     /// `[upstreams.NAME]`: named sets of endpoints.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// `[[routes]]`: matched longest path prefix first.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Where the config came from, so that problems found after parsing
+    /// (a plugin that fails to load) can still point at a line.
+    #[serde(skip)]
+    pub origin: Option<Arc<Origin>>,
+}
+
+/// The file a config was read from and its text.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The file, as given.
+    pub file: PathBuf,
+    /// Its contents.
+    pub source: String,
 }
 
 impl Config {
@@ -50,16 +69,36 @@ impl Config {
 
     /// Parses and validates `source`; `file` is used in error messages.
     pub fn parse(file: &Path, source: &str) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::parse(source)
-            .map_err(|e| toml_error(file, source, e, String::new()))?;
+        let de = toml::Deserializer::parse(source).map_err(|e| toml_error(file, source, e, String::new()))?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { String::new() } else { key };
             toml_error(file, source, e.into_inner(), key)
         })?;
-        config
+        let mut config = config
             .validate()
-            .map_err(|invalid| ConfigError::locate(file, source, invalid))
+            .map_err(|invalid| ConfigError::locate(file, source, invalid))?;
+        config.origin = Some(Arc::new(Origin {
+            file: file.to_owned(),
+            source: source.to_owned(),
+        }));
+        Ok(config)
+    }
+
+    /// Ties a problem found after parsing to its place in the file.
+    pub fn locate(&self, invalid: Invalid) -> ConfigError {
+        match &self.origin {
+            Some(o) => ConfigError::locate(&o.file, &o.source, invalid),
+            None => ConfigError::locate(Path::new("(config)"), "", invalid),
+        }
+    }
+
+    /// The directory relative paths in the config are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.origin
+            .as_ref()
+            .and_then(|o| o.file.parent().map(Path::to_owned))
+            .unwrap_or_else(|| PathBuf::from("."))
     }
 
     /// Checks what a single value cannot check by itself; returns the first
@@ -67,9 +106,21 @@ impl Config {
     pub fn validate(self) -> Result<Self, Invalid> {
         let mut errors = Vec::new();
         self.server.validate(&mut errors);
+        for (name, plugin) in &self.plugins {
+            check_name("plugins", name, &mut errors);
+            plugin.validate(name, &mut errors);
+        }
         for (name, upstream) in &self.upstreams {
             check_name("upstreams", name, &mut errors);
             upstream.validate(name, &mut errors);
+            if let Balancer::Plugin(plugin) = &upstream.balancer
+                && !self.plugins.contains_key(plugin)
+            {
+                errors.push(Invalid::new(
+                    format!("upstreams.{name}.balancer.plugin"),
+                    format!("unknown plugin {plugin:?} ({})", declared(self.plugins.keys())),
+                ));
+            }
         }
         if self.routes.is_empty() {
             errors.push(Invalid::new(
@@ -79,6 +130,14 @@ impl Config {
         }
         for (i, route) in self.routes.iter().enumerate() {
             route.validate(i, &mut errors);
+            for (key, plugin) in route.plugin_refs(i) {
+                if !self.plugins.contains_key(plugin) {
+                    errors.push(Invalid::new(
+                        key,
+                        format!("unknown plugin {plugin:?} ({})", declared(self.plugins.keys())),
+                    ));
+                }
+            }
             if !self.upstreams.contains_key(&route.upstream) {
                 errors.push(Invalid::new(
                     format!("routes[{i}].upstream"),
@@ -109,9 +168,7 @@ impl Config {
 /// keys, so they are kept to a plain alphabet.
 fn check_name(section: &str, name: &str, errors: &mut Vec<Invalid>) {
     let ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric());
     if !ok {
         errors.push(Invalid::new(

@@ -34,9 +34,9 @@ pub(crate) async fn start_backends(config: &Config) -> std::io::Result<()> {
         for target in &upstream.targets {
             n += 1;
             let addr = target.url.authority.as_str();
-            let listener = TcpListener::bind(addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("demo backend on {addr}: {e}"))
-            })?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("demo backend on {addr}: {e}")))?;
             tokio::spawn(serve_echo(listener, format!("demo-backend-{n}")));
         }
     }
@@ -47,8 +47,12 @@ pub(crate) async fn start_backends(config: &Config) -> std::io::Result<()> {
 pub(crate) fn banner(addr: SocketAddr) -> String {
     format!(
         "plumeway demo is serving on http://{addr}\n\
-         Try:\n  curl -s http://{addr}/api/hello        # alternates between demo-backend-1 and -2\n  \
-         curl -s http://{addr}/anything -H 'x-forwarded-for: 203.0.113.9'\n\
+         Route /api runs a plugin chain (all built in, see examples/quickstart/plumeway.toml):\n  \
+         rewrite strip-api -> request [gateway-headers] -> upstream -> response [security-headers]; on_error json-errors\n\
+         Try:\n  \
+         curl -si http://{addr}/api/hello      # backend sees /hello and x-gateway; you get nosniff, DENY\n  \
+         curl -s  http://{addr}/api/hello      # again: the other demo backend answers (round robin)\n  \
+         curl -s  http://{addr}/other          # the plain route, no plugins\n\
          Stop with Ctrl-C."
     )
 }
@@ -75,12 +79,7 @@ fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let headers: BTreeMap<&str, String> = req
         .headers()
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let body = serde_json::json!({
         "backend": name,

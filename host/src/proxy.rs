@@ -1,35 +1,43 @@
-//! The request path: route, then forward to an endpoint, then answer.
+//! The request path: route, plugins, upstream, plugins, answer.
 //!
 //! ```text
-//! client ─► route ─► check limits ─► pick endpoint ─► forward ─► response ─► client
-//!              └──────────── any failure: ProxyError → built-in response ─┘
+//! client ─► route ─► rewrite ─► request filters ─► pick endpoint ─► forward
+//!                                   │ (may answer early)                │
+//! client ◄──────────────── response filters ◄──────────────────────────┘
+//!           on failure: the route's error plugin, else a built-in response
 //! ```
 
 mod error;
 mod headers;
+mod request_id;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Request, Response, Version, header};
-use http_body_util::{BodyExt, Limited};
+use http::{HeaderValue, Request, Response, Version, header, request};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::body::{BoxBody, boxed};
-use crate::config::{Config, Size};
+use crate::config::{Balancer, Config, ConfigError, OnFailure, Size};
+use crate::plugin::{
+    CallInfo, EndpointView, ErrorInfo, Failure, Hook, PickInput, Plugin, Plugins, RequestOutcome, ResponseOutcome,
+};
 use crate::router::{Router, request_host};
 use crate::upstream::{PoolError, Upstream};
 
 pub use error::{ErrorKind, ProxyError};
 
-/// A configuration made runnable: the routing table and the upstreams with
-/// their pools. One is shared by every connection.
+/// A configuration made runnable: the routing table, the upstreams with
+/// their pools, and the loaded plugins. One is shared by every connection.
 #[derive(Debug)]
 pub struct Proxy {
     router: Router<Route>,
     max_body: Size,
+    plugins: Plugins,
 }
 
 /// What a matched request needs, resolved once when the config is loaded so
@@ -38,6 +46,10 @@ pub struct Proxy {
 struct Route {
     name: Arc<str>,
     upstream: Arc<Upstream>,
+    rewrite: Option<Arc<Plugin>>,
+    request: Vec<Arc<Plugin>>,
+    response: Vec<Arc<Plugin>>,
+    on_error: Option<Arc<Plugin>>,
 }
 
 /// The connection a request arrived on.
@@ -49,38 +61,100 @@ pub struct Client {
     pub proto: &'static str,
 }
 
-/// What the access log says about where a request went.
-#[derive(Debug, Default)]
-struct Trace {
+/// One request's state as it moves through the pipeline.
+#[derive(Debug)]
+struct Exchange {
+    client: Client,
+    request_id: Arc<str>,
     route: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
     endpoint: Option<Arc<str>>,
+    attempts: u32,
+    /// What each request filter left for its own `on_response`.
+    stashes: Vec<(Arc<str>, Vec<u8>)>,
+}
+
+/// A request body: still streaming from the client, or read whole because
+/// a plugin asked for it (or replaced it).
+enum ReqBody {
+    Streaming(Incoming),
+    Whole(Bytes),
 }
 
 impl Proxy {
-    /// Builds the routing table and one upstream (with its pool) per
-    /// `[upstreams.NAME]` table of a validated config.
-    pub fn new(config: &Config) -> Self {
-        let upstreams: std::collections::BTreeMap<&str, Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|(name, u)| (name.as_str(), Arc::new(Upstream::new(name, u))))
-            .collect();
-        let router = Router::new(config, |i, route| Route {
-            name: config.route_name(i).into(),
-            // Validation guarantees the name exists; a missing one would be
-            // a bug in `Config::validate`, so fail loudly at load time.
-            upstream: Arc::clone(upstreams.get(route.upstream.as_str()).unwrap_or_else(|| {
-                panic!(
-                    "validated config names unknown upstream {:?}",
-                    route.upstream
-                )
-            })),
+    /// Loads the plugins and builds the routing table and one upstream (with
+    /// its pool) per `[upstreams.NAME]` of a validated config. A plugin that
+    /// fails to load, or that lacks a hook it is used for, is an error that
+    /// points at the config line.
+    pub async fn build(config: &Config) -> Result<Self, ConfigError> {
+        let plugins = Plugins::load(config).await.map_err(|i| config.locate(i))?;
+        let mut upstreams = std::collections::BTreeMap::new();
+        for (name, u) in &config.upstreams {
+            let balancer = match &u.balancer {
+                Balancer::RoundRobin => None,
+                Balancer::Plugin(p) => Some(
+                    plugins
+                        .get(p, Hook::Balancer, &format!("upstreams.{name}.balancer.plugin"))
+                        .map_err(|i| config.locate(i))?,
+                ),
+            };
+            upstreams.insert(name.as_str(), Arc::new(Upstream::new(name, u, balancer)));
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, r) in config.routes.iter().enumerate() {
+            let get = |name: &str, hook: Hook, key: String| plugins.get(name, hook, &key).map_err(|e| config.locate(e));
+            let rewrite = r
+                .rewrite
+                .as_deref()
+                .map(|p| get(p, Hook::Rewrite, format!("routes[{i}].rewrite")))
+                .transpose()?;
+            let request = r
+                .request
+                .iter()
+                .enumerate()
+                .map(|(j, p)| get(p, Hook::RequestFilter, format!("routes[{i}].request[{j}]")))
+                .collect::<Result<_, _>>()?;
+            let response = r
+                .response
+                .iter()
+                .enumerate()
+                .map(|(j, p)| get(p, Hook::ResponseFilter, format!("routes[{i}].response[{j}]")))
+                .collect::<Result<_, _>>()?;
+            let on_error = r
+                .on_error
+                .as_deref()
+                .map(|p| get(p, Hook::ErrorHandler, format!("routes[{i}].on_error")))
+                .transpose()?;
+            let upstream = upstreams.get(r.upstream.as_str()).cloned().ok_or_else(|| {
+                config.locate(crate::config::Invalid::new(
+                    format!("routes[{i}].upstream"),
+                    "unknown upstream",
+                ))
+            })?;
+            routes.push(Some(Route {
+                name: config.route_name(i).into(),
+                upstream,
+                rewrite,
+                request,
+                response,
+                on_error,
+            }));
+        }
+        let router = Router::new(config, |i, _| {
+            routes[i]
+                .take()
+                .unwrap_or_else(|| unreachable!("each route is built once"))
         });
-        Self {
+        Ok(Self {
             router,
             max_body: config.server.limits.max_body,
-        }
+            plugins,
+        })
+    }
+
+    /// The loaded plugins.
+    pub fn plugins(&self) -> &Plugins {
+        &self.plugins
     }
 
     /// Serves one request to completion of its response head, and logs it.
@@ -89,19 +163,20 @@ impl Proxy {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let version = req.version();
-        let mut trace = Trace::default();
-        let resp = match self.forward(req, client, &mut trace).await {
-            Ok(resp) => resp,
-            Err(err) => {
-                tracing::warn!(
-                    route = trace.route.as_deref().unwrap_or("-"),
-                    error = %err,
-                    kind = err.kind().as_str(),
-                    "request failed"
-                );
-                err.to_response()
-            }
+        let mut ex = Exchange {
+            client,
+            request_id: request_id::request_id(req.headers()),
+            route: None,
+            upstream: None,
+            endpoint: None,
+            attempts: 0,
+            stashes: Vec::new(),
         };
+        let mut resp = self.serve(req, &mut ex).await;
+        *resp.version_mut() = version;
+        if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
+            resp.headers_mut().insert("x-request-id", id);
+        }
         tracing::info!(
             target: "plumeway::access",
             client = %client.peer.ip(),
@@ -109,81 +184,226 @@ impl Proxy {
             path,
             version = ?version,
             status = resp.status().as_u16(),
-            route = trace.route.as_deref().unwrap_or("-"),
-            upstream = trace.upstream.as_deref().unwrap_or("-"),
-            endpoint = trace.endpoint.as_deref().unwrap_or("-"),
+            route = ex.route.as_deref().unwrap_or("-"),
+            upstream = ex.upstream.as_deref().unwrap_or("-"),
+            endpoint = ex.endpoint.as_deref().unwrap_or("-"),
+            request_id = &*ex.request_id,
             duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
         );
         resp
     }
 
-    async fn forward(
-        &self,
-        req: Request<Incoming>,
-        client: Client,
-        trace: &mut Trace,
-    ) -> Result<Response<BoxBody>, ProxyError> {
-        let route = self.router.route(&req).ok_or(ProxyError::NoRoute)?;
-        trace.route = Some(Arc::clone(&route.name));
-        let upstream = &route.upstream;
-        trace.upstream = Some(Arc::clone(upstream.name()));
+    async fn serve(&self, req: Request<Incoming>, ex: &mut Exchange) -> Response<BoxBody> {
+        let Some(route) = self.router.route(&req) else {
+            return self.failed(None, None, ProxyError::NoRoute, ex).await;
+        };
+        ex.route = Some(Arc::clone(&route.name));
+        let (mut parts, body) = req.into_parts();
+        match self.run(route, &mut parts, body, ex).await {
+            Ok(resp) => resp,
+            Err(err) => self.failed(Some(route), Some(&mut parts), err, ex).await,
+        }
+    }
 
-        let declared = req
-            .headers()
+    /// The route's pipeline; any error goes to the route's error handler.
+    async fn run(
+        &self,
+        route: &Route,
+        parts: &mut request::Parts,
+        body: Incoming,
+        ex: &mut Exchange,
+    ) -> Result<Response<BoxBody>, ProxyError> {
+        let declared = parts
+            .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body.get()) {
-            return Err(ProxyError::BodyTooLarge {
-                limit: self.max_body,
-            });
+            return Err(ProxyError::BodyTooLarge { limit: self.max_body });
+        }
+        let mut body = ReqBody::Streaming(body);
+
+        if let Some(plugin) = &route.rewrite
+            && let Some(path) = guarded(plugin, plugin.rewrite(parts, ex.call()).await)?.flatten()
+        {
+            set_path(parts, path)?;
         }
 
-        let endpoint = upstream
-            .pick()
+        let mut local = None;
+        for plugin in &route.request {
+            if plugin.needs().request_body {
+                body = self.read_whole(body).await?;
+            }
+            let mut outcome = guarded(plugin, plugin.on_request(parts, body.whole(), ex.call()).await)?;
+            if matches!(outcome, Some(RequestOutcome::BufferBody)) {
+                body = self.read_whole(body).await?;
+                outcome = guarded(plugin, plugin.on_request(parts, body.whole(), ex.call()).await)?;
+            }
+            match outcome {
+                None | Some(RequestOutcome::BufferBody) => {}
+                Some(RequestOutcome::Continue { body: new_body, stash }) => {
+                    if let Some(b) = new_body {
+                        body = ReqBody::Whole(b);
+                    }
+                    if let Some(s) = stash {
+                        ex.stashes.push((Arc::clone(plugin.name()), s));
+                    }
+                }
+                Some(RequestOutcome::Respond(resp)) => {
+                    local = Some(resp);
+                    break;
+                }
+            }
+        }
+
+        let resp = match local {
+            Some(resp) => resp,
+            None => self.forward(route, parts, body, ex).await?,
+        };
+        self.filter_response(route, parts, resp, ex).await
+    }
+
+    /// Runs the route's response filters, in order.
+    async fn filter_response(
+        &self,
+        route: &Route,
+        request: &request::Parts,
+        resp: Response<BoxBody>,
+        ex: &mut Exchange,
+    ) -> Result<Response<BoxBody>, ProxyError> {
+        if route.response.is_empty() {
+            return Ok(resp);
+        }
+        let (mut parts, body) = resp.into_parts();
+        let mut body = RespBody::Streaming(body);
+        for plugin in &route.response {
+            let stash = stash_for(&ex.stashes, plugin.name());
+            if plugin.needs().response_body {
+                body = body.read_whole(plugin).await?;
+            }
+            let mut outcome = guarded(
+                plugin,
+                plugin
+                    .on_response(request, &mut parts, body.whole(), stash, ex.call())
+                    .await,
+            )?;
+            if matches!(outcome, Some(ResponseOutcome::BufferBody)) {
+                body = body.read_whole(plugin).await?;
+                outcome = guarded(
+                    plugin,
+                    plugin
+                        .on_response(request, &mut parts, body.whole(), stash, ex.call())
+                        .await,
+                )?;
+            }
+            match outcome {
+                None | Some(ResponseOutcome::BufferBody) => {}
+                Some(ResponseOutcome::Continue { status, body: new_body }) => {
+                    if let Some(s) = status {
+                        parts.status = s;
+                    }
+                    if let Some(b) = new_body {
+                        body = RespBody::Whole(b);
+                    }
+                }
+                Some(ResponseOutcome::Replace(resp)) => {
+                    let (p, b) = resp.into_parts();
+                    parts = p;
+                    body = RespBody::Streaming(b);
+                }
+            }
+        }
+        if let RespBody::Whole(b) = &body {
+            // The body's size is known now; stale framing must not survive.
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+        }
+        Ok(Response::from_parts(parts, body.into_body()))
+    }
+
+    /// Picks an endpoint and forwards the request to it.
+    async fn forward(
+        &self,
+        route: &Route,
+        parts: &mut request::Parts,
+        body: ReqBody,
+        ex: &mut Exchange,
+    ) -> Result<Response<BoxBody>, ProxyError> {
+        let upstream = &route.upstream;
+        ex.upstream = Some(Arc::clone(upstream.name()));
+        let picked = match upstream.balancer_plugin() {
+            None => upstream.pick_builtin(),
+            Some(plugin) => {
+                let input = PickInput {
+                    endpoints: upstream
+                        .endpoints()
+                        .iter()
+                        .map(|e| EndpointView {
+                            url: Arc::clone(e.label()),
+                            weight: e.weight,
+                            healthy: e.is_available(),
+                            in_flight: 0,
+                        })
+                        .collect(),
+                    generation: 0,
+                    attempt: 0,
+                    tried: Vec::new(),
+                };
+                guarded(plugin, plugin.pick(parts, &input, ex.call()).await)?.unwrap_or_else(|| upstream.pick_builtin())
+            }
+        };
+        let endpoint = picked
+            .map(|i| &upstream.endpoints()[i])
             .ok_or_else(|| ProxyError::NoHealthyEndpoint {
                 upstream: Arc::clone(upstream.name()),
             })?;
-        trace.endpoint = Some(Arc::clone(endpoint.label()));
+        ex.endpoint = Some(Arc::clone(endpoint.label()));
+        ex.attempts += 1;
 
-        let (mut parts, body) = req.into_parts();
-        let client_version = parts.version;
-        let host = request_host(&parts.uri, &parts.headers).map(str::to_owned);
-        headers::strip_hop_by_hop(&mut parts.headers);
-        headers::set_forwarded(
-            &mut parts.headers,
-            client.peer.ip(),
-            client.proto,
-            host.as_deref(),
-        );
-        headers::append_via(&mut parts.headers, client_version);
+        let keep = route.on_error.is_some() || !route.response.is_empty();
+        let mut out = upstream_head(parts, keep);
+        let host = request_host(&out.uri, &out.headers).map(str::to_owned);
+        headers::strip_hop_by_hop(&mut out.headers);
+        headers::set_forwarded(&mut out.headers, ex.client.peer.ip(), ex.client.proto, host.as_deref());
+        headers::append_via(&mut out.headers, parts.version);
         // The upstream sees the Host the client asked for (HTTP/2 clients send
         // it as :authority, which HTTP/1.1 has no place for but Host).
         if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-            parts.headers.insert(header::HOST, h);
+            out.headers.insert(header::HOST, h);
         }
-        let path = parts
+        if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
+            out.headers.insert("x-request-id", id);
+        }
+        let path = out
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
+        let names = || (Arc::clone(upstream.name()), Arc::clone(endpoint.label()));
+        out.uri = Uri::builder()
             .scheme(endpoint.url.scheme.clone())
             .authority(endpoint.url.authority.clone())
             .path_and_query(path)
             .build()
-            .map_err(|e| ProxyError::UpstreamFailed {
-                upstream: Arc::clone(upstream.name()),
-                endpoint: Arc::clone(endpoint.label()),
-                reason: e.to_string(),
+            .map_err(|e| {
+                let (upstream, endpoint) = names();
+                ProxyError::UpstreamFailed {
+                    upstream,
+                    endpoint,
+                    reason: e.to_string(),
+                }
             })?;
-        parts.version = Version::HTTP_11;
-        let body = boxed(Limited::new(body, self.max_body.as_usize()));
-        let upstream_req = Request::from_parts(parts, body);
+        out.version = Version::HTTP_11;
+        let body = match body {
+            ReqBody::Streaming(b) => boxed(Limited::new(b, self.max_body.as_usize())),
+            ReqBody::Whole(b) => {
+                out.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+                crate::body::full(b)
+            }
+        };
 
         let timeout = upstream.timeouts().response_header;
-        let sent = tokio::time::timeout(timeout.get(), upstream.pool().send(upstream_req)).await;
-        let names = || (Arc::clone(upstream.name()), Arc::clone(endpoint.label()));
+        let sent = tokio::time::timeout(timeout.get(), upstream.pool().send(Request::from_parts(out, body))).await;
         let resp = match sent {
             Ok(Ok(resp)) => resp,
             Err(_elapsed) => {
@@ -197,34 +417,210 @@ impl Proxy {
             Ok(Err(err)) => {
                 let (upstream, endpoint) = names();
                 return Err(match err {
-                    PoolError::ConnectionRefused => {
-                        ProxyError::ConnectionRefused { upstream, endpoint }
-                    }
-                    PoolError::ConnectionTimeout => {
-                        ProxyError::ConnectionTimeout { upstream, endpoint }
-                    }
-                    PoolError::RequestBodyTooLarge => ProxyError::BodyTooLarge {
-                        limit: self.max_body,
-                    },
+                    PoolError::ConnectionRefused => ProxyError::ConnectionRefused { upstream, endpoint },
+                    PoolError::ConnectionTimeout => ProxyError::ConnectionTimeout { upstream, endpoint },
+                    PoolError::RequestBodyTooLarge => ProxyError::BodyTooLarge { limit: self.max_body },
                     PoolError::RequestBody(reason) => ProxyError::ClientBody { reason },
-                    PoolError::Connect(reason) | PoolError::Protocol(reason) => {
-                        ProxyError::UpstreamFailed {
-                            upstream,
-                            endpoint,
-                            reason,
-                        }
-                    }
+                    PoolError::Connect(reason) | PoolError::Protocol(reason) => ProxyError::UpstreamFailed {
+                        upstream,
+                        endpoint,
+                        reason,
+                    },
                 });
             }
         };
-
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop_response(&mut parts.headers);
         headers::append_via(&mut parts.headers, parts.version);
-        parts.version = client_version;
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(Into::into).boxed_unsync(),
-        ))
+        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
     }
+
+    /// The response for a failed request: the route's error plugin's, else
+    /// the built-in one. Both failures are logged.
+    async fn failed(
+        &self,
+        route: Option<&Route>,
+        parts: Option<&mut request::Parts>,
+        err: ProxyError,
+        ex: &mut Exchange,
+    ) -> Response<BoxBody> {
+        tracing::warn!(
+            route = ex.route.as_deref().unwrap_or("-"),
+            request_id = &*ex.request_id,
+            error = %err,
+            kind = err.kind().as_str(),
+            "request failed"
+        );
+        if let (Some(plugin), Some(parts)) = (route.and_then(|r| r.on_error.as_ref()), parts) {
+            let (upstream, endpoint) = err.upstream();
+            let info = ErrorInfo {
+                kind: err.kind(),
+                plugin: err.plugin().cloned(),
+                status: err.status(),
+                upstream: upstream.cloned(),
+                endpoint: endpoint.cloned(),
+                attempts: ex.attempts,
+                request_id: Arc::clone(&ex.request_id),
+            };
+            match plugin.on_error(parts, &info, ex.call()).await {
+                Ok(resp) => return resp,
+                Err(failure) => log_failure(plugin, &failure, ex),
+            }
+        }
+        err.to_response()
+    }
+
+    /// Reads a streaming request body whole, up to `max_body` (413 beyond).
+    async fn read_whole(&self, body: ReqBody) -> Result<ReqBody, ProxyError> {
+        match body {
+            ReqBody::Whole(b) => Ok(ReqBody::Whole(b)),
+            ReqBody::Streaming(b) => match Limited::new(b, self.max_body.as_usize()).collect().await {
+                Ok(collected) => Ok(ReqBody::Whole(collected.to_bytes())),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    Err(ProxyError::BodyTooLarge { limit: self.max_body })
+                }
+                Err(e) => Err(ProxyError::ClientBody { reason: e.to_string() }),
+            },
+        }
+    }
+}
+
+impl Exchange {
+    /// What a plugin may learn about this request.
+    fn call(&self) -> CallInfo {
+        CallInfo {
+            route: self.route.clone(),
+            client_ip: Some(self.client.peer.ip().to_string().into()),
+            request_id: Some(Arc::clone(&self.request_id)),
+            upstream: self.upstream.clone(),
+            endpoint: self.endpoint.clone(),
+            ..CallInfo::default()
+        }
+    }
+}
+
+impl ReqBody {
+    fn whole(&self) -> Option<&Bytes> {
+        match self {
+            Self::Whole(b) => Some(b),
+            Self::Streaming(_) => None,
+        }
+    }
+}
+
+/// A response body in the response filters: streaming from the upstream,
+/// or read whole for a plugin.
+enum RespBody {
+    Streaming(BoxBody),
+    Whole(Bytes),
+}
+
+impl RespBody {
+    fn whole(&self) -> Option<&Bytes> {
+        match self {
+            Self::Whole(b) => Some(b),
+            Self::Streaming(_) => None,
+        }
+    }
+
+    /// Reads the body whole, up to the plugin's `limits.body` (502 beyond).
+    async fn read_whole(self, plugin: &Plugin) -> Result<Self, ProxyError> {
+        let mut body = match self {
+            Self::Whole(b) => return Ok(Self::Whole(b)),
+            Self::Streaming(b) => b,
+        };
+        let limit = plugin.limits().body;
+        // Frame by frame rather than `Limited`: its `Into<Box<dyn Error>>`
+        // bound on a boxed body makes this future's Send proof
+        // higher-ranked, which rustc cannot do yet.
+        let mut whole = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ProxyError::UpstreamFailed {
+                upstream: "-".into(),
+                endpoint: "-".into(),
+                reason: format!("response body failed: {e}"),
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if whole.len() + data.len() > limit.as_usize() {
+                    return Err(ProxyError::ResponseTooLarge {
+                        plugin: Arc::clone(plugin.name()),
+                        limit,
+                    });
+                }
+                whole.extend_from_slice(&data);
+            }
+        }
+        Ok(Self::Whole(whole.freeze()))
+    }
+
+    fn into_body(self) -> BoxBody {
+        match self {
+            Self::Streaming(b) => b,
+            Self::Whole(b) => Full::new(b).map_err(|never| match never {}).boxed_unsync(),
+        }
+    }
+}
+
+/// What a request filter stashed for its own `on_response`.
+fn stash_for<'a>(stashes: &'a [(Arc<str>, Vec<u8>)], plugin: &str) -> Option<&'a [u8]> {
+    stashes.iter().find(|(p, _)| &**p == plugin).map(|(_, s)| s.as_slice())
+}
+
+/// A plugin call's result under the plugin's `on_failure`: `Ok(None)` when a
+/// failure is skipped, an error for the request when it is not.
+fn guarded<T>(plugin: &Plugin, result: Result<T, Failure>) -> Result<Option<T>, ProxyError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(failure) => {
+            tracing::warn!(
+                plugin = &**plugin.name(),
+                failure = failure.kind(),
+                error = %failure,
+                skipped = plugin.on_failure() == OnFailure::Skip,
+                "plugin failed"
+            );
+            match plugin.on_failure() {
+                OnFailure::Skip => Ok(None),
+                OnFailure::Fail => Err(ProxyError::PluginFailed {
+                    plugin: Arc::clone(plugin.name()),
+                    failure,
+                }),
+            }
+        }
+    }
+}
+
+fn log_failure(plugin: &Plugin, failure: &Failure, ex: &Exchange) {
+    tracing::warn!(
+        plugin = &**plugin.name(),
+        route = ex.route.as_deref().unwrap_or("-"),
+        request_id = &*ex.request_id,
+        failure = failure.kind(),
+        error = %failure,
+        "error plugin failed; sending the built-in error response"
+    );
+}
+
+/// Points the request at a new path and query.
+fn set_path(parts: &mut request::Parts, path: PathAndQuery) -> Result<(), ProxyError> {
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = Some(path);
+    parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::ClientBody { reason: e.to_string() })?;
+    Ok(())
+}
+
+/// The head of the upstream request. The client's headers are moved when
+/// nothing after forwarding needs them (no error plugin, no response
+/// filters), and copied otherwise.
+fn upstream_head(parts: &mut request::Parts, keep: bool) -> request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = if keep {
+        parts.headers.clone()
+    } else {
+        std::mem::take(&mut parts.headers)
+    };
+    req.into_parts().0
 }

@@ -106,14 +106,7 @@ impl Matcher {
         }
     }
 
-    fn priority(
-        &self,
-    ) -> (
-        std::cmp::Reverse<usize>,
-        u8,
-        std::cmp::Reverse<usize>,
-        usize,
-    ) {
+    fn priority(&self) -> (std::cmp::Reverse<usize>, u8, std::cmp::Reverse<usize>, usize) {
         let host_rank = match self.host {
             Some(HostMatch::Exact(_)) => 0,
             Some(HostMatch::Suffix(_)) => 1,
@@ -134,10 +127,7 @@ impl Matcher {
                 .host
                 .as_ref()
                 .is_none_or(|h| host.is_some_and(|host| h.matches(host)))
-            && self
-                .methods
-                .as_ref()
-                .is_none_or(|ms| ms.contains(req.method()))
+            && self.methods.as_ref().is_none_or(|ms| ms.contains(req.method()))
             && self
                 .headers
                 .iter()
@@ -170,20 +160,15 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 /// The host a request is for: the `Host` header (HTTP/1.1) or the URI's
 /// authority (HTTP/2 `:authority`, absolute-form HTTP/1.1).
 pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Option<&'a str> {
-    uri.authority().map(|a| a.as_str()).or_else(|| {
-        headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
 }
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // An IPv6 literal: keep the brackets' content intact.
-        return host
-            .split(']')
-            .next()
-            .map_or(host, |h| &host[..h.len() + 1]);
+        return host.split(']').next().map_or(host, |h| &host[..h.len() + 1]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -215,10 +200,7 @@ mod tests {
         let r = router(&format!(
             "{UP}[[routes]]\nname=\"root\"\nupstream=\"u\"\n[[routes]]\nname=\"api\"\nmatch={{path_prefix=\"/api\"}}\nupstream=\"u\"\n[[routes]]\nname=\"users\"\nmatch={{path_prefix=\"/api/users/\"}}\nupstream=\"u\"\n"
         ));
-        assert_eq!(
-            pick(&r, "GET", "x", "/api/users/7").as_deref(),
-            Some("users")
-        );
+        assert_eq!(pick(&r, "GET", "x", "/api/users/7").as_deref(), Some("users"));
         assert_eq!(pick(&r, "GET", "x", "/api/users").as_deref(), Some("users"));
         assert_eq!(pick(&r, "GET", "x", "/api/orders").as_deref(), Some("api"));
         assert_eq!(pick(&r, "GET", "x", "/api").as_deref(), Some("api"));
@@ -230,14 +212,8 @@ mod tests {
         let r = router(&format!(
             "{UP}[[routes]]\nname=\"wild\"\nmatch={{host=\"*.example.com\"}}\nupstream=\"u\"\n[[routes]]\nname=\"exact\"\nmatch={{host=\"api.example.com\", methods=[\"GET\"]}}\nupstream=\"u\"\n"
         ));
-        assert_eq!(
-            pick(&r, "GET", "API.example.com:8080", "/").as_deref(),
-            Some("exact")
-        );
-        assert_eq!(
-            pick(&r, "POST", "api.example.com", "/").as_deref(),
-            Some("wild")
-        );
+        assert_eq!(pick(&r, "GET", "API.example.com:8080", "/").as_deref(), Some("exact"));
+        assert_eq!(pick(&r, "POST", "api.example.com", "/").as_deref(), Some("wild"));
         assert_eq!(pick(&r, "GET", "example.com", "/"), None);
         assert_eq!(strip_port("[::1]:80"), "[::1]");
     }

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::proxy::{Client, Proxy};
 
 /// Bound listeners and the proxy they serve, ready to run.
@@ -28,25 +28,33 @@ pub struct Server {
     shutdown_timeout: Duration,
 }
 
-/// A listener that could not be opened.
+/// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
-pub struct BindError {
-    /// The address from `server.listen`.
-    pub addr: SocketAddr,
-    /// Why the socket could not be bound.
-    #[source]
-    pub source: io::Error,
+pub enum StartError {
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address from `server.listen`.
+        addr: SocketAddr,
+        /// Why the socket could not be bound.
+        #[source]
+        source: io::Error,
+    },
+    /// The config could not be made runnable (a plugin failed to load).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
 }
 
 impl Server {
-    /// Binds every `server.listen` address of a validated config.
-    pub async fn bind(config: &Config) -> Result<Self, BindError> {
+    /// Loads a validated config (plugins included) and binds every
+    /// `server.listen` address.
+    pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        let proxy = Proxy::build(config).await?;
         let mut listeners = Vec::with_capacity(config.server.listen.len());
         for &addr in &config.server.listen {
             let listener = TcpListener::bind(addr)
                 .await
-                .map_err(|source| BindError { addr, source })?;
+                .map_err(|source| StartError::Bind { addr, source })?;
             listeners.push(listener);
         }
         let limits = &config.server.limits;
@@ -61,7 +69,7 @@ impl Server {
             .max_header_list_size(u32::try_from(limits.max_header_bytes.get()).unwrap_or(u32::MAX));
         Ok(Self {
             listeners,
-            proxy: Arc::new(Proxy::new(config)),
+            proxy: Arc::new(proxy),
             http,
             shutdown_timeout: config.server.timeouts.shutdown.get(),
         })
@@ -69,10 +77,7 @@ impl Server {
 
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets
@@ -101,10 +106,7 @@ impl Server {
         })
         .await;
         match drained {
-            Ok(()) => tracing::info!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "shutdown complete"
-            ),
+            Ok(()) => tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "shutdown complete"),
             Err(_) => tracing::warn!(
                 timeout = ?self.shutdown_timeout,
                 "shutdown deadline reached; closing connections that are still busy"

@@ -7,6 +7,7 @@ mod pool;
 use std::sync::Arc;
 
 use crate::config::{TargetUrl, UpstreamConfig, UpstreamTimeouts};
+use crate::plugin::Plugin;
 
 pub use balance::{Balance, RoundRobin};
 pub use pool::{Pool, PoolError};
@@ -17,6 +18,9 @@ pub struct Upstream {
     name: Arc<str>,
     endpoints: Vec<Endpoint>,
     balancer: Box<dyn Balance>,
+    /// `balancer = { plugin = "NAME" }`: asked first; the built-in balancer
+    /// is the fallback when the plugin's failure is skipped.
+    balancer_plugin: Option<Arc<Plugin>>,
     pool: Pool,
     timeouts: UpstreamTimeouts,
 }
@@ -35,8 +39,9 @@ pub struct Endpoint {
 }
 
 impl Upstream {
-    /// Builds the upstream named `name` from its config.
-    pub fn new(name: &str, config: &UpstreamConfig) -> Self {
+    /// Builds the upstream named `name` from its config, with the loaded
+    /// balancer plugin when the config names one.
+    pub fn new(name: &str, config: &UpstreamConfig, balancer_plugin: Option<Arc<Plugin>>) -> Self {
         let endpoints = config
             .targets
             .iter()
@@ -51,6 +56,7 @@ impl Upstream {
             name: name.into(),
             endpoints,
             balancer: Box::new(RoundRobin::default()),
+            balancer_plugin,
             pool: Pool::new(&config.pool, &config.timeouts),
             timeouts: config.timeouts.clone(),
         }
@@ -61,12 +67,15 @@ impl Upstream {
         &self.name
     }
 
-    /// Picks the endpoint for the next request, or `None` when no endpoint
-    /// can take traffic.
-    pub fn pick(&self) -> Option<&Endpoint> {
-        self.balancer
-            .pick(&self.endpoints)
-            .map(|i| &self.endpoints[i])
+    /// The index of the endpoint for the next request by the built-in
+    /// balancer, or `None` when no endpoint can take traffic.
+    pub fn pick_builtin(&self) -> Option<usize> {
+        self.balancer.pick(&self.endpoints)
+    }
+
+    /// The balancer plugin, when the upstream has one.
+    pub fn balancer_plugin(&self) -> Option<&Arc<Plugin>> {
+        self.balancer_plugin.as_ref()
     }
 
     /// The connection pool shared by all of this upstream's endpoints.

@@ -29,11 +29,7 @@ impl Config {
 
     /// The config parsed into `T`; the error is a message for the user.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
-        let text = if self.json.trim().is_empty() {
-            "{}"
-        } else {
-            &self.json
-        };
+        let text = if self.json.trim().is_empty() { "{}" } else { &self.json };
         serde_json::from_str(text).map_err(|e| format!("invalid config: {e}"))
     }
 

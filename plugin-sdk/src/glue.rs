@@ -5,16 +5,11 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
 
-use crate::bindings::{
-    balancer, error_handler, imports, lifecycle, request_filter, response_filter, rewrite,
-};
+use crate::bindings::{balancer, error_handler, imports, lifecycle, request_filter, response_filter, rewrite};
 use crate::{
-    Action, Balancer, Config, ErrorHandler, Headers, LocalResponse, Plugin, RequestFilter,
-    ResponseFilter, Rewrite,
+    Action, Balancer, Config, ErrorHandler, Headers, LocalResponse, Plugin, RequestFilter, ResponseFilter, Rewrite,
 };
-use crate::{
-    Endpoint, ErrorKind, PickContext, ProxyError, Request, RequestHead, Response, ResponseAction,
-};
+use crate::{Endpoint, ErrorKind, PickContext, ProxyError, Request, RequestHead, Response, ResponseAction};
 
 use imports::plumeway::plugin::types as wit;
 
@@ -62,9 +57,7 @@ fn response(r: LocalResponse) -> wit::Response {
 }
 
 impl<P: Plugin> lifecycle::exports::plumeway::plugin::lifecycle::Guest for Glue<P> {
-    fn init(
-        config: String,
-    ) -> Result<lifecycle::exports::plumeway::plugin::lifecycle::Needs, String> {
+    fn init(config: String) -> Result<lifecycle::exports::plumeway::plugin::lifecycle::Needs, String> {
         use lifecycle::exports::plumeway::plugin::lifecycle::Needs as WitNeeds;
         let plugin = P::init(Config::from_json(config))?;
         let needs = plugin.needs();
@@ -81,29 +74,19 @@ impl<P: Plugin> lifecycle::exports::plumeway::plugin::lifecycle::Guest for Glue<
 }
 
 impl<P: Rewrite> rewrite::exports::plumeway::plugin::rewrite::Guest for Glue<P> {
-    fn rewrite(
-        h: wit::RequestHead,
-        headers: &wit::Fields,
-    ) -> Result<Option<String>, wit::PluginError> {
+    fn rewrite(h: wit::RequestHead, headers: &wit::Fields) -> Result<Option<String>, wit::PluginError> {
         let req = Request::new(head(h), Headers::host(headers, true), None);
         with_plugin::<P, _>(|p| p.rewrite(&req))?.map_err(plugin_error)
     }
 }
 
-impl<P: RequestFilter> request_filter::exports::plumeway::plugin::request_filter::Guest
-    for Glue<P>
-{
+impl<P: RequestFilter> request_filter::exports::plumeway::plugin::request_filter::Guest for Glue<P> {
     fn on_request(
         h: wit::RequestHead,
         headers: &wit::Fields,
         body: Option<Vec<u8>>,
-    ) -> Result<
-        request_filter::exports::plumeway::plugin::request_filter::RequestAction,
-        wit::PluginError,
-    > {
-        use request_filter::exports::plumeway::plugin::request_filter::{
-            RequestAction, RequestEdits,
-        };
+    ) -> Result<request_filter::exports::plumeway::plugin::request_filter::RequestAction, wit::PluginError> {
+        use request_filter::exports::plumeway::plugin::request_filter::{RequestAction, RequestEdits};
         let mut req = Request::new(head(h), Headers::host(headers, false), body);
         let action = with_plugin::<P, _>(|p| p.on_request(&mut req))?.map_err(plugin_error)?;
         Ok(match action {
@@ -118,22 +101,15 @@ impl<P: RequestFilter> request_filter::exports::plumeway::plugin::request_filter
     }
 }
 
-impl<P: ResponseFilter> response_filter::exports::plumeway::plugin::response_filter::Guest
-    for Glue<P>
-{
+impl<P: ResponseFilter> response_filter::exports::plumeway::plugin::response_filter::Guest for Glue<P> {
     fn on_response(
         h: wit::RequestHead,
         status: u16,
         headers: &wit::Fields,
         body: Option<Vec<u8>>,
         stash: Option<Vec<u8>>,
-    ) -> Result<
-        response_filter::exports::plumeway::plugin::response_filter::ResponseAction,
-        wit::PluginError,
-    > {
-        use response_filter::exports::plumeway::plugin::response_filter::{
-            ResponseAction as WitAction, ResponseEdits,
-        };
+    ) -> Result<response_filter::exports::plumeway::plugin::response_filter::ResponseAction, wit::PluginError> {
+        use response_filter::exports::plumeway::plugin::response_filter::{ResponseAction as WitAction, ResponseEdits};
         let mut res = Response::new(head(h), status, Headers::host(headers, false), body, stash);
         let action = with_plugin::<P, _>(|p| p.on_response(&mut res))?.map_err(plugin_error)?;
         Ok(match action {
@@ -199,8 +175,7 @@ impl<P: Balancer> balancer::exports::plumeway::plugin::balancer::Guest for Glue<
             tried: ctx.tried.into_iter().map(|i| i as usize).collect(),
         };
         let req = Request::new(head(h), Headers::host(headers, true), None);
-        let picked =
-            with_plugin::<P, _>(|p| p.pick(&req, &endpoints, &ctx))?.map_err(plugin_error)?;
+        let picked = with_plugin::<P, _>(|p| p.pick(&req, &endpoints, &ctx))?.map_err(plugin_error)?;
         picked
             .map(|i| {
                 u32::try_from(i).map_err(|_| wit::PluginError {

@@ -76,18 +76,13 @@ impl Headers<'static> {
     }
 
     /// Local headers from pairs, for tests.
-    pub fn from_pairs<N: Into<String>, V: Into<Vec<u8>>>(
-        pairs: impl IntoIterator<Item = (N, V)>,
-    ) -> Self {
+    pub fn from_pairs<N: Into<String>, V: Into<Vec<u8>>>(pairs: impl IntoIterator<Item = (N, V)>) -> Self {
         let list = pairs
             .into_iter()
             .map(|(n, v)| (n.into().to_ascii_lowercase(), v.into()))
             .collect();
         Self {
-            inner: Inner::Local {
-                list,
-                read_only: false,
-            },
+            inner: Inner::Local { list, read_only: false },
         }
     }
 }

@@ -308,9 +308,7 @@ impl Endpoint {
 
     /// The endpoint's URL (asked of the proxy on demand).
     pub fn url(&self) -> Option<String> {
-        self.url
-            .clone()
-            .or_else(|| crate::context::endpoint_url(self.index))
+        self.url.clone().or_else(|| crate::context::endpoint_url(self.index))
     }
 }
 
@@ -348,10 +346,5 @@ pub struct PickContext {
 /// ```
 pub trait Balancer: Plugin {
     /// The index of the endpoint to use, or `None` when none fits (503).
-    fn pick(
-        &self,
-        req: &Request<'_>,
-        endpoints: &[Endpoint],
-        ctx: &PickContext,
-    ) -> Result<Option<usize>, Error>;
+    fn pick(&self, req: &Request<'_>, endpoints: &[Endpoint], ctx: &PickContext) -> Result<Option<usize>, Error>;
 }

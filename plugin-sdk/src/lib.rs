@@ -68,8 +68,8 @@ mod message;
 pub use config::Config;
 pub use headers::{HeaderError, Headers};
 pub use hooks::{
-    Action, Balancer, Endpoint, Error, ErrorHandler, ErrorKind, Needs, PickContext, Plugin,
-    ProxyError, RequestFilter, ResponseAction, ResponseFilter, Rewrite,
+    Action, Balancer, Endpoint, Error, ErrorHandler, ErrorKind, Needs, PickContext, Plugin, ProxyError, RequestFilter,
+    ResponseAction, ResponseFilter, Rewrite,
 };
 pub use message::{LocalResponse, Request, RequestBuilder, RequestHead, Response, ResponseBuilder};
 /// serde, for `#[derive(Deserialize)]` on config types with

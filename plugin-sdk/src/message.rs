@@ -94,9 +94,7 @@ impl<'a> Request<'a> {
 
     /// Path and query, including this hook's own edit.
     pub fn path_with_query(&self) -> &str {
-        self.new_path
-            .as_deref()
-            .unwrap_or(&self.head.path_with_query)
+        self.new_path.as_deref().unwrap_or(&self.head.path_with_query)
     }
 
     /// The host the request is for, if known.

@@ -17,8 +17,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// The response body type backends answer with.
-pub type BackendBody =
-    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type BackendBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A running backend; stopped when dropped.
 #[derive(Debug)]
@@ -51,9 +50,7 @@ impl Backend {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<BackendBody>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let handler = Arc::new(handler);
@@ -110,9 +107,7 @@ impl Drop for Backend {
 
 /// Wraps a finished body for a backend response.
 pub fn full(body: impl Into<Bytes>) -> BackendBody {
-    Full::new(body.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(body.into()).map_err(|never| match never {}).boxed()
 }
 
 async fn echo_response(name: &str, req: Request<Incoming>) -> Response<BackendBody> {
@@ -147,9 +142,8 @@ async fn echo_response(name: &str, req: Request<Incoming>) -> Response<BackendBo
 impl Echo {
     /// Parses an echo backend's JSON answer.
     pub fn parse(body: &[u8]) -> Self {
-        let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
-            panic!("not an echo body ({e}): {}", String::from_utf8_lossy(body))
-        });
+        let v: serde_json::Value = serde_json::from_slice(body)
+            .unwrap_or_else(|e| panic!("not an echo body ({e}): {}", String::from_utf8_lossy(body)));
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
         let headers = v["headers"]
             .as_object()

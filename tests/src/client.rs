@@ -68,10 +68,7 @@ impl Client {
     }
 
     /// Sends `req` and returns the response with its body unread.
-    pub async fn send_streaming(
-        &self,
-        req: Request<ClientBody>,
-    ) -> http::Response<hyper::body::Incoming> {
+    pub async fn send_streaming(&self, req: Request<ClientBody>) -> http::Response<hyper::body::Incoming> {
         crate::within("response head", self.inner.request(req))
             .await
             .expect("request failed")
@@ -79,13 +76,10 @@ impl Client {
 
     /// Sends one request over a fresh HTTP/2 prior-knowledge connection.
     pub async fn get_h2(&self, path: &str, host: &str) -> Reply {
-        let stream = tokio::net::TcpStream::connect(self.addr)
+        let stream = tokio::net::TcpStream::connect(self.addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
-            .expect("connect");
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .expect("h2 handshake");
+            .expect("h2 handshake");
         tokio::spawn(conn);
         let req = Request::builder()
             .uri(format!("http://{host}{path}"))
@@ -113,9 +107,7 @@ pub fn empty() -> ClientBody {
 
 /// A complete request body.
 pub fn body(bytes: impl Into<Bytes>) -> ClientBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 impl Reply {
@@ -126,12 +118,7 @@ impl Reply {
 
     /// The body parsed as an echo backend's answer.
     pub fn echo(&self) -> crate::Echo {
-        assert_eq!(
-            self.status,
-            StatusCode::OK,
-            "expected an echo, got: {}",
-            self.text()
-        );
+        assert_eq!(self.status, StatusCode::OK, "expected an echo, got: {}", self.text());
         crate::Echo::parse(&self.body)
     }
 }

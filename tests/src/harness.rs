@@ -25,8 +25,7 @@ pub struct TestProxy {
 impl TestProxy {
     /// Serves `toml` (its listen address is replaced by 127.0.0.1:0).
     pub async fn start(toml: &str) -> Self {
-        let mut config =
-            Config::parse(Path::new("test.toml"), toml).unwrap_or_else(|e| panic!("{e}"));
+        let mut config = Config::parse(Path::new("test.toml"), toml).unwrap_or_else(|e| panic!("{e}"));
         config.server.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
         let server = Server::bind(&config).await.expect("bind proxy");
         let addr = server.local_addrs()[0];
@@ -34,10 +33,7 @@ impl TestProxy {
         tokio::spawn(server.serve(async move {
             let _ = stopped.await;
         }));
-        Self {
-            addr,
-            stop: Some(stop),
-        }
+        Self { addr, stop: Some(stop) }
     }
 
     /// A client aimed at the proxy.
@@ -131,13 +127,7 @@ impl BinaryProxy {
         crate::within(&format!("log line containing {needle:?}"), async {
             loop {
                 let notified = self.logged.notified();
-                if let Some(line) = self
-                    .logs
-                    .lock()
-                    .expect("logs")
-                    .iter()
-                    .find(|l| l.contains(needle))
-                {
+                if let Some(line) = self.logs.lock().expect("logs").iter().find(|l| l.contains(needle)) {
                     return line.clone();
                 }
                 notified.await;
@@ -163,15 +153,12 @@ impl BinaryProxy {
 
     /// Waits for the process to exit.
     pub async fn wait(&mut self) -> ExitStatus {
-        crate::within("plumeway exit", self.child.wait())
-            .await
-            .expect("wait")
+        crate::within("plumeway exit", self.child.wait()).await.expect("wait")
     }
 
     /// A field of `/proc/PID/status` in KiB, e.g. `VmRSS` or `VmHWM` (peak).
     pub fn memory_kib(&self, field: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         status
             .lines()
             .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
@@ -189,10 +176,7 @@ fn binary() -> std::path::PathBuf {
         return path.into();
     }
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile dir");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
     let bin = profile_dir.join("plumeway-e2e");
     assert!(
         bin.exists(),

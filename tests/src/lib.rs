@@ -3,6 +3,10 @@
 //! 127.0.0.1 with ports the OS picks.
 
 pub mod backend;
+/// Paths of the compiled test plugins, and `foreach_test_plugin!`.
+pub mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/test_plugins.rs"));
+}
 pub mod client;
 pub mod harness;
 

@@ -31,10 +31,7 @@ fn check_prints_a_summary_of_a_valid_config() {
     assert!(stdout.contains(": ok\n"), "{stdout}");
     assert!(stdout.contains("listeners: 127.0.0.1:8080"), "{stdout}");
     assert!(stdout.contains("routes (2):"), "{stdout}");
-    assert!(
-        stdout.contains("api                  path /api -> demo"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("api                  path /api -> demo"), "{stdout}");
     assert!(
         stdout.contains("http://127.0.0.1:9001, http://127.0.0.1:9002"),
         "{stdout}"
@@ -49,9 +46,7 @@ fn check_rejects_an_invalid_config_with_exit_2_and_the_place() {
     assert!(stdout.is_empty());
     assert!(
         stderr.starts_with("error: ")
-            && stderr.contains(
-                "unknown-upstream.toml:6:12: routes[0].upstream: unknown upstream \"userz\""
-            ),
+            && stderr.contains("unknown-upstream.toml:6:12: routes[0].upstream: unknown upstream \"userz\""),
         "{stderr}"
     );
 }

@@ -36,17 +36,10 @@ fn each_invalid_config_gives_its_pinned_message() {
             std::fs::write(&expected_path, format!("{got}\n")).unwrap();
             continue;
         }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|_| {
-            panic!(
-                "{} has no .err file; run with PLUMEWAY_BLESS=1",
-                case.display()
-            )
-        });
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|_| panic!("{} has no .err file; run with PLUMEWAY_BLESS=1", case.display()));
         if got != expected.trim_end_matches('\n') {
-            failures.push(format!(
-                "{}:\n--- expected\n{expected}--- got\n{got}\n",
-                case.display()
-            ));
+            failures.push(format!("{}:\n--- expected\n{expected}--- got\n{got}\n", case.display()));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -64,9 +57,5 @@ fn every_example_config_is_valid() {
             checked += 1;
         }
     }
-    assert!(
-        checked >= 1,
-        "no example configs found under {}",
-        examples.display()
-    );
+    assert!(checked >= 1, "no example configs found under {}", examples.display());
 }

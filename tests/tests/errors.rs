@@ -22,14 +22,8 @@ async fn refused_connection_is_502() {
     let proxy = TestProxy::start(&single(&url, "")).await;
     let reply = proxy.client().get("/").await;
     assert_eq!(reply.status, 502);
-    assert_eq!(
-        reply.text(),
-        "502 Bad Gateway: the upstream refused the connection\n"
-    );
-    assert_eq!(
-        reply.headers["proxy-status"],
-        "plumeway; error=connection_refused"
-    );
+    assert_eq!(reply.text(), "502 Bad Gateway: the upstream refused the connection\n");
+    assert_eq!(reply.headers["proxy-status"], "plumeway; error=connection_refused");
     assert_eq!(reply.headers["content-type"], "text/plain; charset=utf-8");
 }
 
@@ -47,10 +41,7 @@ async fn no_available_endpoint_is_503_and_down_targets_get_nothing() {
         reply.text(),
         "503 Service Unavailable: no upstream endpoint is available\n"
     );
-    assert_eq!(
-        reply.headers["proxy-status"],
-        "plumeway; error=destination_unavailable"
-    );
+    assert_eq!(reply.headers["proxy-status"], "plumeway; error=destination_unavailable");
     assert_eq!(backend.hits(), 0);
 }
 
@@ -72,11 +63,7 @@ async fn down_target_is_skipped_while_others_serve() {
 #[tokio::test]
 async fn hung_backend_is_504_at_the_deadline() {
     let hung = Backend::start(|_req| async { std::future::pending().await }).await;
-    let proxy = TestProxy::start(&single(
-        &hung.url(),
-        "timeouts = { response_header = \"300ms\" }",
-    ))
-    .await;
+    let proxy = TestProxy::start(&single(&hung.url(), "timeouts = { response_header = \"300ms\" }")).await;
     let started = Instant::now();
     let reply = proxy.client().get("/slow").await;
     let waited = started.elapsed();
@@ -85,10 +72,7 @@ async fn hung_backend_is_504_at_the_deadline() {
         reply.text(),
         "504 Gateway Timeout: the upstream did not answer in time\n"
     );
-    assert_eq!(
-        reply.headers["proxy-status"],
-        "plumeway; error=http_response_timeout"
-    );
+    assert_eq!(reply.headers["proxy-status"], "plumeway; error=http_response_timeout");
     assert!(
         waited >= Duration::from_millis(300),
         "answered before the deadline: {waited:?}"
@@ -109,27 +93,14 @@ async fn declared_body_over_the_limit_is_413_before_any_upstream() {
     );
     let proxy = TestProxy::start(&config).await;
     let client = proxy.client();
-    let req = client
-        .request("POST", "/upload")
-        .body(body(vec![b'x'; 2048]))
-        .unwrap();
+    let req = client.request("POST", "/upload").body(body(vec![b'x'; 2048])).unwrap();
     let reply = client.send(req).await;
     assert_eq!(reply.status, 413);
-    assert_eq!(
-        reply.headers["proxy-status"],
-        "plumeway; error=http_request_denied"
-    );
-    assert_eq!(
-        backend.hits(),
-        0,
-        "the upstream must not see an oversized request"
-    );
+    assert_eq!(reply.headers["proxy-status"], "plumeway; error=http_request_denied");
+    assert_eq!(backend.hits(), 0, "the upstream must not see an oversized request");
 
     // At the limit is fine.
-    let req = client
-        .request("POST", "/upload")
-        .body(body(vec![b'x'; 1024]))
-        .unwrap();
+    let req = client.request("POST", "/upload").body(body(vec![b'x'; 1024])).unwrap();
     assert_eq!(client.send(req).await.status, 200);
 }
 
@@ -139,10 +110,7 @@ async fn streamed_body_over_the_limit_is_413() {
     // handler would, so the proxy sees the limit break mid-stream.
     let backend = Backend::start(|req| async move {
         match req.into_body().collect().await {
-            Ok(b) => http::Response::new(plumeway_tests::backend::full(format!(
-                "{}",
-                b.to_bytes().len()
-            ))),
+            Ok(b) => http::Response::new(plumeway_tests::backend::full(format!("{}", b.to_bytes().len()))),
             Err(_) => http::Response::builder()
                 .status(400)
                 .body(plumeway_tests::backend::full(""))

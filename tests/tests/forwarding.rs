@@ -74,10 +74,7 @@ async fn forwards_headers_like_a_proxy() {
     }
     // Connection is the backend client's own (keep-alive), never the client's list.
     assert_ne!(seen.header("connection"), Some("keep-alive, x-client-hop"));
-    assert_eq!(
-        seen.header("x-forwarded-for"),
-        Some("203.0.113.7, 127.0.0.1")
-    );
+    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"));
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_eq!(seen.header("x-forwarded-host"), Some("shop.example:8443"));
     assert_eq!(seen.header("via"), Some("1.1 edge, 1.1 plumeway"));
@@ -194,10 +191,7 @@ upstream = "fallback"
         "admin",
         "host ignores case and port"
     );
-    assert_eq!(
-        route("GET", "img.cdn.example", "/static/a.png").await,
-        "fallback"
-    );
+    assert_eq!(route("GET", "img.cdn.example", "/static/a.png").await, "fallback");
     assert_eq!(
         route("GET", "cdn.example", "/static/a.png").await,
         "404",
@@ -216,13 +210,7 @@ async fn unmatched_request_gets_a_short_404() {
     .await;
     let reply = proxy.client().get("/elsewhere").await;
     assert_eq!(reply.status, 404);
-    assert_eq!(
-        reply.text(),
-        "404 Not Found: no route matches this request\n"
-    );
-    assert_eq!(
-        reply.headers["proxy-status"],
-        "plumeway; error=destination_not_found"
-    );
+    assert_eq!(reply.text(), "404 Not Found: no route matches this request\n");
+    assert_eq!(reply.headers["proxy-status"], "plumeway; error=destination_not_found");
     assert_eq!(backend.hits(), 0);
 }

@@ -16,9 +16,7 @@ const CHUNK: usize = 64 * 1024;
 const CHUNKS: usize = 800; // 800 × 64 KiB = 50 MiB
 const TOTAL: usize = CHUNK * CHUNKS;
 
-fn chunks()
--> impl futures_util::Stream<Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>
-{
+fn chunks() -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> {
     stream::iter((0..CHUNKS).map(|i| Ok(Frame::data(Bytes::from(vec![(i % 251) as u8; CHUNK])))))
 }
 
@@ -64,11 +62,7 @@ async fn streams_50_mib_each_way_without_buffering() {
     let req = client.request("POST", "/upload").body(upload).unwrap();
     let reply = within("upload", client.send(req)).await;
     assert_eq!(reply.status, 200);
-    assert_eq!(
-        reply.text(),
-        TOTAL.to_string(),
-        "the backend got every byte"
-    );
+    assert_eq!(reply.text(), TOTAL.to_string(), "the backend got every byte");
 
     let resp = client
         .send_streaming(
@@ -129,11 +123,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "finished");
     let status = proxy.wait().await;
-    assert!(
-        status.success(),
-        "exit status {status:?}; logs: {:#?}",
-        proxy.logs()
-    );
+    assert!(status.success(), "exit status {status:?}; logs: {:#?}", proxy.logs());
     assert!(
         proxy.logs().iter().any(|l| l.contains("shutdown complete")),
         "{:#?}",

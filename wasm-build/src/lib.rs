@@ -37,14 +37,7 @@ pub fn build(packages: &[String], watch: &[PathBuf]) -> Vec<Built> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&workspace)
-        .args([
-            "build",
-            "--profile",
-            "wasm-plugin",
-            "--target",
-            TARGET,
-            "--target-dir",
-        ])
+        .args(["build", "--profile", "wasm-plugin", "--target", TARGET, "--target-dir"])
         .arg(&target_dir);
     for p in packages {
         cmd.args(["-p", p]);
@@ -105,11 +98,7 @@ fn package_name(manifest: &str) -> Option<String> {
         if line.starts_with('[') {
             in_package = line == "[package]";
         } else if in_package && let Some(rest) = line.strip_prefix("name") {
-            let value = rest
-                .trim_start()
-                .strip_prefix('=')?
-                .trim()
-                .trim_matches('"');
+            let value = rest.trim_start().strip_prefix('=')?.trim().trim_matches('"');
             return Some(value.to_owned());
         }
     }
@@ -132,9 +121,7 @@ fn ensure_target() {
         return;
     }
     println!("cargo::warning=installing the {TARGET} target with rustup (needed to build plugins)");
-    let status = Command::new("rustup")
-        .args(["target", "add", TARGET])
-        .status();
+    let status = Command::new("rustup").args(["target", "add", TARGET]).status();
     assert!(
         status.is_ok_and(|s| s.success()),
         "the {TARGET} target is missing and `rustup target add {TARGET}` failed; install it and build again"
@@ -145,9 +132,7 @@ fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     manifest
         .ancestors()
-        .find(|dir| {
-            std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]"))
-        })
+        .find(|dir| std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]")))
         .expect("workspace root")
         .to_owned()
 }

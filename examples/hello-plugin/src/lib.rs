@@ -9,8 +9,7 @@
 //! request; in `response = ["hello"]` it adds `x-hello-plugin: 1`.
 
 use plumeway_sdk::{
-    Action, Config, Error, Plugin, Request, RequestFilter, Response, ResponseAction,
-    ResponseFilter, serde,
+    Action, Config, Error, Plugin, Request, RequestFilter, Response, ResponseAction, ResponseFilter, serde,
 };
 
 /// The plugin: built once per instance from its config.
@@ -33,9 +32,7 @@ fn default_greeting() -> String {
 impl Plugin for Hello {
     fn init(config: Config) -> Result<Self, String> {
         let s: Settings = config.parse()?;
-        Ok(Self {
-            greeting: s.greeting,
-        })
+        Ok(Self { greeting: s.greeting })
     }
 }
 
@@ -67,10 +64,7 @@ mod tests {
         assert_eq!(req.headers().get("x-hello").as_deref(), Some("hi"));
 
         let mut res = Response::builder(200).build();
-        assert_eq!(
-            hello.on_response(&mut res).unwrap(),
-            ResponseAction::Continue
-        );
+        assert_eq!(hello.on_response(&mut res).unwrap(), ResponseAction::Continue);
         assert_eq!(res.headers().get("x-hello-plugin").as_deref(), Some("1"));
     }
 

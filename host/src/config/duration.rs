@@ -43,9 +43,7 @@ impl FromStr for Duration {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         humantime::parse_duration(s.trim())
             .map(Duration)
-            .map_err(|e| {
-                format!("invalid duration {s:?} ({e}); write it like \"250ms\", \"2s\" or \"1m\"")
-            })
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"250ms\", \"2s\" or \"1m\""))
     }
 }
 
@@ -57,9 +55,8 @@ impl fmt::Display for Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(de).map_err(|_| {
-            serde::de::Error::custom("a duration is a string such as \"250ms\" or \"2s\"")
-        })?;
+        let s = String::deserialize(de)
+            .map_err(|_| serde::de::Error::custom("a duration is a string such as \"250ms\" or \"2s\""))?;
         s.parse().map_err(serde::de::Error::custom)
     }
 }

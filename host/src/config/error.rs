@@ -68,23 +68,13 @@ impl ConfigError {
     }
 
     /// An error at byte `span` of `source`.
-    pub fn at_span(
-        file: &Path,
-        source: &str,
-        span: Range<usize>,
-        key: String,
-        message: String,
-    ) -> Self {
+    pub fn at_span(file: &Path, source: &str, span: Range<usize>, key: String, message: String) -> Self {
         let start = span.start.min(source.len());
         let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = source[start..]
-            .find('\n')
-            .map_or(source.len(), |i| start + i);
+        let line_end = source[start..].find('\n').map_or(source.len(), |i| start + i);
         let line_no = source[..start].matches('\n').count() + 1;
         let col = source[line_start..start].chars().count() + 1;
-        let line = source[line_start..line_end]
-            .trim_end_matches('\r')
-            .to_owned();
+        let line = source[line_start..line_end].trim_end_matches('\r').to_owned();
         let under_start = start - line_start;
         let under_end = (span.end.min(line_end) - line_start)
             .max(under_start + 1)
@@ -148,9 +138,7 @@ impl fmt::Display for ConfigError {
                 .chars()
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect();
-            let width = text
-                .get(under.clone())
-                .map_or(1, |s| s.chars().count().max(1));
+            let width = text.get(under.clone()).map_or(1, |s| s.chars().count().max(1));
             write!(
                 f,
                 "\n{gutter} |\n{line} | {text}\n{gutter} | {pad}{}",
@@ -183,11 +171,7 @@ fn find_key(source: &str, key: &str) -> Option<Range<usize>> {
                 };
                 // A key that names a table points best at the key itself; a
                 // leaf points at its value.
-                best = Some(if v.get_ref().is_table() {
-                    k.span()
-                } else {
-                    v.span()
-                });
+                best = Some(if v.get_ref().is_table() { k.span() } else { v.span() });
                 table = None;
                 value = Some(v.get_ref());
             }

@@ -18,6 +18,18 @@ pub struct RouteConfig {
     pub matcher: MatchConfig,
     /// `upstream = "users"`: the `[upstreams.NAME]` that serves this route.
     pub upstream: String,
+    /// `rewrite = "strip-api"`: a path-rewrite plugin, run first.
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    /// `request = ["auth", "add-header"]`: request-filter plugins, in order.
+    #[serde(default)]
+    pub request: Vec<String>,
+    /// `response = ["security-headers"]`: response-filter plugins, in order.
+    #[serde(default)]
+    pub response: Vec<String>,
+    /// `on_error = "json-errors"`: the error-handler plugin.
+    #[serde(default)]
+    pub on_error: Option<String>,
 }
 
 /// What a request must look like to take a route. Every condition given must
@@ -51,16 +63,31 @@ impl Default for MatchConfig {
 }
 
 impl RouteConfig {
+    /// Every plugin the route names, with the key that names it.
+    pub fn plugin_refs(&self, i: usize) -> Vec<(String, &str)> {
+        let mut refs = Vec::new();
+        if let Some(p) = &self.rewrite {
+            refs.push((format!("routes[{i}].rewrite"), p.as_str()));
+        }
+        for (j, p) in self.request.iter().enumerate() {
+            refs.push((format!("routes[{i}].request[{j}]"), p.as_str()));
+        }
+        for (j, p) in self.response.iter().enumerate() {
+            refs.push((format!("routes[{i}].response[{j}]"), p.as_str()));
+        }
+        if let Some(p) = &self.on_error {
+            refs.push((format!("routes[{i}].on_error"), p.as_str()));
+        }
+        refs
+    }
+
     pub(super) fn validate(&self, i: usize, errors: &mut Vec<Invalid>) {
         let key = format!("routes[{i}].match");
         let m = &self.matcher;
         if !m.path_prefix.starts_with('/') {
             errors.push(Invalid::new(
                 format!("{key}.path_prefix"),
-                format!(
-                    "a path prefix starts with \"/\", e.g. \"/{}\"",
-                    m.path_prefix
-                ),
+                format!("a path prefix starts with \"/\", e.g. \"/{}\"", m.path_prefix),
             ));
         }
         if let Some(host) = &m.host {

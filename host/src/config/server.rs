@@ -78,10 +78,7 @@ impl Default for ServerTimeouts {
 impl ServerConfig {
     pub(super) fn validate(&self, errors: &mut Vec<Invalid>) {
         if self.listen.is_empty() {
-            errors.push(Invalid::new(
-                "server.listen",
-                "at least one listen address is needed",
-            ));
+            errors.push(Invalid::new("server.listen", "at least one listen address is needed"));
         }
         for (i, addr) in self.listen.iter().enumerate() {
             if self.listen[..i].contains(addr) {
@@ -93,16 +90,10 @@ impl ServerConfig {
         }
         // hyper refuses a read buffer smaller than 8 KiB (it panics), so say so here.
         if self.limits.max_header_bytes < Size::kib(8) {
-            errors.push(Invalid::new(
-                "server.limits.max_header_bytes",
-                "must be at least 8KiB",
-            ));
+            errors.push(Invalid::new("server.limits.max_header_bytes", "must be at least 8KiB"));
         }
         if self.limits.max_headers == 0 {
-            errors.push(Invalid::new(
-                "server.limits.max_headers",
-                "must be at least 1",
-            ));
+            errors.push(Invalid::new("server.limits.max_headers", "must be at least 1"));
         }
     }
 }
@@ -115,9 +106,9 @@ fn one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<SocketAddr>, D::E
         One(String),
         Many(Vec<String>),
     }
-    let list = match OneOrMany::deserialize(de).map_err(|_| {
-        serde::de::Error::custom("expected an address such as \"127.0.0.1:8080\" or a list of them")
-    })? {
+    let list = match OneOrMany::deserialize(de)
+        .map_err(|_| serde::de::Error::custom("expected an address such as \"127.0.0.1:8080\" or a list of them"))?
+    {
         OneOrMany::One(s) => vec![s],
         OneOrMany::Many(v) => v,
     };

@@ -46,13 +46,60 @@ pub struct TargetUrl {
     pub authority: Authority,
 }
 
-/// `balancer = "round-robin"`: how an endpoint is picked for each request.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
+/// `balancer = "round-robin"` or `balancer = { plugin = "NAME" }`: how an
+/// endpoint is picked for each request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Balancer {
     /// Each endpoint in turn.
     #[default]
     RoundRobin,
+    /// A balancer plugin from `[plugins.NAME]`.
+    Plugin(String),
+}
+
+impl<'de> Deserialize<'de> for Balancer {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            plugin: String,
+        }
+
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Balancer;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"round-robin\" or { plugin = \"NAME\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Balancer, E> {
+                match v {
+                    "round-robin" => Ok(Balancer::RoundRobin),
+                    other => Err(E::custom(format!(
+                        "unknown balancer {other:?}; expected \"round-robin\" or {{ plugin = \"NAME\" }}"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Balancer, A::Error> {
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Balancer::Plugin(t.plugin))
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
+}
+
+impl Serialize for Balancer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Balancer::RoundRobin => s.serialize_str("round-robin"),
+            Balancer::Plugin(name) => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("plugin", name)?;
+                m.end()
+            }
+        }
+    }
 }
 
 /// Timeouts towards an upstream.
@@ -116,12 +163,11 @@ impl UpstreamConfig {
 
 impl TargetUrl {
     fn parse(s: &str) -> Result<Self, String> {
-        let uri: Uri = s
-            .parse()
-            .map_err(|e| format!("invalid target URL {s:?}: {e}"))?;
-        let scheme = uri.scheme().cloned().ok_or_else(|| {
-            format!("invalid target URL {s:?}: it needs a scheme, e.g. \"http://{s}\"")
-        })?;
+        let uri: Uri = s.parse().map_err(|e| format!("invalid target URL {s:?}: {e}"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("invalid target URL {s:?}: it needs a scheme, e.g. \"http://{s}\""))?;
         if scheme != Scheme::HTTP {
             return Err(format!(
                 "invalid target URL {s:?}: scheme {scheme:?} is not supported; use http://"
@@ -131,9 +177,7 @@ impl TargetUrl {
             .authority()
             .ok_or_else(|| format!("invalid target URL {s:?}: it has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!(
-                "invalid target URL {s:?}: user info is not allowed"
-            ));
+            return Err(format!("invalid target URL {s:?}: user info is not allowed"));
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(format!(
@@ -224,20 +268,8 @@ mod tests {
     fn target_urls() {
         let t = TargetUrl::parse("http://127.0.0.1").unwrap();
         assert_eq!(t.to_string(), "http://127.0.0.1:80");
-        assert!(
-            TargetUrl::parse("127.0.0.1:80")
-                .unwrap_err()
-                .contains("needs a scheme")
-        );
-        assert!(
-            TargetUrl::parse("http://h:1/x")
-                .unwrap_err()
-                .contains("without a path")
-        );
-        assert!(
-            TargetUrl::parse("ftp://h:1")
-                .unwrap_err()
-                .contains("not supported")
-        );
+        assert!(TargetUrl::parse("127.0.0.1:80").unwrap_err().contains("needs a scheme"));
+        assert!(TargetUrl::parse("http://h:1/x").unwrap_err().contains("without a path"));
+        assert!(TargetUrl::parse("ftp://h:1").unwrap_err().contains("not supported"));
     }
 }

@@ -7,6 +7,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{BoxBody, full};
 use crate::config::{Duration, Size};
+use crate::plugin::Failure;
 
 /// A request the proxy failed, with what a log needs to explain it.
 ///
@@ -61,6 +62,23 @@ pub enum ProxyError {
         /// The `timeouts.response_header` in force.
         timeout: Duration,
     },
+    /// A plugin on the route failed (trap, limit, returned error, invalid
+    /// output).
+    #[error("plugin {plugin:?} {failure}")]
+    PluginFailed {
+        /// The plugin's name.
+        plugin: Arc<str>,
+        /// How it failed.
+        failure: Failure,
+    },
+    /// A response body a plugin asked to see is larger than its limit.
+    #[error("response body is larger than plugin {plugin:?}'s body limit of {limit}")]
+    ResponseTooLarge {
+        /// The plugin's name.
+        plugin: Arc<str>,
+        /// The plugin's `limits.body`.
+        limit: Size,
+    },
     /// The connection failed or the endpoint did not speak valid HTTP.
     #[error("{endpoint} (upstream {upstream:?}) failed: {reason}")]
     UpstreamFailed {
@@ -93,6 +111,8 @@ pub enum ErrorKind {
     HttpResponseTimeout,
     /// `http_protocol_error`: the upstream connection failed mid-exchange.
     HttpProtocolError,
+    /// `proxy_internal_error`: a plugin on the route failed.
+    PluginFailed,
 }
 
 impl ProxyError {
@@ -106,7 +126,8 @@ impl ProxyError {
             Self::ConnectionRefused { .. } => ErrorKind::ConnectionRefused,
             Self::ConnectionTimeout { .. } => ErrorKind::ConnectionTimeout,
             Self::ResponseTimeout { .. } => ErrorKind::HttpResponseTimeout,
-            Self::UpstreamFailed { .. } => ErrorKind::HttpProtocolError,
+            Self::UpstreamFailed { .. } | Self::ResponseTooLarge { .. } => ErrorKind::HttpProtocolError,
+            Self::PluginFailed { .. } => ErrorKind::PluginFailed,
         }
     }
 
@@ -118,9 +139,28 @@ impl ProxyError {
             ErrorKind::HttpRequestError => StatusCode::BAD_REQUEST,
             ErrorKind::DestinationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::ConnectionRefused | ErrorKind::HttpProtocolError => StatusCode::BAD_GATEWAY,
-            ErrorKind::ConnectionTimeout | ErrorKind::HttpResponseTimeout => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ErrorKind::ConnectionTimeout | ErrorKind::HttpResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::PluginFailed => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The plugin that failed, for `PluginFailed` and `ResponseTooLarge`.
+    pub fn plugin(&self) -> Option<&Arc<str>> {
+        match self {
+            Self::PluginFailed { plugin, .. } | Self::ResponseTooLarge { plugin, .. } => Some(plugin),
+            _ => None,
+        }
+    }
+
+    /// The upstream and endpoint involved, when one was.
+    pub fn upstream(&self) -> (Option<&Arc<str>>, Option<&Arc<str>>) {
+        match self {
+            Self::NoHealthyEndpoint { upstream } => (Some(upstream), None),
+            Self::ConnectionRefused { upstream, endpoint }
+            | Self::ConnectionTimeout { upstream, endpoint }
+            | Self::ResponseTimeout { upstream, endpoint, .. }
+            | Self::UpstreamFailed { upstream, endpoint, .. } => (Some(upstream), Some(endpoint)),
+            _ => (None, None),
         }
     }
 
@@ -147,10 +187,7 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        h.insert(
-            "x-content-type-options",
-            HeaderValue::from_static("nosniff"),
-        );
+        h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
         h.insert("proxy-status", kind.proxy_status());
         resp
     }
@@ -168,6 +205,7 @@ impl ErrorKind {
             Self::ConnectionTimeout => "connection_timeout",
             Self::HttpResponseTimeout => "http_response_timeout",
             Self::HttpProtocolError => "http_protocol_error",
+            Self::PluginFailed => "proxy_internal_error",
         }
     }
 
@@ -181,6 +219,7 @@ impl ErrorKind {
             Self::ConnectionTimeout => "connecting to the upstream timed out",
             Self::HttpResponseTimeout => "the upstream did not answer in time",
             Self::HttpProtocolError => "the upstream connection failed",
+            Self::PluginFailed => "a plugin on this route failed",
         }
     }
 

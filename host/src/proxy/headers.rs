@@ -42,18 +42,9 @@ pub(super) fn strip_hop_by_hop_response(headers: &mut HeaderMap) {
 
 /// Tells the upstream who the client is: appends the client's address to
 /// `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub(super) fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    proto: &'static str,
-    host: Option<&str>,
-) {
+pub(super) fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&str>) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let prior: Vec<&str> = headers
-        .get_all(&xff)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
+    let prior: Vec<&str> = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect();
     let value = if prior.is_empty() {
         client.to_string()
     } else {
@@ -94,8 +85,7 @@ pub(super) fn append_via(headers: &mut HeaderMap, version: Version) {
     let value = if prior.is_empty() {
         HeaderValue::from_static(hop)
     } else {
-        HeaderValue::from_str(&format!("{}, {hop}", prior.join(", ")))
-            .unwrap_or(HeaderValue::from_static(hop))
+        HeaderValue::from_str(&format!("{}, {hop}", prior.join(", "))).unwrap_or(HeaderValue::from_static(hop))
     };
     headers.insert(header::VIA, value);
 }
@@ -107,10 +97,7 @@ mod tests {
     #[test]
     fn strips_connection_named_and_standard_hop_headers() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, X-Secret"),
-        );
+        h.insert("connection", HeaderValue::from_static("keep-alive, X-Secret"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
@@ -127,12 +114,7 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("via", HeaderValue::from_static("1.1 edge"));
-        set_forwarded(
-            &mut h,
-            "127.0.0.1".parse().unwrap(),
-            "http",
-            Some("example.com"),
-        );
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some("example.com"));
         append_via(&mut h, Version::HTTP_11);
         assert_eq!(h["x-forwarded-for"], "203.0.113.1, 10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");

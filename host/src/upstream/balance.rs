@@ -55,7 +55,7 @@ mod tests {
         );
         let config = Config::parse(Path::new("t.toml"), &toml).unwrap();
         let u: &UpstreamConfig = &config.upstreams["u"];
-        Upstream::new("u", u).endpoints
+        Upstream::new("u", u, None).endpoints
     }
 
     #[test]

@@ -60,10 +60,7 @@ impl Pool {
     }
 
     /// Sends `req` (whose URI names the endpoint) and waits for the response head.
-    pub async fn send(
-        &self,
-        req: http::Request<BoxBody>,
-    ) -> Result<http::Response<Incoming>, PoolError> {
+    pub async fn send(&self, req: http::Request<BoxBody>) -> Result<http::Response<Incoming>, PoolError> {
         self.client.request(req).await.map_err(classify)
     }
 }
@@ -92,9 +89,7 @@ fn classify(err: hyper_util::client::legacy::Error) -> PoolError {
 }
 
 /// `err` and its causes, outermost first.
-fn causes<'a>(
-    err: &'a (dyn StdError + 'static),
-) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+fn causes<'a>(err: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
     std::iter::successors(Some(err), |e| (*e).source())
 }
 

@@ -59,10 +59,7 @@ impl RequestFilter for ApiKey {
             };
             return Ok(Action::Respond(
                 LocalResponse::new(401)
-                    .header(
-                        "www-authenticate",
-                        format!("ApiKey header=\"{}\"", self.header),
-                    )
+                    .header("www-authenticate", format!("ApiKey header=\"{}\"", self.header))
                     .header("content-type", "text/plain; charset=utf-8")
                     .body(format!("401 Unauthorized: {reason}\n")),
             ));
@@ -86,9 +83,7 @@ mod tests {
 
     #[test]
     fn valid_key_passes_and_is_not_forwarded() {
-        let mut req = Request::builder("GET", "/")
-            .header("x-api-key", "other")
-            .build();
+        let mut req = Request::builder("GET", "/").header("x-api-key", "other").build();
         assert_eq!(plugin().on_request(&mut req).unwrap(), Action::Continue);
         assert!(!req.headers().has("x-api-key"));
     }
@@ -97,9 +92,7 @@ mod tests {
     fn missing_or_wrong_key_gets_401() {
         for req in [
             Request::builder("GET", "/").build(),
-            Request::builder("GET", "/")
-                .header("x-api-key", "s3cre")
-                .build(),
+            Request::builder("GET", "/").header("x-api-key", "s3cre").build(),
             Request::builder("GET", "/")
                 .header("x-api-key", "s3cret")
                 .header("x-api-key", "s3cret")
@@ -109,9 +102,11 @@ mod tests {
             match plugin().on_request(&mut req).unwrap() {
                 Action::Respond(r) => {
                     assert_eq!(r.status, 401);
-                    assert!(r.headers.iter().any(
-                        |(n, v)| n == "www-authenticate" && v == b"ApiKey header=\"x-api-key\""
-                    ));
+                    assert!(
+                        r.headers
+                            .iter()
+                            .any(|(n, v)| n == "www-authenticate" && v == b"ApiKey header=\"x-api-key\"")
+                    );
                 }
                 other => panic!("expected 401, got {other:?}"),
             }

@@ -49,10 +49,7 @@ impl Plugin for Canary {
             return Err(format!("percent must be 0 to 100, got {}", s.percent));
         }
         if s.canary == 0 {
-            return Err(
-                "canary must be at least 1 (the number of canary endpoints at the end of the list)"
-                    .into(),
-            );
+            return Err("canary must be at least 1 (the number of canary endpoints at the end of the list)".into());
         }
         Ok(Self {
             header: s.header,
@@ -94,12 +91,7 @@ impl Canary {
 }
 
 impl Balancer for Canary {
-    fn pick(
-        &self,
-        req: &Request<'_>,
-        endpoints: &[Endpoint],
-        ctx: &PickContext,
-    ) -> Result<Option<usize>, Error> {
+    fn pick(&self, req: &Request<'_>, endpoints: &[Endpoint], ctx: &PickContext) -> Result<Option<usize>, Error> {
         let split = endpoints.len().saturating_sub(self.canary);
         let (stable, canary) = endpoints.split_at(split);
         let (first, second) = if self.wants_canary(req) {
@@ -107,9 +99,7 @@ impl Balancer for Canary {
         } else {
             (stable, canary)
         };
-        Ok(self
-            .pick_in(first, ctx)
-            .or_else(|| self.pick_in(second, ctx)))
+        Ok(self.pick_in(first, ctx).or_else(|| self.pick_in(second, ctx)))
     }
 }
 
@@ -132,11 +122,7 @@ mod tests {
         let c = canary(10);
         let req = Request::builder("GET", "/").build();
         let picks: Vec<usize> = (0..100)
-            .map(|_| {
-                c.pick(&req, &endpoints(), &PickContext::default())
-                    .unwrap()
-                    .unwrap()
-            })
+            .map(|_| c.pick(&req, &endpoints(), &PickContext::default()).unwrap().unwrap())
             .collect();
         assert_eq!(picks.iter().filter(|&&i| i == 2).count(), 10);
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 45);
@@ -145,14 +131,8 @@ mod tests {
     #[test]
     fn header_forces_a_group_and_unhealthy_canary_falls_back() {
         let c = canary(0);
-        let always = Request::builder("GET", "/")
-            .header("x-canary", "always")
-            .build();
-        assert_eq!(
-            c.pick(&always, &endpoints(), &PickContext::default())
-                .unwrap(),
-            Some(2)
-        );
+        let always = Request::builder("GET", "/").header("x-canary", "always").build();
+        assert_eq!(c.pick(&always, &endpoints(), &PickContext::default()).unwrap(), Some(2));
         let mut eps = endpoints();
         eps[2].healthy = false;
         let picked = c.pick(&always, &eps, &PickContext::default()).unwrap();

@@ -11,8 +11,8 @@
 //! 403 and never reaches the upstream.
 
 use plumeway_sdk::{
-    Action, Config, Error, LocalResponse, Plugin, Request, RequestFilter, Response, ResponseAction,
-    ResponseFilter, serde,
+    Action, Config, Error, LocalResponse, Plugin, Request, RequestFilter, Response, ResponseAction, ResponseFilter,
+    serde,
 };
 
 /// The plugin.
@@ -59,23 +59,13 @@ impl Plugin for Cors {
         }
         let any_origin = s.allow_origins.iter().any(|o| o == "*");
         if any_origin && s.allow_credentials {
-            return Err(
-                "allow_origins = [\"*\"] cannot be combined with allow_credentials = true".into(),
-            );
+            return Err("allow_origins = [\"*\"] cannot be combined with allow_credentials = true".into());
         }
         Ok(Self {
             any_origin,
             origins: s.allow_origins,
-            methods: s
-                .allow_methods
-                .iter()
-                .map(|m| m.to_ascii_uppercase())
-                .collect(),
-            headers: s
-                .allow_headers
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
+            methods: s.allow_methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            headers: s.allow_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
             expose: s.expose_headers,
             credentials: s.allow_credentials,
             max_age: s.max_age,
@@ -194,16 +184,13 @@ mod tests {
     fn answers_allowed_preflight_and_rejects_others() {
         let ok = preflight("https://app.example", "POST", "Content-Type");
         assert_eq!(ok.status, 204);
-        assert!(ok.headers.contains(&(
-            "access-control-allow-origin".into(),
-            b"https://app.example".to_vec()
-        )));
+        assert!(
+            ok.headers
+                .contains(&("access-control-allow-origin".into(), b"https://app.example".to_vec()))
+        );
         assert_eq!(preflight("https://evil.example", "POST", "").status, 403);
         assert_eq!(preflight("https://app.example", "DELETE", "").status, 403);
-        assert_eq!(
-            preflight("https://app.example", "POST", "x-secret").status,
-            403
-        );
+        assert_eq!(preflight("https://app.example", "POST", "x-secret").status, 403);
     }
 
     #[test]
@@ -220,9 +207,7 @@ mod tests {
             Some("https://app.example")
         );
         assert_eq!(
-            res.headers()
-                .get("access-control-expose-headers")
-                .as_deref(),
+            res.headers().get("access-control-expose-headers").as_deref(),
             Some("x-total")
         );
     }

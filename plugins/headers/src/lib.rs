@@ -10,8 +10,7 @@
 use std::collections::BTreeMap;
 
 use plumeway_sdk::{
-    Action, Config, Error, Headers, Plugin, Request, RequestFilter, Response, ResponseAction,
-    ResponseFilter, serde,
+    Action, Config, Error, Headers, Plugin, Request, RequestFilter, Response, ResponseAction, ResponseFilter, serde,
 };
 
 /// The plugin.

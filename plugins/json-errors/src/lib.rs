@@ -4,9 +4,7 @@
 //! A failed plugin is named in the error (`plugin_failed`) but its message
 //! is not, since it may carry internals.
 
-use plumeway_sdk::{
-    Config, Error, ErrorHandler, ErrorKind, LocalResponse, Plugin, ProxyError, Request, serde,
-};
+use plumeway_sdk::{Config, Error, ErrorHandler, ErrorKind, LocalResponse, Plugin, ProxyError, Request, serde};
 
 /// The plugin.
 #[derive(Debug)]

@@ -23,8 +23,7 @@ struct Settings {
 impl Plugin for RegexRewrite {
     fn init(config: Config) -> Result<Self, String> {
         let s: Settings = config.parse()?;
-        let pattern =
-            Regex::new(&s.pattern).map_err(|e| format!("invalid pattern {:?}: {e}", s.pattern))?;
+        let pattern = Regex::new(&s.pattern).map_err(|e| format!("invalid pattern {:?}: {e}", s.pattern))?;
         Ok(Self {
             pattern,
             replacement: s.replacement,
@@ -67,11 +66,7 @@ mod tests {
         let p = plugin("^/old/(.*)$", "/new/$1");
         let req = Request::builder("GET", "/old/a/b?q=1").build();
         assert_eq!(p.rewrite(&req).unwrap().as_deref(), Some("/new/a/b?q=1"));
-        assert_eq!(
-            p.rewrite(&Request::builder("GET", "/other").build())
-                .unwrap(),
-            None
-        );
+        assert_eq!(p.rewrite(&Request::builder("GET", "/other").build()).unwrap(), None);
     }
 
     #[test]
@@ -82,8 +77,7 @@ mod tests {
 
     #[test]
     fn a_bad_pattern_is_a_config_error() {
-        let err = RegexRewrite::init(Config::from_json(r#"{"pattern":"(","replacement":"/"}"#))
-            .unwrap_err();
+        let err = RegexRewrite::init(Config::from_json(r#"{"pattern":"(","replacement":"/"}"#)).unwrap_err();
         assert!(err.starts_with("invalid pattern \"(\""), "{err}");
     }
 }

@@ -52,17 +52,13 @@ mod tests {
     use super::*;
 
     fn strip(prefix: &str, path: &str) -> Option<String> {
-        let p =
-            StripPrefix::init(Config::from_json(format!(r#"{{"prefix":"{prefix}"}}"#))).unwrap();
+        let p = StripPrefix::init(Config::from_json(format!(r#"{{"prefix":"{prefix}"}}"#))).unwrap();
         p.rewrite(&Request::builder("GET", path).build()).unwrap()
     }
 
     #[test]
     fn strips_whole_segments_and_keeps_the_query() {
-        assert_eq!(
-            strip("/api", "/api/users?x=1").as_deref(),
-            Some("/users?x=1")
-        );
+        assert_eq!(strip("/api", "/api/users?x=1").as_deref(), Some("/users?x=1"));
         assert_eq!(strip("/api/", "/api/users").as_deref(), Some("/users"));
         assert_eq!(strip("/api", "/api").as_deref(), Some("/"));
         assert_eq!(strip("/api", "/api?x").as_deref(), Some("/?x"));

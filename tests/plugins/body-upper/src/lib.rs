@@ -3,8 +3,7 @@
 //! in `/upper-response`.
 
 use plumeway_sdk::{
-    Action, Config, Error, Needs, Plugin, Request, RequestFilter, Response, ResponseAction,
-    ResponseFilter,
+    Action, Config, Error, Needs, Plugin, Request, RequestFilter, Response, ResponseAction, ResponseFilter,
 };
 
 /// The plugin.
@@ -26,12 +25,8 @@ impl Plugin for BodyUpper {
 
 impl RequestFilter for BodyUpper {
     fn on_request(&self, req: &mut Request<'_>) -> Result<Action, Error> {
-        let body = req
-            .body()
-            .map(<[u8]>::to_ascii_uppercase)
-            .unwrap_or_default();
-        req.headers_mut()
-            .set("x-request-body-seen", body.len().to_string())?;
+        let body = req.body().map(<[u8]>::to_ascii_uppercase).unwrap_or_default();
+        req.headers_mut().set("x-request-body-seen", body.len().to_string())?;
         req.set_body(body);
         Ok(Action::Continue)
     }

@@ -5,8 +5,7 @@
 use std::cell::Cell;
 
 use plumeway_sdk::{
-    Action, Config, Error, LocalResponse, Plugin, Request, RequestFilter, Response, ResponseAction,
-    ResponseFilter,
+    Action, Config, Error, LocalResponse, Plugin, Request, RequestFilter, Response, ResponseAction, ResponseFilter,
 };
 
 /// The plugin.
@@ -17,9 +16,7 @@ pub struct Chaos {
 
 impl Plugin for Chaos {
     fn init(_: Config) -> Result<Self, String> {
-        Ok(Self {
-            served: Cell::new(0),
-        })
+        Ok(Self { served: Cell::new(0) })
     }
 }
 
@@ -41,12 +38,8 @@ impl RequestFilter for Chaos {
                     std::hint::black_box(&hoard);
                 }
             }
-            "bad-header" => Ok(Action::Respond(
-                LocalResponse::new(200).header("bad header", "x"),
-            )),
-            "bad-header-value" => Ok(Action::Respond(
-                LocalResponse::new(200).header("x-ok", "line\r\nbreak"),
-            )),
+            "bad-header" => Ok(Action::Respond(LocalResponse::new(200).header("bad header", "x"))),
+            "bad-header-value" => Ok(Action::Respond(LocalResponse::new(200).header("x-ok", "line\r\nbreak"))),
             "bad-path" => {
                 req.set_path_with_query("no-leading-slash");
                 Ok(Action::Continue)
@@ -60,8 +53,7 @@ impl RequestFilter for Chaos {
             _ => {
                 let n = self.served.get() + 1;
                 self.served.set(n);
-                req.headers_mut()
-                    .set("x-instance-requests", n.to_string())?;
+                req.headers_mut().set("x-instance-requests", n.to_string())?;
                 Ok(Action::Continue)
             }
         }

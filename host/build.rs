@@ -1,0 +1,35 @@
+//! Compiles the built-in plugins (`plugins/*`) to wasm components and
+//! embeds them, so `builtin = "NAME"` works with no files around and a
+//! fresh machine needs no extra build step.
+
+use std::fmt::Write;
+use std::path::Path;
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let plugins = root.join("plugins");
+    let packages = plumeway_wasm_build::packages_in(&plugins);
+    let built = plumeway_wasm_build::build(
+        &packages,
+        &[
+            plugins,
+            root.join("plugin-sdk/src"),
+            root.join("plugin-sdk/Cargo.toml"),
+            root.join("wit"),
+            root.join("Cargo.lock"),
+        ],
+    );
+    let mut code = String::from(
+        "/// The built-in plugins: name and component bytes.\npub(crate) const BUILTINS: &[(&str, &[u8])] = &[\n",
+    );
+    for plugin in &built {
+        let name = plugin
+            .package
+            .strip_prefix("plumeway-plugin-")
+            .unwrap_or(&plugin.package);
+        let _ = writeln!(code, "    ({name:?}, include_bytes!({:?})),", plugin.wasm);
+    }
+    code.push_str("];\n");
+    let out = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("builtin_plugins.rs");
+    std::fs::write(out, code).expect("write builtin_plugins.rs");
+}

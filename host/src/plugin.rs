@@ -1,0 +1,451 @@
+//! WebAssembly plugins: loading components, keeping warm instances, and
+//! calling hooks within limits.
+//!
+//! A plugin is compiled once when the config loads and pre-instantiated.
+//! Instances are pooled and reused across requests (`isolation = "pooled"`)
+//! or made fresh for every call (`"per-request"`). Every call runs under the
+//! plugin's limits (time by epoch, memory by a limiter, optional fuel); a
+//! trap or breach throws the instance away and fails only that call.
+
+mod bindings;
+mod builtin;
+mod engine;
+mod failure;
+mod hooks;
+mod host;
+mod output;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::{Engine, Store, Trap};
+
+use crate::config::{Config, Invalid, Isolation, OnFailure, PluginConfig, PluginLimits};
+
+use bindings::exports::plumeway::plugin as exports;
+use host::{HostState, MemoryLimitExceeded};
+
+pub use failure::Failure;
+pub use hooks::{EndpointView, ErrorInfo, PickInput, RequestOutcome, ResponseOutcome};
+pub use host::CallInfo;
+
+/// The hooks a plugin can export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `rewrite`.
+    Rewrite,
+    /// `request-filter`.
+    RequestFilter,
+    /// `response-filter`.
+    ResponseFilter,
+    /// `error-handler`.
+    ErrorHandler,
+    /// `balancer`.
+    Balancer,
+}
+
+/// Every plugin of a config, loaded.
+#[derive(Debug, Default)]
+pub struct Plugins {
+    by_name: BTreeMap<String, Arc<Plugin>>,
+}
+
+/// One loaded plugin: its compiled component, which hooks it exports, and
+/// its idle instances.
+pub struct Plugin {
+    name: Arc<str>,
+    engine: &'static Engine,
+    pre: InstancePre<HostState>,
+    indices: Indices,
+    config_json: String,
+    limits: PluginLimits,
+    isolation: Isolation,
+    on_failure: OnFailure,
+    needs: Needs,
+    idle: Mutex<Vec<Instance>>,
+}
+
+/// Bodies a plugin asked for in `init`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The whole request body.
+    pub request_body: bool,
+    /// The whole response body.
+    pub response_body: bool,
+}
+
+/// Where each exported hook lives in the component; `None` when the plugin
+/// does not export it.
+struct Indices {
+    lifecycle: exports::lifecycle::GuestIndices,
+    rewrite: Option<exports::rewrite::GuestIndices>,
+    request: Option<exports::request_filter::GuestIndices>,
+    response: Option<exports::response_filter::GuestIndices>,
+    error: Option<exports::error_handler::GuestIndices>,
+    balancer: Option<exports::balancer::GuestIndices>,
+}
+
+/// A live instance with its hooks looked up.
+struct Instance {
+    store: Store<HostState>,
+    hooks: Hooks,
+}
+
+/// An instance's exported hooks, looked up once when it is made.
+struct Hooks {
+    rewrite: Option<exports::rewrite::Guest>,
+    request: Option<exports::request_filter::Guest>,
+    response: Option<exports::response_filter::Guest>,
+    error: Option<exports::error_handler::Guest>,
+    balancer: Option<exports::balancer::Guest>,
+}
+
+/// Idle instances kept per plugin at most; more are dropped after use.
+const MAX_IDLE: usize = 64;
+
+impl Plugins {
+    /// Loads every `[plugins.NAME]` of a validated config: compiles it,
+    /// checks its exports, and runs `init` with its config once so a bad
+    /// config fails now rather than on the first request.
+    pub async fn load(config: &Config) -> Result<Self, Invalid> {
+        let mut by_name = BTreeMap::new();
+        for (name, pc) in &config.plugins {
+            let plugin = Plugin::load(name, pc, config).await?;
+            by_name.insert(name.clone(), Arc::new(plugin));
+        }
+        Ok(Self { by_name })
+    }
+
+    /// The plugin named `name`, checked to export `hook`; `key` is the
+    /// config key that uses it, for the error.
+    pub fn get(&self, name: &str, hook: Hook, key: &str) -> Result<Arc<Plugin>, Invalid> {
+        let plugin = self
+            .by_name
+            .get(name)
+            .ok_or_else(|| Invalid::new(key, format!("unknown plugin {name:?}")))?;
+        if !plugin.exports(hook) {
+            return Err(Invalid::new(
+                key,
+                format!(
+                    "plugin {name:?} does not export {}, so it cannot be used as {} (it exports: {})",
+                    hook.interface(),
+                    hook.role(),
+                    plugin.exported_hooks().join(", ")
+                ),
+            ));
+        }
+        Ok(Arc::clone(plugin))
+    }
+
+    /// The loaded plugins by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Plugin>)> {
+        self.by_name.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+impl Hook {
+    /// The WIT interface name, as a plugin author sees it in errors.
+    pub fn interface(self) -> &'static str {
+        match self {
+            Self::Rewrite => "plumeway:plugin/rewrite@0.1.0",
+            Self::RequestFilter => "plumeway:plugin/request-filter@0.1.0",
+            Self::ResponseFilter => "plumeway:plugin/response-filter@0.1.0",
+            Self::ErrorHandler => "plumeway:plugin/error-handler@0.1.0",
+            Self::Balancer => "plumeway:plugin/balancer@0.1.0",
+        }
+    }
+
+    fn role(self) -> &'static str {
+        match self {
+            Self::Rewrite => "a rewrite",
+            Self::RequestFilter => "a request filter",
+            Self::ResponseFilter => "a response filter",
+            Self::ErrorHandler => "an error handler",
+            Self::Balancer => "a balancer",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Self::Rewrite => "rewrite",
+            Self::RequestFilter => "request-filter",
+            Self::ResponseFilter => "response-filter",
+            Self::ErrorHandler => "error-handler",
+            Self::Balancer => "balancer",
+        }
+    }
+}
+
+impl Plugin {
+    async fn load(name: &str, pc: &PluginConfig, config: &Config) -> Result<Self, Invalid> {
+        let key = format!("plugins.{name}");
+        let wasm: std::borrow::Cow<'static, [u8]> = match (&pc.builtin, &pc.path) {
+            (Some(builtin), _) => builtin::get(builtin).map(std::borrow::Cow::Borrowed).ok_or_else(|| {
+                Invalid::new(
+                    format!("{key}.builtin"),
+                    format!(
+                        "unknown built-in plugin {builtin:?} (built in: {})",
+                        builtin::names().join(", ")
+                    ),
+                )
+            })?,
+            (None, Some(path)) => {
+                let full = config.base_dir().join(path);
+                std::fs::read(&full)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|e| Invalid::new(format!("{key}.path"), format!("cannot read {}: {e}", full.display())))?
+            }
+            (None, None) => return Err(Invalid::new(key, "a plugin needs `builtin` or `path`")),
+        };
+        let fuel = pc.limits.fuel.is_some();
+        let engine = engine::engine(fuel).map_err(|e| Invalid::new(key.clone(), e))?;
+        let component = engine::compile(engine, fuel, &wasm)
+            .map_err(|e| Invalid::new(key.clone(), format!("not a valid plugin component: {e}")))?;
+        let mut linker: Linker<HostState> = Linker::new(engine);
+        let linked = wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| bindings::AnyPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s));
+        linked.map_err(|e| Invalid::new(key.clone(), format!("cannot link the plugin: {e:#}")))?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| {
+            Invalid::new(
+                key.clone(),
+                format!("imports something plumeway does not provide: {e:#}"),
+            )
+        })?;
+        let lifecycle = exports::lifecycle::GuestIndices::new(&pre).map_err(|_| {
+            Invalid::new(
+                key.clone(),
+                "does not export plumeway:plugin/lifecycle@0.1.0: is it a plumeway plugin?",
+            )
+        })?;
+        let indices = Indices {
+            lifecycle,
+            rewrite: exports::rewrite::GuestIndices::new(&pre).ok(),
+            request: exports::request_filter::GuestIndices::new(&pre).ok(),
+            response: exports::response_filter::GuestIndices::new(&pre).ok(),
+            error: exports::error_handler::GuestIndices::new(&pre).ok(),
+            balancer: exports::balancer::GuestIndices::new(&pre).ok(),
+        };
+        let mut plugin = Self {
+            name: name.into(),
+            engine,
+            pre,
+            indices,
+            config_json: pc.config_json(),
+            limits: pc.limits.clone(),
+            isolation: pc.isolation,
+            on_failure: pc.on_failure,
+            needs: Needs::default(),
+            idle: Mutex::new(Vec::new()),
+        };
+        // The first instance proves the config is acceptable, tells what
+        // bodies the plugin needs, and stays warm for the first request.
+        let (instance, needs) = plugin.instantiate().await.map_err(|f| match f {
+            Failure::Returned { message } => {
+                Invalid::new(format!("{key}.config"), format!("rejected by the plugin: {message}"))
+            }
+            other => Invalid::new(key.clone(), format!("failed to start: {other}")),
+        })?;
+        plugin.needs = needs;
+        if plugin.isolation == Isolation::Pooled {
+            plugin.checkin(instance);
+        }
+        Ok(plugin)
+    }
+
+    /// The plugin's name, as in `[plugins.NAME]`.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Bodies the plugin asked for.
+    pub fn needs(&self) -> Needs {
+        self.needs
+    }
+
+    /// What a failure of this plugin does to the request.
+    pub fn on_failure(&self) -> OnFailure {
+        self.on_failure
+    }
+
+    /// The plugin's limits.
+    pub fn limits(&self) -> &PluginLimits {
+        &self.limits
+    }
+
+    /// Whether the plugin exports `hook`.
+    pub fn exports(&self, hook: Hook) -> bool {
+        let i = &self.indices;
+        match hook {
+            Hook::Rewrite => i.rewrite.is_some(),
+            Hook::RequestFilter => i.request.is_some(),
+            Hook::ResponseFilter => i.response.is_some(),
+            Hook::ErrorHandler => i.error.is_some(),
+            Hook::Balancer => i.balancer.is_some(),
+        }
+    }
+
+    /// The hooks the plugin exports, by short name.
+    pub fn exported_hooks(&self) -> Vec<&'static str> {
+        [
+            Hook::Rewrite,
+            Hook::RequestFilter,
+            Hook::ResponseFilter,
+            Hook::ErrorHandler,
+            Hook::Balancer,
+        ]
+        .into_iter()
+        .filter(|h| self.exports(*h))
+        .map(Hook::short)
+        .collect()
+    }
+
+    /// A new instance, initialised with the plugin's config.
+    async fn instantiate(&self) -> Result<(Instance, Needs), Failure> {
+        let mut store = Store::new(
+            self.engine,
+            HostState::new(Arc::clone(&self.name), self.limits.memory.as_usize()),
+        );
+        store.limiter(|s| &mut s.limiter);
+        self.arm(&mut store)?;
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| self.classify(e, &store))?;
+        let started = |e: wasmtime::Error| Failure::Instantiate {
+            message: format!("{e:#}"),
+        };
+        let lifecycle = self.indices.lifecycle.load(&mut store, &instance).map_err(started)?;
+        let hooks = self.indices.load(&mut store, &instance).map_err(started)?;
+        self.arm(&mut store)?;
+        let needs = match lifecycle.call_init(&mut store, &self.config_json).await {
+            Ok(Ok(flags)) => {
+                use exports::lifecycle::Needs as N;
+                Needs {
+                    request_body: flags.contains(N::REQUEST_BODY),
+                    response_body: flags.contains(N::RESPONSE_BODY),
+                }
+            }
+            Ok(Err(message)) => return Err(Failure::Returned { message }),
+            Err(e) => return Err(self.classify(e, &store)),
+        };
+        Ok((Instance { store, hooks }, needs))
+    }
+
+    /// Sets the per-call limits on a store before entering the guest.
+    fn arm(&self, store: &mut Store<HostState>) -> Result<(), Failure> {
+        let ticks = self.limits.time.get().as_millis().div_ceil(engine::TICK.as_millis()) as u64;
+        // +1: the tick in progress when the call starts may end at once.
+        store.set_epoch_deadline(ticks + 1);
+        if let Some(fuel) = self.limits.fuel {
+            store.set_fuel(fuel).map_err(|e| Failure::Instantiate {
+                message: format!("{e:#}"),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// An instance for one call: a warm one from the pool, else a new one.
+    async fn checkout(&self, call: CallInfo) -> Result<Instance, Failure> {
+        let warm = match self.isolation {
+            Isolation::Pooled => self.idle.lock().ok().and_then(|mut idle| idle.pop()),
+            Isolation::PerRequest => None,
+        };
+        let mut instance = match warm {
+            Some(i) => i,
+            None => self.instantiate().await?.0,
+        };
+        instance.store.data_mut().call = call;
+        self.arm(&mut instance.store)?;
+        Ok(instance)
+    }
+
+    /// Returns a healthy instance to the pool.
+    fn checkin(&self, mut instance: Instance) {
+        if self.isolation == Isolation::PerRequest {
+            return;
+        }
+        instance.store.data_mut().call = CallInfo::default();
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            idle.push(instance);
+        }
+    }
+
+    /// Ends a call: pools the instance unless the failure poisoned it.
+    fn finish<T>(&self, instance: Instance, result: Result<T, Failure>) -> Result<T, Failure> {
+        match &result {
+            Err(f) if f.poisons_instance() => drop(instance),
+            _ => self.checkin(instance),
+        }
+        result
+    }
+
+    /// Turns a wasmtime error from a call into a [`Failure`].
+    fn classify(&self, err: wasmtime::Error, store: &Store<HostState>) -> Failure {
+        if err.downcast_ref::<MemoryLimitExceeded>().is_some() {
+            return Failure::Memory {
+                limit: self.limits.memory,
+            };
+        }
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Failure::Timeout {
+                limit: self.limits.time,
+            },
+            Some(Trap::OutOfFuel) => Failure::Fuel {
+                limit: self.limits.fuel.unwrap_or(0),
+            },
+            Some(trap) => {
+                let mut message = trap.to_string();
+                if let Some(line) = store.data().stderr_tail() {
+                    message = format!("{message} ({line})");
+                }
+                Failure::Trap { message }
+            }
+            None => Failure::Trap {
+                message: format!("{err:#}"),
+            },
+        }
+    }
+}
+
+impl Indices {
+    fn load(&self, store: &mut Store<HostState>, instance: &wasmtime::component::Instance) -> wasmtime::Result<Hooks> {
+        Ok(Hooks {
+            rewrite: self
+                .rewrite
+                .as_ref()
+                .map(|x| x.load(&mut *store, instance))
+                .transpose()?,
+            request: self
+                .request
+                .as_ref()
+                .map(|x| x.load(&mut *store, instance))
+                .transpose()?,
+            response: self
+                .response
+                .as_ref()
+                .map(|x| x.load(&mut *store, instance))
+                .transpose()?,
+            error: self.error.as_ref().map(|x| x.load(&mut *store, instance)).transpose()?,
+            balancer: self
+                .balancer
+                .as_ref()
+                .map(|x| x.load(&mut *store, instance))
+                .transpose()?,
+        })
+    }
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("hooks", &self.exported_hooks())
+            .field("isolation", &self.isolation)
+            .finish_non_exhaustive()
+    }
+}

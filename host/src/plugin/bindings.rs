@@ -1,0 +1,19 @@
+//! Host bindings for the `any-plugin` world: every hook, loaded one by one
+//! from a plugin only when it exports it.
+
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    reason = "generated code"
+)]
+
+wasmtime::component::bindgen!({
+    world: "any-plugin",
+    path: "../wit",
+    // Host functions are synchronous (measured: async adds ~10% per call)
+    // and trappable, so a bad resource handle ends the call, not the proxy.
+    imports: { default: trappable },
+    exports: { default: async },
+    with: { "plumeway:plugin/types.fields": super::host::FieldsEntry },
+});

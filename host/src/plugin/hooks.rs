@@ -1,0 +1,347 @@
+//! Calling each hook: lend the headers, call within limits, take the
+//! headers back, check what came out.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, request, response, uri::PathAndQuery};
+use wasmtime::component::Resource;
+
+use super::bindings::exports::plumeway::plugin::{balancer, error_handler, request_filter, response_filter};
+use super::bindings::plumeway::plugin::types;
+use super::host::{CallInfo, FieldsEntry};
+use super::output::{valid_path, valid_response, valid_status};
+use super::{Failure, Instance, Plugin};
+use crate::body::BoxBody;
+use crate::proxy::ErrorKind;
+use crate::router::request_host;
+
+/// What a request filter decided.
+#[derive(Debug)]
+pub enum RequestOutcome {
+    /// Go on; the body (if the plugin replaced it) and the stash for its
+    /// `on_response`.
+    Continue {
+        /// A replacement body.
+        body: Option<Bytes>,
+        /// Bytes for this plugin's `on_response`.
+        stash: Option<Vec<u8>>,
+    },
+    /// Call again with the whole body.
+    BufferBody,
+    /// Answer with this response.
+    Respond(http::Response<BoxBody>),
+}
+
+/// What a response filter decided.
+#[derive(Debug)]
+pub enum ResponseOutcome {
+    /// Go on, with these changes.
+    Continue {
+        /// A new status.
+        status: Option<StatusCode>,
+        /// A replacement body.
+        body: Option<Bytes>,
+    },
+    /// Call again with the whole body.
+    BufferBody,
+    /// Send this response instead.
+    Replace(http::Response<BoxBody>),
+}
+
+/// What an error handler is told.
+#[derive(Debug, Clone)]
+pub struct ErrorInfo {
+    /// The kind of failure.
+    pub kind: ErrorKind,
+    /// The plugin that failed, for `plugin-failed`.
+    pub plugin: Option<Arc<str>>,
+    /// The status plumeway would send.
+    pub status: StatusCode,
+    /// The upstream last tried.
+    pub upstream: Option<Arc<str>>,
+    /// The endpoint last tried.
+    pub endpoint: Option<Arc<str>>,
+    /// Endpoints tried.
+    pub attempts: u32,
+    /// The request's id.
+    pub request_id: Arc<str>,
+}
+
+/// What a balancer is shown.
+#[derive(Debug, Clone)]
+pub struct PickInput {
+    /// One entry per endpoint, in config order.
+    pub endpoints: Vec<EndpointView>,
+    /// Changes when the endpoint list changes.
+    pub generation: u64,
+    /// 0 for the first try.
+    pub attempt: u32,
+    /// Indexes already tried.
+    pub tried: Vec<u32>,
+}
+
+/// One endpoint as a balancer sees it.
+#[derive(Debug, Clone)]
+pub struct EndpointView {
+    /// Its URL.
+    pub url: Arc<str>,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// Whether it may take traffic.
+    pub healthy: bool,
+    /// Requests in flight to it.
+    pub in_flight: u32,
+}
+
+fn head(parts: &request::Parts) -> types::RequestHead {
+    types::RequestHead {
+        method: parts.method.as_str().to_owned(),
+        path_with_query: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str).to_owned(),
+        authority: request_host(&parts.uri, &parts.headers).map(str::to_owned),
+    }
+}
+
+/// Moves `headers` into the instance's table for one call and back after,
+/// whatever the call's outcome, so a trap never loses the request's headers.
+struct Lent {
+    handle: Resource<FieldsEntry>,
+}
+
+impl Lent {
+    fn new(instance: &mut Instance, headers: &mut HeaderMap, writable: bool) -> Result<Self, Failure> {
+        let entry = FieldsEntry {
+            headers: std::mem::take(headers),
+            writable,
+        };
+        let handle = instance
+            .store
+            .data_mut()
+            .table
+            .push(entry)
+            .map_err(|e| Failure::Instantiate { message: e.to_string() })?;
+        Ok(Self { handle })
+    }
+
+    fn borrow(&self) -> Resource<FieldsEntry> {
+        Resource::new_borrow(self.handle.rep())
+    }
+
+    fn give_back(self, instance: &mut Instance, headers: &mut HeaderMap) {
+        if let Ok(entry) = instance.store.data_mut().table.delete(self.handle) {
+            *headers = entry.headers;
+        }
+    }
+}
+
+impl Plugin {
+    /// The `rewrite` hook: a new path and query, or `None` to keep it.
+    pub async fn rewrite(&self, parts: &mut request::Parts, call: CallInfo) -> Result<Option<PathAndQuery>, Failure> {
+        let mut instance = self.checkout(call).await?;
+        let h = head(parts);
+        let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
+        let result = match &instance.hooks.rewrite {
+            Some(g) => g.call_rewrite(&mut instance.store, &h, lent.borrow()).await,
+            None => Err(wasmtime::Error::msg("the plugin does not export the rewrite hook")),
+        };
+        lent.give_back(&mut instance, &mut parts.headers);
+        let result = match result {
+            Ok(Ok(path)) => path.as_deref().map(valid_path).transpose(),
+            Ok(Err(e)) => Err(Failure::Returned { message: e.message }),
+            Err(e) => Err(self.classify(e, &instance.store)),
+        };
+        self.finish(instance, result)
+    }
+
+    /// The `request-filter` hook. Header edits are applied to `parts` as the
+    /// plugin makes them; a new path is applied to `parts.uri`.
+    pub async fn on_request(
+        &self,
+        parts: &mut request::Parts,
+        body: Option<&Bytes>,
+        call: CallInfo,
+    ) -> Result<RequestOutcome, Failure> {
+        let mut instance = self.checkout(call).await?;
+        let h = head(parts);
+        let lent = Lent::new(&mut instance, &mut parts.headers, true)?;
+        let result = match &instance.hooks.request {
+            Some(g) => {
+                g.call_on_request(&mut instance.store, &h, lent.borrow(), body.map(|b| &b[..]))
+                    .await
+            }
+            None => Err(wasmtime::Error::msg(
+                "the plugin does not export the request-filter hook",
+            )),
+        };
+        lent.give_back(&mut instance, &mut parts.headers);
+        let result = match result {
+            Ok(Ok(request_filter::RequestAction::Continue(edits))) => (|| {
+                if let Some(path) = edits.path_with_query.as_deref() {
+                    let pq = valid_path(path)?;
+                    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+                    uri.path_and_query = Some(pq);
+                    parts.uri = http::Uri::from_parts(uri).map_err(|e| Failure::invalid(e.to_string()))?;
+                }
+                Ok(RequestOutcome::Continue {
+                    body: edits.body.map(Bytes::from),
+                    stash: edits.stash,
+                })
+            })(),
+            Ok(Ok(request_filter::RequestAction::BufferBody)) if body.is_some() => {
+                Err(Failure::invalid("asked for the body again after it was given"))
+            }
+            Ok(Ok(request_filter::RequestAction::BufferBody)) => Ok(RequestOutcome::BufferBody),
+            Ok(Ok(request_filter::RequestAction::Respond(r))) => valid_response(r).map(RequestOutcome::Respond),
+            Ok(Err(e)) => Err(Failure::Returned { message: e.message }),
+            Err(e) => Err(self.classify(e, &instance.store)),
+        };
+        self.finish(instance, result)
+    }
+
+    /// The `response-filter` hook. Header edits are applied to `parts` as
+    /// the plugin makes them.
+    pub async fn on_response(
+        &self,
+        request: &request::Parts,
+        parts: &mut response::Parts,
+        body: Option<&Bytes>,
+        stash: Option<&[u8]>,
+        call: CallInfo,
+    ) -> Result<ResponseOutcome, Failure> {
+        let mut instance = self.checkout(call).await?;
+        let h = head(request);
+        let status = parts.status.as_u16();
+        let lent = Lent::new(&mut instance, &mut parts.headers, true)?;
+        let result = match &instance.hooks.response {
+            Some(g) => {
+                g.call_on_response(
+                    &mut instance.store,
+                    &h,
+                    status,
+                    lent.borrow(),
+                    body.map(|b| &b[..]),
+                    stash,
+                )
+                .await
+            }
+            None => Err(wasmtime::Error::msg(
+                "the plugin does not export the response-filter hook",
+            )),
+        };
+        lent.give_back(&mut instance, &mut parts.headers);
+        let result =
+            match result {
+                Ok(Ok(response_filter::ResponseAction::Continue(edits))) => edits
+                    .status
+                    .map(valid_status)
+                    .transpose()
+                    .map(|status| ResponseOutcome::Continue {
+                        status,
+                        body: edits.body.map(Bytes::from),
+                    }),
+                Ok(Ok(response_filter::ResponseAction::BufferBody)) if body.is_some() => {
+                    Err(Failure::invalid("asked for the body again after it was given"))
+                }
+                Ok(Ok(response_filter::ResponseAction::BufferBody)) => Ok(ResponseOutcome::BufferBody),
+                Ok(Ok(response_filter::ResponseAction::Replace(r))) => valid_response(r).map(ResponseOutcome::Replace),
+                Ok(Err(e)) => Err(Failure::Returned { message: e.message }),
+                Err(e) => Err(self.classify(e, &instance.store)),
+            };
+        self.finish(instance, result)
+    }
+
+    /// The `error-handler` hook: the response for a failed request.
+    pub async fn on_error(
+        &self,
+        parts: &mut request::Parts,
+        err: &ErrorInfo,
+        call: CallInfo,
+    ) -> Result<http::Response<BoxBody>, Failure> {
+        use error_handler::ErrorKind as K;
+        let kind = match (err.kind, &err.plugin) {
+            (ErrorKind::PluginFailed, Some(p)) => K::PluginFailed(p.to_string()),
+            (ErrorKind::PluginFailed, None) => K::PluginFailed(String::new()),
+            (ErrorKind::DestinationNotFound, _) => K::DestinationNotFound,
+            (ErrorKind::DestinationUnavailable, _) => K::DestinationUnavailable,
+            (ErrorKind::ConnectionRefused, _) => K::ConnectionRefused,
+            (ErrorKind::ConnectionTimeout, _) => K::ConnectionTimeout,
+            (ErrorKind::HttpResponseTimeout, _) => K::HttpResponseTimeout,
+            (ErrorKind::HttpProtocolError, _) => K::HttpProtocolError,
+            (ErrorKind::HttpRequestDenied, _) => K::HttpRequestDenied,
+            (ErrorKind::HttpRequestError, _) => K::HttpRequestError,
+        };
+        let record = error_handler::ProxyError {
+            kind,
+            status: err.status.as_u16(),
+            upstream: err.upstream.as_deref().map(str::to_owned),
+            endpoint: err.endpoint.as_deref().map(str::to_owned),
+            attempts: err.attempts,
+            request_id: err.request_id.to_string(),
+        };
+        let mut instance = self.checkout(call).await?;
+        let h = head(parts);
+        let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
+        let result = match &instance.hooks.error {
+            Some(g) => g.call_on_error(&mut instance.store, &h, lent.borrow(), &record).await,
+            None => Err(wasmtime::Error::msg(
+                "the plugin does not export the error-handler hook",
+            )),
+        };
+        lent.give_back(&mut instance, &mut parts.headers);
+        let result = match result {
+            Ok(Ok(r)) => valid_response(r),
+            Ok(Err(e)) => Err(Failure::Returned { message: e.message }),
+            Err(e) => Err(self.classify(e, &instance.store)),
+        };
+        self.finish(instance, result)
+    }
+
+    /// The `balancer` hook: the index of the endpoint to use. An index out
+    /// of range, or of an endpoint that may not take traffic, is invalid.
+    pub async fn pick(
+        &self,
+        parts: &mut request::Parts,
+        input: &PickInput,
+        mut call: CallInfo,
+    ) -> Result<Option<usize>, Failure> {
+        let states: Vec<balancer::EndpointState> = input
+            .endpoints
+            .iter()
+            .map(|e| balancer::EndpointState {
+                weight: e.weight,
+                healthy: e.healthy,
+                in_flight: e.in_flight,
+            })
+            .collect();
+        let ctx = balancer::PickContext {
+            generation: input.generation,
+            attempt: input.attempt,
+            tried: input.tried.clone(),
+        };
+        call.endpoint_urls = input.endpoints.iter().map(|e| Arc::clone(&e.url)).collect();
+        let mut instance = self.checkout(call).await?;
+        let h = head(parts);
+        let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
+        let result = match &instance.hooks.balancer {
+            Some(g) => g.call_pick(&mut instance.store, &h, lent.borrow(), &states, &ctx).await,
+            None => Err(wasmtime::Error::msg("the plugin does not export the balancer hook")),
+        };
+        lent.give_back(&mut instance, &mut parts.headers);
+        let result = match result {
+            Ok(Ok(None)) => Ok(None),
+            Ok(Ok(Some(i))) => match input.endpoints.get(i as usize) {
+                Some(e) if e.healthy => Ok(Some(i as usize)),
+                Some(_) => Err(Failure::invalid(format!(
+                    "picked endpoint {i}, which may not take traffic"
+                ))),
+                None => Err(Failure::invalid(format!(
+                    "picked endpoint {i}, but there are only {}",
+                    input.endpoints.len()
+                ))),
+            },
+            Ok(Err(e)) => Err(Failure::Returned { message: e.message }),
+            Err(e) => Err(self.classify(e, &instance.store)),
+        };
+        self.finish(instance, result)
+    }
+}

@@ -1,0 +1,299 @@
+//! What a plugin instance's store holds, and the host functions it imports:
+//! the `fields` resource, logging, and request context.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::plumeway::plugin::{context, log, types};
+
+/// Headers lent to a plugin for one call.
+#[derive(Debug)]
+#[expect(unreachable_pub, reason = "named by the generated bindings, which re-export it")]
+pub struct FieldsEntry {
+    pub(crate) headers: HeaderMap,
+    pub(crate) writable: bool,
+}
+
+/// Facts about the request a call is for, which the plugin can ask for
+/// through the `context` interface.
+#[derive(Debug, Default, Clone)]
+pub struct CallInfo {
+    /// The route's name.
+    pub route: Option<Arc<str>>,
+    /// The client's IP address.
+    pub client_ip: Option<Arc<str>>,
+    /// The request's id.
+    pub request_id: Option<Arc<str>>,
+    /// The upstream, once chosen.
+    pub upstream: Option<Arc<str>>,
+    /// The endpoint, once chosen.
+    pub endpoint: Option<Arc<str>>,
+    /// For balancers: the URL of each endpoint in the list given to `pick`.
+    pub(crate) endpoint_urls: Vec<Arc<str>>,
+}
+
+/// The data of one plugin instance's store.
+pub(crate) struct HostState {
+    pub(crate) table: ResourceTable,
+    wasi: WasiCtx,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) plugin: Arc<str>,
+    pub(crate) call: CallInfo,
+    /// What the guest wrote to stderr (a Rust panic message lands here).
+    pub(crate) stderr: MemoryOutputPipe,
+}
+
+/// Caps linear memory with an error of our own type, so that a memory
+/// breach can be told apart from a guest's own abort.
+#[derive(Debug)]
+pub(crate) struct MemoryLimiter {
+    pub(crate) limit: usize,
+}
+
+/// A plugin tried to grow its memory past `limits.memory`.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit exceeded: wanted {desired} bytes, limit is {limit}")]
+pub(crate) struct MemoryLimitExceeded {
+    desired: usize,
+    limit: usize,
+}
+
+/// Headers a plugin may not touch: the connection's and the framing's.
+const FORBIDDEN: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+];
+
+impl HostState {
+    pub(crate) fn new(plugin: Arc<str>, memory_limit: usize) -> Self {
+        let stderr = MemoryOutputPipe::new(4096);
+        // No preopens, no environment, no network: a plugin sees only what
+        // the hooks hand it.
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        Self {
+            table: ResourceTable::new(),
+            wasi,
+            limiter: MemoryLimiter { limit: memory_limit },
+            plugin,
+            call: CallInfo::default(),
+            stderr,
+        }
+    }
+
+    /// The last line the guest wrote to stderr, for failure logs.
+    pub(crate) fn stderr_tail(&self) -> Option<String> {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        text.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_owned())
+    }
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                desired,
+                limit: self.limit,
+            }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+fn parse_name(name: &str) -> Result<HeaderName, types::HeaderError> {
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| types::HeaderError::InvalidSyntax)?;
+    if FORBIDDEN.contains(&name.as_str()) {
+        return Err(types::HeaderError::Forbidden);
+    }
+    Ok(name)
+}
+
+fn parse_value(value: &[u8]) -> Result<HeaderValue, types::HeaderError> {
+    HeaderValue::from_bytes(value).map_err(|_| types::HeaderError::InvalidSyntax)
+}
+
+impl HostState {
+    fn writable(
+        &mut self,
+        this: &Resource<FieldsEntry>,
+    ) -> wasmtime::Result<Result<&mut HeaderMap, types::HeaderError>> {
+        let entry = self.table.get_mut(this)?;
+        Ok(if entry.writable {
+            Ok(&mut entry.headers)
+        } else {
+            Err(types::HeaderError::Immutable)
+        })
+    }
+}
+
+impl types::HostFields for HostState {
+    fn get(&mut self, this: Resource<FieldsEntry>, name: String) -> wasmtime::Result<Vec<Vec<u8>>> {
+        let entry = self.table.get(&this)?;
+        Ok(entry
+            .headers
+            .get_all(name.as_str())
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect())
+    }
+
+    fn has(&mut self, this: Resource<FieldsEntry>, name: String) -> wasmtime::Result<bool> {
+        Ok(self.table.get(&this)?.headers.contains_key(name.as_str()))
+    }
+
+    fn set(
+        &mut self,
+        this: Resource<FieldsEntry>,
+        name: String,
+        values: Vec<Vec<u8>>,
+    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        let checked = parse_name(&name).and_then(|name| {
+            let values = values.iter().map(|v| parse_value(v)).collect::<Result<Vec<_>, _>>()?;
+            Ok((name, values))
+        });
+        let (name, values) = match checked {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self.writable(&this)?.map(|headers| {
+            headers.remove(&name);
+            for v in values {
+                headers.append(name.clone(), v);
+            }
+        }))
+    }
+
+    fn append(
+        &mut self,
+        this: Resource<FieldsEntry>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        let (name, value) = match parse_name(&name).and_then(|n| Ok((n, parse_value(&value)?))) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self.writable(&this)?.map(|headers| {
+            headers.append(name, value);
+        }))
+    }
+
+    fn delete(
+        &mut self,
+        this: Resource<FieldsEntry>,
+        name: String,
+    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        let name = match parse_name(&name) {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self.writable(&this)?.map(|headers| {
+            headers.remove(&name);
+        }))
+    }
+
+    fn copy_all(&mut self, this: Resource<FieldsEntry>) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        let entry = self.table.get(&this)?;
+        Ok(entry
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect())
+    }
+
+    fn drop(&mut self, this: Resource<FieldsEntry>) -> wasmtime::Result<()> {
+        // Only the host creates fields and lends them as borrows; an owned
+        // handle reaching here is still ours to free.
+        if this.owned() {
+            self.table.delete(this)?;
+        }
+        Ok(())
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    fn enabled(&mut self, level: log::Level) -> wasmtime::Result<bool> {
+        Ok(match level {
+            log::Level::Trace => tracing::enabled!(target: "plumeway::plugin", tracing::Level::TRACE),
+            log::Level::Debug => tracing::enabled!(target: "plumeway::plugin", tracing::Level::DEBUG),
+            log::Level::Info => tracing::enabled!(target: "plumeway::plugin", tracing::Level::INFO),
+            log::Level::Warn => tracing::enabled!(target: "plumeway::plugin", tracing::Level::WARN),
+            log::Level::Error => tracing::enabled!(target: "plumeway::plugin", tracing::Level::ERROR),
+        })
+    }
+
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let plugin = &*self.plugin;
+        let route = self.call.route.as_deref().unwrap_or("-");
+        // Bounded: a plugin must not flood the log with megabyte lines.
+        let message = if message.len() > 4096 {
+            &message[..message.floor_char_boundary(4096)]
+        } else {
+            &message
+        };
+        match level {
+            log::Level::Trace => tracing::trace!(target: "plumeway::plugin", plugin, route, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "plumeway::plugin", plugin, route, "{message}"),
+            log::Level::Info => tracing::info!(target: "plumeway::plugin", plugin, route, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "plumeway::plugin", plugin, route, "{message}"),
+            log::Level::Error => tracing::error!(target: "plumeway::plugin", plugin, route, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl context::Host for HostState {
+    fn attribute(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        let c = &self.call;
+        let value = match name.as_str() {
+            "plugin" => Some(&self.plugin),
+            "route" => c.route.as_ref(),
+            "client-ip" => c.client_ip.as_ref(),
+            "request-id" => c.request_id.as_ref(),
+            "upstream" => c.upstream.as_ref(),
+            "endpoint" => c.endpoint.as_ref(),
+            _ => None,
+        };
+        Ok(value.map(|v| v.to_string()))
+    }
+
+    fn endpoint_url(&mut self, index: u32) -> wasmtime::Result<Option<String>> {
+        Ok(self.call.endpoint_urls.get(index as usize).map(|u| u.to_string()))
+    }
+}

@@ -1,0 +1,32 @@
+//! Request ids: the client's `X-Request-Id` when it is sane, else a new one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::HeaderMap;
+
+/// The id of a request: taken from a well-formed `X-Request-Id`, or made
+/// up. Made-up ids are unique within the process and hard to guess across
+/// restarts (a random seed mixed with a counter).
+pub(crate) fn request_id(headers: &HeaderMap) -> Arc<str> {
+    if let Some(given) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+        && !given.is_empty()
+        && given.len() <= 128
+        && given.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return given.into();
+    }
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(std::time::SystemTime::now())
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // splitmix64: consecutive counters give unrelated-looking ids.
+    let mut z = seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    format!("{z:016x}").into()
+}

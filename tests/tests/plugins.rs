@@ -1,0 +1,324 @@
+//! Plugins that misbehave, plugins that log, bodies, isolation, and the
+//! example plugin, each with real compiled components. Every test plugin in
+//! `tests/plugins/` must have a module here, or this file does not compile.
+
+use std::path::Path;
+
+use plumeway_tests::client::{body, empty};
+use plumeway_tests::{Backend, BinaryProxy, TestProxy, foreach_test_plugin};
+
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        #[expect(unused_imports, reason = "only checks that the module exists")]
+        use self::$name as _;
+    };
+}
+foreach_test_plugin!(assert_test_exists);
+
+/// A proxy with one plugin `p` loaded from `wasm` with `extra` keys, used by
+/// a route with `route` keys in front of `backend`.
+async fn proxy(wasm: &str, extra: &str, backend: &Backend, route: &str) -> TestProxy {
+    TestProxy::start(&toml(wasm, extra, backend, route)).await
+}
+
+fn toml(wasm: &str, extra: &str, backend: &Backend, route: &str) -> String {
+    format!(
+        "[plugins.p]\npath = {wasm:?}\n{extra}\n[upstreams.u]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"u\"\n{route}\n",
+        backend.url()
+    )
+}
+
+mod chaos {
+    use super::*;
+    use plumeway_tests::plugins::CHAOS;
+
+    async fn get(proxy: &TestProxy, path: &str, mode: Option<&str>) -> plumeway_tests::Reply {
+        let client = proxy.client();
+        let mut req = client.request("GET", path);
+        if let Some(m) = mode {
+            req = req.header("x-chaos", m);
+        }
+        client.send(req.body(empty()).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn each_misbehaviour_fails_only_its_request() {
+        let backend = Backend::echo("b").await;
+        let limits = "limits = { time = \"50ms\", memory = \"16MiB\" }";
+        let proxy = proxy(CHAOS, limits, &backend, "request = [\"p\"]").await;
+        for mode in [
+            "trap",
+            "loop",
+            "memory",
+            "bad-header",
+            "bad-header-value",
+            "bad-path",
+            "bad-status",
+            "error",
+            "forbidden",
+        ] {
+            let reply = get(&proxy, "/", Some(mode)).await;
+            assert_eq!(reply.status, 500, "{mode}: {}", reply.text());
+            assert_eq!(
+                reply.text(),
+                "500 Internal Server Error: a plugin on this route failed\n",
+                "{mode}"
+            );
+            assert_eq!(
+                reply.headers["proxy-status"], "plumeway; error=proxy_internal_error",
+                "{mode}"
+            );
+            // The very next request on the same route is served normally.
+            let next = get(&proxy, "/", None).await;
+            assert_eq!(next.status, 200, "after {mode}: {}", next.text());
+        }
+        assert_eq!(backend.hits(), 9, "no failed request reached the upstream");
+    }
+
+    #[tokio::test]
+    async fn a_trap_in_a_response_filter_fails_that_response_only() {
+        let backend = Backend::echo("b").await;
+        let proxy = proxy(CHAOS, "", &backend, "response = [\"p\"]").await;
+        assert_eq!(get(&proxy, "/x/trap-response", None).await.status, 500);
+        let ok = get(&proxy, "/fine", None).await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(ok.headers["x-chaos-response"], "seen");
+    }
+
+    #[tokio::test]
+    async fn pooled_instances_are_reused_and_a_trapped_one_is_replaced() {
+        let backend = Backend::echo("b").await;
+        let proxy = proxy(CHAOS, "", &backend, "request = [\"p\"]").await;
+        let served = |r: plumeway_tests::Reply| r.echo().header("x-instance-requests").map(str::to_owned);
+        assert_eq!(served(get(&proxy, "/", None).await).as_deref(), Some("1"));
+        assert_eq!(served(get(&proxy, "/", None).await).as_deref(), Some("2"));
+        assert_eq!(get(&proxy, "/", Some("trap")).await.status, 500);
+        assert_eq!(
+            served(get(&proxy, "/", None).await).as_deref(),
+            Some("1"),
+            "a fresh instance after the trap"
+        );
+    }
+
+    #[tokio::test]
+    async fn per_request_isolation_gives_every_call_a_fresh_instance() {
+        let backend = Backend::echo("b").await;
+        let proxy = proxy(CHAOS, "isolation = \"per-request\"", &backend, "request = [\"p\"]").await;
+        for _ in 0..3 {
+            let reply = get(&proxy, "/", None).await;
+            assert_eq!(reply.echo().header("x-instance-requests"), Some("1"));
+        }
+    }
+
+    #[tokio::test]
+    async fn on_failure_skip_keeps_serving_through_a_failing_plugin() {
+        let backend = Backend::echo("b").await;
+        let proxy = proxy(CHAOS, "on_failure = \"skip\"", &backend, "request = [\"p\"]").await;
+        assert_eq!(get(&proxy, "/", Some("trap")).await.status, 200);
+        assert_eq!(get(&proxy, "/", Some("error")).await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn fuel_limits_a_call_deterministically() {
+        let backend = Backend::echo("b").await;
+        let proxy = proxy(
+            CHAOS,
+            "limits = { fuel = 5000000, time = \"5s\" }",
+            &backend,
+            "request = [\"p\"]",
+        )
+        .await;
+        assert_eq!(get(&proxy, "/", Some("loop")).await.status, 500);
+        assert_eq!(get(&proxy, "/", None).await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn the_error_plugin_sees_which_plugin_failed() {
+        let backend = Backend::echo("b").await;
+        let proxy = proxy(
+            CHAOS,
+            "[plugins.errors]\nbuiltin = \"json-errors\"",
+            &backend,
+            "request = [\"p\"]\non_error = \"errors\"",
+        )
+        .await;
+        let client = proxy.client();
+        let req = client
+            .request("GET", "/")
+            .header("x-chaos", "trap")
+            .header("x-request-id", "r-7")
+            .body(empty())
+            .unwrap();
+        let reply = client.send(req).await;
+        assert_eq!(reply.status, 500);
+        assert_eq!(
+            reply.text(),
+            "{\"status\":500,\"error\":\"plugin_failed\",\"plugin\":\"p\",\"request_id\":\"r-7\"}\n"
+        );
+    }
+}
+
+mod rewrite_only {
+    use super::*;
+    use plumeway::config::Config;
+    use plumeway::proxy::Proxy;
+    use plumeway_tests::plugins::REWRITE_ONLY;
+
+    #[tokio::test]
+    async fn using_a_plugin_for_a_hook_it_does_not_export_is_a_load_error() {
+        let backend = Backend::echo("b").await;
+        let source = toml(REWRITE_ONLY, "", &backend, "request = [\"p\"]");
+        let config = Config::parse(Path::new("p.toml"), &source).unwrap();
+        let err = Proxy::build(&config).await.unwrap_err().to_string();
+        assert_eq!(
+            err.lines().next().unwrap(),
+            "p.toml:8:12: routes[0].request[0]: plugin \"p\" does not export plumeway:plugin/request-filter@0.1.0, \
+             so it cannot be used as a request filter (it exports: rewrite)"
+        );
+        // Used for what it exports, it works.
+        let proxy = proxy(REWRITE_ONLY, "", &backend, "rewrite = \"p\"").await;
+        assert_eq!(proxy.client().get("/anything").await.echo().path, "/rewritten");
+    }
+}
+
+mod logger {
+    use super::*;
+    use plumeway_tests::plugins::LOGGER;
+
+    #[tokio::test]
+    async fn plugin_logs_reach_the_proxy_log_and_context_is_visible() {
+        let backend = Backend::echo("b").await;
+        let mut source = toml(
+            LOGGER,
+            "config = { tag = \"t1\" }",
+            &backend,
+            "name = \"logged\"\nrequest = [\"p\"]",
+        );
+        source.insert_str(0, "[server]\nlisten = \"127.0.0.1:0\"\n");
+        let proxy = BinaryProxy::start(&source).await;
+        let client = proxy.client();
+        let req = client
+            .request("GET", "/hello")
+            .header("x-request-id", "abc-1")
+            .body(empty())
+            .unwrap();
+        let seen = client.send(req).await.echo();
+        let line = proxy.wait_for_log("logger t1 saw GET /hello").await;
+        assert!(line.contains("plugin=\"p\"") || line.contains("plugin=p"), "{line}");
+        assert!(line.contains("logged"), "the route is named in the log: {line}");
+        assert_eq!(seen.header("x-seen-route"), Some("logged"));
+        assert_eq!(seen.header("x-seen-plugin"), Some("p"));
+        assert_eq!(seen.header("x-seen-client-ip"), Some("127.0.0.1"));
+        assert_eq!(seen.header("x-seen-request-id"), Some("abc-1"));
+    }
+}
+
+mod body_upper {
+    use super::*;
+    use plumeway_tests::plugins::BODY_UPPER;
+
+    #[tokio::test]
+    async fn request_body_is_buffered_and_replaced_with_a_fixed_length() {
+        let backend = Backend::start(|req| async move {
+            use http_body_util::BodyExt;
+            let len = req
+                .headers()
+                .get("content-length")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            http::Response::new(plumeway_tests::backend::full(format!(
+                "{len:?} {}",
+                String::from_utf8_lossy(&body)
+            )))
+        })
+        .await;
+        let proxy = proxy(BODY_UPPER, "", &backend, "request = [\"p\"]").await;
+        let client = proxy.client();
+        let req = client.request("POST", "/").body(body("make me loud")).unwrap();
+        assert_eq!(client.send(req).await.text(), "Some(\"12\") MAKE ME LOUD");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_413_when_a_plugin_needs_it() {
+        let backend = Backend::echo("b").await;
+        let source = format!(
+            "[server]\nlimits = {{ max_body = \"1KiB\" }}\n{}",
+            toml(BODY_UPPER, "", &backend, "request = [\"p\"]")
+        );
+        let proxy = TestProxy::start(&source).await;
+        let client = proxy.client();
+        // Chunked (no declared length), so only buffering finds out.
+        let chunks = futures_util::stream::iter(
+            (0..4).map(|_| Ok::<_, std::io::Error>(hyper::body::Frame::data(bytes::Bytes::from(vec![b'a'; 512])))),
+        );
+        use http_body_util::BodyExt;
+        let streamed = http_body_util::StreamBody::new(chunks)
+            .map_err(|e| Box::new(e) as _)
+            .boxed();
+        let req = client.request("POST", "/").body(streamed).unwrap();
+        assert_eq!(client.send(req).await.status, 413);
+        assert_eq!(backend.hits(), 0);
+    }
+
+    #[tokio::test]
+    async fn response_body_is_buffered_on_request_and_limited() {
+        let backend =
+            Backend::start(|_req| async { http::Response::new(plumeway_tests::backend::full("quiet reply")) }).await;
+        let proxy = proxy(BODY_UPPER, "limits = { body = \"8B\" }", &backend, "response = [\"p\"]").await;
+        let client = proxy.client();
+        // Over the plugin's 8-byte body limit: 502, never a cut body.
+        let reply = client.get("/x/upper-response").await;
+        assert_eq!(reply.status, 502, "{}", reply.text());
+        // Bodies the plugin does not ask for stream past it untouched.
+        assert_eq!(client.get("/plain").await.text(), "quiet reply");
+
+        let roomy = proxy_roomy(&backend).await;
+        let reply = roomy.client().get("/x/upper-response").await;
+        assert_eq!(reply.text(), "QUIET REPLY");
+        assert_eq!(reply.headers["content-length"], "11");
+    }
+
+    async fn proxy_roomy(backend: &Backend) -> TestProxy {
+        proxy(BODY_UPPER, "", backend, "response = [\"p\"]").await
+    }
+}
+
+mod hello_plugin {
+    use super::*;
+    use plumeway_tests::plugins::HELLO_PLUGIN;
+
+    #[tokio::test]
+    async fn the_example_plugin_works_as_documented() {
+        let backend = Backend::echo("b").await;
+        let proxy = proxy(
+            HELLO_PLUGIN,
+            "config = { greeting = \"hi from wasm\" }",
+            &backend,
+            "request = [\"p\"]\nresponse = [\"p\"]",
+        )
+        .await;
+        let reply = proxy.client().get("/").await;
+        assert_eq!(reply.headers["x-hello-plugin"], "1");
+        assert_eq!(reply.echo().header("x-hello"), Some("hi from wasm"));
+    }
+
+    #[tokio::test]
+    async fn a_config_the_plugin_rejects_fails_at_load_with_its_message() {
+        let backend = Backend::echo("b").await;
+        let source = toml(
+            HELLO_PLUGIN,
+            "config = { greting = \"typo\" }",
+            &backend,
+            "request = [\"p\"]",
+        );
+        let config = plumeway::config::Config::parse(Path::new("p.toml"), &source).unwrap();
+        let err = plumeway::proxy::Proxy::build(&config).await.unwrap_err();
+        assert_eq!(err.key(), "plugins.p.config");
+        assert!(
+            err.message()
+                .starts_with("rejected by the plugin: invalid config: unknown field `greting`"),
+            "{}",
+            err.message()
+        );
+    }
+}
