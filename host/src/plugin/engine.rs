@@ -62,7 +62,9 @@ fn build(fuel: bool) -> Result<Engine, String> {
 /// Compiles `wasm`, reusing an earlier compilation of the same bytes (a
 /// reload, or tests that start many proxies with the same plugins).
 pub(crate) fn compile(engine: &Engine, fuel: bool, wasm: &[u8]) -> Result<Component, String> {
-    static CACHE: Mutex<Option<HashMap<(bool, u64, usize), Component>>> = Mutex::new(None);
+    /// Compiled components by (engine, hash of the bytes, length).
+    type Cache = HashMap<(bool, u64, usize), Component>;
+    static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
     let key = (fuel, hash(wasm), wasm.len());
     if let Some(c) = CACHE.lock().ok().and_then(|c| c.as_ref()?.get(&key).cloned()) {
         return Ok(c);
