@@ -102,29 +102,27 @@ impl Proxy {
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
-            let get = |name: &str, hook: Hook, key: String| plugins.get(name, hook, &key).map_err(|e| config.locate(e));
-            let rewrite = r
-                .rewrite
-                .as_deref()
-                .map(|p| get(p, Hook::Rewrite, format!("routes[{i}].rewrite")))
-                .transpose()?;
-            let request = r
-                .request
-                .iter()
-                .enumerate()
-                .map(|(j, p)| get(p, Hook::RequestFilter, format!("routes[{i}].request[{j}]")))
-                .collect::<Result<_, _>>()?;
-            let response = r
-                .response
-                .iter()
-                .enumerate()
-                .map(|(j, p)| get(p, Hook::ResponseFilter, format!("routes[{i}].response[{j}]")))
-                .collect::<Result<_, _>>()?;
-            let on_error = r
-                .on_error
-                .as_deref()
-                .map(|p| get(p, Hook::ErrorHandler, format!("routes[{i}].on_error")))
-                .transpose()?;
+            // Each plugin a route names, checked to export the hook it is
+            // used for; errors point at the key that names it.
+            let resolve = |hook: Hook, key: &str, names: &[String]| -> Result<Vec<Arc<Plugin>>, ConfigError> {
+                let indexed = matches!(hook, Hook::RequestFilter | Hook::ResponseFilter);
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(j, p)| {
+                        let key = if indexed {
+                            format!("routes[{i}].{key}[{j}]")
+                        } else {
+                            format!("routes[{i}].{key}")
+                        };
+                        plugins.get(p, hook, &key).map_err(|e| config.locate(e))
+                    })
+                    .collect()
+            };
+            let rewrite = resolve(Hook::Rewrite, "rewrite", r.rewrite.as_slice())?.pop();
+            let request = resolve(Hook::RequestFilter, "request", &r.request)?;
+            let response = resolve(Hook::ResponseFilter, "response", &r.response)?;
+            let on_error = resolve(Hook::ErrorHandler, "on_error", r.on_error.as_slice())?.pop();
             let upstream = upstreams.get(r.upstream.as_str()).cloned().ok_or_else(|| {
                 config.locate(crate::config::Invalid::new(
                     format!("routes[{i}].upstream"),
@@ -224,7 +222,7 @@ impl Proxy {
         let mut body = ReqBody::Streaming(body);
 
         if let Some(plugin) = &route.rewrite
-            && let Some(path) = guarded(plugin, plugin.rewrite(parts, ex.call()).await)?.flatten()
+            && let Some(path) = guarded(plugin, ex, plugin.rewrite(parts, ex.call()).await)?.flatten()
         {
             set_path(parts, path)?;
         }
@@ -234,10 +232,10 @@ impl Proxy {
             if plugin.needs().request_body {
                 body = self.read_whole(body).await?;
             }
-            let mut outcome = guarded(plugin, plugin.on_request(parts, body.whole(), ex.call()).await)?;
+            let mut outcome = guarded(plugin, ex, plugin.on_request(parts, body.whole(), ex.call()).await)?;
             if matches!(outcome, Some(RequestOutcome::BufferBody)) {
                 body = self.read_whole(body).await?;
-                outcome = guarded(plugin, plugin.on_request(parts, body.whole(), ex.call()).await)?;
+                outcome = guarded(plugin, ex, plugin.on_request(parts, body.whole(), ex.call()).await)?;
             }
             match outcome {
                 None | Some(RequestOutcome::BufferBody) => {}
@@ -283,6 +281,7 @@ impl Proxy {
             }
             let mut outcome = guarded(
                 plugin,
+                ex,
                 plugin
                     .on_response(request, &mut parts, body.whole(), stash, ex.call())
                     .await,
@@ -291,6 +290,7 @@ impl Proxy {
                 body = body.read_whole(plugin).await?;
                 outcome = guarded(
                     plugin,
+                    ex,
                     plugin
                         .on_response(request, &mut parts, body.whole(), stash, ex.call())
                         .await,
@@ -349,7 +349,8 @@ impl Proxy {
                     attempt: 0,
                     tried: Vec::new(),
                 };
-                guarded(plugin, plugin.pick(parts, &input, ex.call()).await)?.unwrap_or_else(|| upstream.pick_builtin())
+                guarded(plugin, ex, plugin.pick(parts, &input, ex.call()).await)?
+                    .unwrap_or_else(|| upstream.pick_builtin())
             }
         };
         let endpoint = picked
@@ -567,13 +568,16 @@ fn stash_for<'a>(stashes: &'a [(Arc<str>, Vec<u8>)], plugin: &str) -> Option<&'a
 }
 
 /// A plugin call's result under the plugin's `on_failure`: `Ok(None)` when a
-/// failure is skipped, an error for the request when it is not.
-fn guarded<T>(plugin: &Plugin, result: Result<T, Failure>) -> Result<Option<T>, ProxyError> {
+/// failure is skipped, an error for the request when it is not. Either way
+/// the failure is logged with the plugin, route, request and reason.
+fn guarded<T>(plugin: &Plugin, ex: &Exchange, result: Result<T, Failure>) -> Result<Option<T>, ProxyError> {
     match result {
         Ok(v) => Ok(Some(v)),
         Err(failure) => {
             tracing::warn!(
                 plugin = &**plugin.name(),
+                route = ex.route.as_deref().unwrap_or("-"),
+                request_id = &*ex.request_id,
                 failure = failure.kind(),
                 error = %failure,
                 skipped = plugin.on_failure() == OnFailure::Skip,

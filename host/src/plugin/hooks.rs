@@ -135,6 +135,23 @@ impl Lent {
 }
 
 impl Plugin {
+    /// Ends a call: a returned plugin error and a trap become failures, the
+    /// guest's answer goes through `check`, and the instance goes back to
+    /// the pool unless the failure poisoned it.
+    fn settle<T, U>(
+        &self,
+        instance: Instance,
+        result: wasmtime::Result<Result<T, types::PluginError>>,
+        check: impl FnOnce(T) -> Result<U, Failure>,
+    ) -> Result<U, Failure> {
+        let result = match result {
+            Ok(Ok(answer)) => check(answer),
+            Ok(Err(e)) => Err(Failure::Returned { message: e.message }),
+            Err(e) => Err(self.classify(e, &instance.store)),
+        };
+        self.finish(instance, result)
+    }
+
     /// The `rewrite` hook: a new path and query, or `None` to keep it.
     pub async fn rewrite(&self, parts: &mut request::Parts, call: CallInfo) -> Result<Option<PathAndQuery>, Failure> {
         let mut instance = self.checkout(call).await?;
@@ -142,15 +159,10 @@ impl Plugin {
         let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
         let result = match &instance.hooks.rewrite {
             Some(g) => g.call_rewrite(&mut instance.store, &h, lent.borrow()).await,
-            None => Err(wasmtime::Error::msg("the plugin does not export the rewrite hook")),
+            None => Err(not_exported("rewrite")),
         };
         lent.give_back(&mut instance, &mut parts.headers);
-        let result = match result {
-            Ok(Ok(path)) => path.as_deref().map(valid_path).transpose(),
-            Ok(Err(e)) => Err(Failure::Returned { message: e.message }),
-            Err(e) => Err(self.classify(e, &instance.store)),
-        };
-        self.finish(instance, result)
+        self.settle(instance, result, |path| path.as_deref().map(valid_path).transpose())
     }
 
     /// The `request-filter` hook. Header edits are applied to `parts` as the
@@ -169,33 +181,27 @@ impl Plugin {
                 g.call_on_request(&mut instance.store, &h, lent.borrow(), body.map(|b| &b[..]))
                     .await
             }
-            None => Err(wasmtime::Error::msg(
-                "the plugin does not export the request-filter hook",
-            )),
+            None => Err(not_exported("request-filter")),
         };
         lent.give_back(&mut instance, &mut parts.headers);
-        let result = match result {
-            Ok(Ok(request_filter::RequestAction::Continue(edits))) => (|| {
+        self.settle(instance, result, |action| match action {
+            request_filter::RequestAction::Continue(edits) => {
                 if let Some(path) = edits.path_with_query.as_deref() {
-                    let pq = valid_path(path)?;
                     let mut uri = std::mem::take(&mut parts.uri).into_parts();
-                    uri.path_and_query = Some(pq);
+                    uri.path_and_query = Some(valid_path(path)?);
                     parts.uri = http::Uri::from_parts(uri).map_err(|e| Failure::invalid(e.to_string()))?;
                 }
                 Ok(RequestOutcome::Continue {
                     body: edits.body.map(Bytes::from),
                     stash: edits.stash,
                 })
-            })(),
-            Ok(Ok(request_filter::RequestAction::BufferBody)) if body.is_some() => {
+            }
+            request_filter::RequestAction::BufferBody if body.is_some() => {
                 Err(Failure::invalid("asked for the body again after it was given"))
             }
-            Ok(Ok(request_filter::RequestAction::BufferBody)) => Ok(RequestOutcome::BufferBody),
-            Ok(Ok(request_filter::RequestAction::Respond(r))) => valid_response(r).map(RequestOutcome::Respond),
-            Ok(Err(e)) => Err(Failure::Returned { message: e.message }),
-            Err(e) => Err(self.classify(e, &instance.store)),
-        };
-        self.finish(instance, result)
+            request_filter::RequestAction::BufferBody => Ok(RequestOutcome::BufferBody),
+            request_filter::RequestAction::Respond(r) => valid_response(r).map(RequestOutcome::Respond),
+        })
     }
 
     /// The `response-filter` hook. Header edits are applied to `parts` as
@@ -214,40 +220,27 @@ impl Plugin {
         let lent = Lent::new(&mut instance, &mut parts.headers, true)?;
         let result = match &instance.hooks.response {
             Some(g) => {
-                g.call_on_response(
-                    &mut instance.store,
-                    &h,
-                    status,
-                    lent.borrow(),
-                    body.map(|b| &b[..]),
-                    stash,
-                )
-                .await
+                let body = body.map(|b| &b[..]);
+                g.call_on_response(&mut instance.store, &h, status, lent.borrow(), body, stash)
+                    .await
             }
-            None => Err(wasmtime::Error::msg(
-                "the plugin does not export the response-filter hook",
-            )),
+            None => Err(not_exported("response-filter")),
         };
         lent.give_back(&mut instance, &mut parts.headers);
-        let result =
-            match result {
-                Ok(Ok(response_filter::ResponseAction::Continue(edits))) => edits
-                    .status
-                    .map(valid_status)
-                    .transpose()
-                    .map(|status| ResponseOutcome::Continue {
-                        status,
-                        body: edits.body.map(Bytes::from),
-                    }),
-                Ok(Ok(response_filter::ResponseAction::BufferBody)) if body.is_some() => {
-                    Err(Failure::invalid("asked for the body again after it was given"))
-                }
-                Ok(Ok(response_filter::ResponseAction::BufferBody)) => Ok(ResponseOutcome::BufferBody),
-                Ok(Ok(response_filter::ResponseAction::Replace(r))) => valid_response(r).map(ResponseOutcome::Replace),
-                Ok(Err(e)) => Err(Failure::Returned { message: e.message }),
-                Err(e) => Err(self.classify(e, &instance.store)),
-            };
-        self.finish(instance, result)
+        self.settle(instance, result, |action| match action {
+            response_filter::ResponseAction::Continue(edits) => {
+                let status = edits.status.map(valid_status).transpose()?;
+                Ok(ResponseOutcome::Continue {
+                    status,
+                    body: edits.body.map(Bytes::from),
+                })
+            }
+            response_filter::ResponseAction::BufferBody if body.is_some() => {
+                Err(Failure::invalid("asked for the body again after it was given"))
+            }
+            response_filter::ResponseAction::BufferBody => Ok(ResponseOutcome::BufferBody),
+            response_filter::ResponseAction::Replace(r) => valid_response(r).map(ResponseOutcome::Replace),
+        })
     }
 
     /// The `error-handler` hook: the response for a failed request.
@@ -259,8 +252,7 @@ impl Plugin {
     ) -> Result<http::Response<BoxBody>, Failure> {
         use error_handler::ErrorKind as K;
         let kind = match (err.kind, &err.plugin) {
-            (ErrorKind::PluginFailed, Some(p)) => K::PluginFailed(p.to_string()),
-            (ErrorKind::PluginFailed, None) => K::PluginFailed(String::new()),
+            (ErrorKind::PluginFailed, plugin) => K::PluginFailed(plugin.as_deref().unwrap_or_default().to_owned()),
             (ErrorKind::DestinationNotFound, _) => K::DestinationNotFound,
             (ErrorKind::DestinationUnavailable, _) => K::DestinationUnavailable,
             (ErrorKind::ConnectionRefused, _) => K::ConnectionRefused,
@@ -283,17 +275,10 @@ impl Plugin {
         let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
         let result = match &instance.hooks.error {
             Some(g) => g.call_on_error(&mut instance.store, &h, lent.borrow(), &record).await,
-            None => Err(wasmtime::Error::msg(
-                "the plugin does not export the error-handler hook",
-            )),
+            None => Err(not_exported("error-handler")),
         };
         lent.give_back(&mut instance, &mut parts.headers);
-        let result = match result {
-            Ok(Ok(r)) => valid_response(r),
-            Ok(Err(e)) => Err(Failure::Returned { message: e.message }),
-            Err(e) => Err(self.classify(e, &instance.store)),
-        };
-        self.finish(instance, result)
+        self.settle(instance, result, valid_response)
     }
 
     /// The `balancer` hook: the index of the endpoint to use. An index out
@@ -324,12 +309,12 @@ impl Plugin {
         let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
         let result = match &instance.hooks.balancer {
             Some(g) => g.call_pick(&mut instance.store, &h, lent.borrow(), &states, &ctx).await,
-            None => Err(wasmtime::Error::msg("the plugin does not export the balancer hook")),
+            None => Err(not_exported("balancer")),
         };
         lent.give_back(&mut instance, &mut parts.headers);
-        let result = match result {
-            Ok(Ok(None)) => Ok(None),
-            Ok(Ok(Some(i))) => match input.endpoints.get(i as usize) {
+        self.settle(instance, result, |picked| match picked {
+            None => Ok(None),
+            Some(i) => match input.endpoints.get(i as usize) {
                 Some(e) if e.healthy => Ok(Some(i as usize)),
                 Some(_) => Err(Failure::invalid(format!(
                     "picked endpoint {i}, which may not take traffic"
@@ -339,9 +324,12 @@ impl Plugin {
                     input.endpoints.len()
                 ))),
             },
-            Ok(Err(e)) => Err(Failure::Returned { message: e.message }),
-            Err(e) => Err(self.classify(e, &instance.store)),
-        };
-        self.finish(instance, result)
+        })
     }
+}
+
+/// Exports are checked when a plugin is attached to a route, so this is
+/// unreachable in a running proxy; it fails the call rather than panicking.
+fn not_exported(hook: &str) -> wasmtime::Error {
+    wasmtime::Error::msg(format!("the plugin does not export the {hook} hook"))
 }

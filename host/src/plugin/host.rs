@@ -62,8 +62,9 @@ pub(crate) struct MemoryLimitExceeded {
     limit: usize,
 }
 
-/// Headers a plugin may not touch: the connection's and the framing's.
-const FORBIDDEN: [&str; 8] = [
+/// Headers a plugin may not touch or send: the connection's and the
+/// framing's, which the proxy manages itself.
+pub(crate) const MANAGED_HEADERS: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -136,7 +137,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 
 fn parse_name(name: &str) -> Result<HeaderName, types::HeaderError> {
     let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| types::HeaderError::InvalidSyntax)?;
-    if FORBIDDEN.contains(&name.as_str()) {
+    if MANAGED_HEADERS.contains(&name.as_str()) {
         return Err(types::HeaderError::Forbidden);
     }
     Ok(name)

@@ -7,20 +7,8 @@ use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
 use super::Failure;
 use super::bindings::plumeway::plugin::types;
+use super::host::MANAGED_HEADERS;
 use crate::body::{BoxBody, full};
-
-/// Headers a plugin-made response may not carry: the proxy frames the
-/// message itself.
-const FRAMING: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-];
 
 /// A path and query from a plugin: must start with `/` and be a valid
 /// request target (no spaces, CR, LF or NUL).
@@ -55,7 +43,7 @@ pub(crate) fn valid_response(r: types::Response) -> Result<Response<BoxBody>, Fa
     for (name, value) in r.headers {
         let n = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| Failure::invalid(format!("header name {name:?} is not valid")))?;
-        if FRAMING.contains(&n.as_str()) {
+        if MANAGED_HEADERS.contains(&n.as_str()) {
             return Err(Failure::invalid(format!("header {name:?} is managed by the proxy")));
         }
         let v = HeaderValue::from_bytes(&value)
