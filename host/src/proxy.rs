@@ -303,6 +303,9 @@ impl Proxy {
                         parts.status = s;
                     }
                     if let Some(b) = new_body {
+                        // The new body's length is known to hyper (it is a
+                        // whole buffer); a stale length must not survive.
+                        parts.headers.remove(header::CONTENT_LENGTH);
                         body = RespBody::Whole(b);
                     }
                 }
@@ -312,11 +315,6 @@ impl Proxy {
                     body = RespBody::Streaming(b);
                 }
             }
-        }
-        if let RespBody::Whole(b) = &body {
-            // The body's size is known now; stale framing must not survive.
-            parts.headers.remove(header::TRANSFER_ENCODING);
-            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
         }
         Ok(Response::from_parts(parts, body.into_body()))
     }
@@ -398,7 +396,9 @@ impl Proxy {
         let body = match body {
             ReqBody::Streaming(b) => boxed(Limited::new(b, self.max_body.as_usize())),
             ReqBody::Whole(b) => {
-                out.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+                // A whole body's exact length goes out from hyper; whatever
+                // the client declared may no longer be true.
+                out.headers.remove(header::CONTENT_LENGTH);
                 crate::body::full(b)
             }
         };
