@@ -65,6 +65,9 @@ pub struct Client {
 #[derive(Debug)]
 struct Exchange {
     client: Client,
+    /// The client's IP as text, made once for all plugin calls (and only
+    /// when the route has plugins).
+    client_ip: Option<Arc<str>>,
     request_id: Arc<str>,
     route: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
@@ -163,6 +166,7 @@ impl Proxy {
         let version = req.version();
         let mut ex = Exchange {
             client,
+            client_ip: None,
             request_id: request_id::request_id(req.headers()),
             route: None,
             upstream: None,
@@ -196,6 +200,9 @@ impl Proxy {
             return self.failed(None, None, ProxyError::NoRoute, ex).await;
         };
         ex.route = Some(Arc::clone(&route.name));
+        if route.has_plugins() {
+            ex.client_ip = Some(ex.client.peer.ip().to_string().into());
+        }
         let (mut parts, body) = req.into_parts();
         match self.run(route, &mut parts, body, ex).await {
             Ok(resp) => resp,
@@ -359,8 +366,7 @@ impl Proxy {
         ex.endpoint = Some(Arc::clone(endpoint.label()));
         ex.attempts += 1;
 
-        let keep = route.on_error.is_some() || !route.response.is_empty();
-        let mut out = upstream_head(parts, keep);
+        let mut out = upstream_head(parts, route.on_error.is_some());
         let host = request_host(&out.uri, &out.headers).map(str::to_owned);
         headers::strip_hop_by_hop(&mut out.headers);
         headers::set_forwarded(&mut out.headers, ex.client.peer.ip(), ex.client.proto, host.as_deref());
@@ -486,12 +492,22 @@ impl Proxy {
     }
 }
 
+impl Route {
+    fn has_plugins(&self) -> bool {
+        self.rewrite.is_some()
+            || !self.request.is_empty()
+            || !self.response.is_empty()
+            || self.on_error.is_some()
+            || self.upstream.balancer_plugin().is_some()
+    }
+}
+
 impl Exchange {
     /// What a plugin may learn about this request.
     fn call(&self) -> CallInfo {
         CallInfo {
             route: self.route.clone(),
-            client_ip: Some(self.client.peer.ip().to_string().into()),
+            client_ip: self.client_ip.clone(),
             request_id: Some(Arc::clone(&self.request_id)),
             upstream: self.upstream.clone(),
             endpoint: self.endpoint.clone(),
@@ -613,9 +629,9 @@ fn set_path(parts: &mut request::Parts, path: PathAndQuery) -> Result<(), ProxyE
     Ok(())
 }
 
-/// The head of the upstream request. The client's headers are moved when
-/// nothing after forwarding needs them (no error plugin, no response
-/// filters), and copied otherwise.
+/// The head of the upstream request. The client's headers are copied only
+/// when an error plugin may still need them; otherwise they are moved, and
+/// `Host` is put back because response filters see the request's authority.
 fn upstream_head(parts: &mut request::Parts, keep: bool) -> request::Parts {
     let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
@@ -624,7 +640,11 @@ fn upstream_head(parts: &mut request::Parts, keep: bool) -> request::Parts {
     *req.headers_mut() = if keep {
         parts.headers.clone()
     } else {
-        std::mem::take(&mut parts.headers)
+        let headers = std::mem::take(&mut parts.headers);
+        if let Some(host) = headers.get(header::HOST) {
+            parts.headers.insert(header::HOST, host.clone());
+        }
+        headers
     };
     req.into_parts().0
 }

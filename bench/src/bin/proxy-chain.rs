@@ -11,14 +11,20 @@ use std::time::Duration;
 use plumeway_bench::{backend, cpu_time, load};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+fn main() -> anyhow::Result<()> {
     // Re-executed as the proxy: the same code as the `plumeway` binary,
-    // built in this run, so the figures never come from a stale binary.
-    if args.next().as_deref() == Some("run") {
+    // built in this run, so the figures never come from a stale binary. It
+    // starts its own runtime, so this dispatch comes before ours.
+    if std::env::args().nth(1).as_deref() == Some("run") {
         std::process::exit(i32::from(plumeway::cli::main() != std::process::ExitCode::SUCCESS));
     }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let requests: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(30_000);
     let connections: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50);
