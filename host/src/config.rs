@@ -26,7 +26,10 @@ pub use plugin::{Isolation, MAX_PLUGIN_MEMORY, OnFailure, PluginConfig, PluginLi
 pub use route::{MatchConfig, RouteConfig};
 pub use server::{Limits, ServerConfig, ServerTimeouts};
 pub use size::Size;
-pub use upstream::{Balancer, PoolConfig, Target, TargetUrl, UpstreamConfig, UpstreamTimeouts};
+pub use upstream::{
+    Balancer, HealthConfig, PassiveConfig, PoolConfig, RetryConfig, StatusRange, Target, TargetUrl, UpstreamConfig,
+    UpstreamTimeouts,
+};
 
 /// A whole plumeway configuration file.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

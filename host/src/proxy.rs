@@ -27,7 +27,7 @@ use crate::plugin::{
     CallInfo, EndpointView, ErrorInfo, Failure, Hook, PickInput, Plugin, Plugins, RequestOutcome, ResponseOutcome,
 };
 use crate::router::{Router, request_host};
-use crate::upstream::{PoolError, Upstream};
+use crate::upstream::{Pick, PoolError, Upstream};
 
 pub use error::{ErrorKind, ProxyError};
 
@@ -94,14 +94,16 @@ impl Proxy {
         let mut upstreams = std::collections::BTreeMap::new();
         for (name, u) in &config.upstreams {
             let balancer = match &u.balancer {
-                Balancer::RoundRobin => None,
                 Balancer::Plugin(p) => Some(
                     plugins
                         .get(p, Hook::Balancer, &format!("upstreams.{name}.balancer.plugin"))
                         .map_err(|i| config.locate(i))?,
                 ),
+                _ => None,
             };
-            upstreams.insert(name.as_str(), Arc::new(Upstream::new(name, u, balancer)));
+            let upstream = Arc::new(Upstream::new(name, u, balancer));
+            upstream.start_health_checks();
+            upstreams.insert(name.as_str(), upstream);
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
@@ -326,7 +328,9 @@ impl Proxy {
         Ok(Response::from_parts(parts, body.into_body()))
     }
 
-    /// Picks an endpoint and forwards the request to it.
+    /// Picks an endpoint and forwards the request to it, retrying on another
+    /// endpoint when that is safe (see [`crate::config::RetryConfig`]), all
+    /// within the upstream's `timeouts.request`.
     async fn forward(
         &self,
         route: &Route,
@@ -336,41 +340,144 @@ impl Proxy {
     ) -> Result<Response<BoxBody>, ProxyError> {
         let upstream = &route.upstream;
         ex.upstream = Some(Arc::clone(upstream.name()));
+        upstream.budget().deposit();
+        let total = upstream.timeouts().request;
+        let deadline = tokio::time::Instant::now() + total.get();
+        // A body can be sent again only if we hold it whole, or it is empty.
+        let replay = match &body {
+            ReqBody::Whole(b) => Some(b.clone()),
+            ReqBody::Streaming(b) if http_body::Body::is_end_stream(b) => Some(Bytes::new()),
+            ReqBody::Streaming(_) => None,
+        };
+        // The client's headers stay for an error plugin; retries resend a
+        // copy of the prepared head instead.
+        let mut head = upstream_head(parts, route.on_error.is_some());
+        self.prepare_head(&mut head, ex);
+        let key = upstream.hash_key(&head.headers, ex.client.peer.ip());
+        let mut body = Some(body);
+        let mut tried: Vec<usize> = Vec::new();
+        // The outcome of the attempt being retried: what the client gets if
+        // no other endpoint is left to try.
+        let mut previous = None;
+        loop {
+            let i = match self.pick(route, parts, &tried, key.as_deref(), ex).await {
+                Ok(i) => i,
+                Err(err) => return previous.unwrap_or(Err(err)),
+            };
+            tried.push(i);
+            let endpoint = &upstream.endpoints()[i];
+            ex.endpoint = Some(Arc::clone(endpoint.label()));
+            ex.attempts += 1;
+            let last = tried.len() >= upstream.attempts() as usize || replay.is_none();
+            let attempt_head = upstream_head(&mut head, !last);
+            let attempt_body = match (body.take(), &replay) {
+                (Some(b), _) => b,
+                (None, Some(bytes)) => ReqBody::Whole(bytes.clone()),
+                (None, None) => unreachable!("a body that cannot be replayed is never retried"),
+            };
+            let sent =
+                tokio::time::timeout_at(deadline, self.send(upstream, endpoint, attempt_head, attempt_body)).await;
+            let (upstream_name, endpoint_name) = (Arc::clone(upstream.name()), Arc::clone(endpoint.label()));
+            let outcome = match sent {
+                Err(_elapsed) => {
+                    upstream.record(i, false);
+                    return Err(ProxyError::ResponseTimeout {
+                        upstream: upstream_name,
+                        endpoint: endpoint_name,
+                        timeout: total,
+                    });
+                }
+                Ok(outcome) => outcome,
+            };
+            let retry_reason = match &outcome {
+                Ok(resp) => {
+                    let status = resp.status();
+                    upstream.record(i, !status.is_server_error());
+                    upstream
+                        .retries_status(&parts.method, status)
+                        .then(|| format!("status {}", status.as_u16()))
+                }
+                Err(err) => {
+                    upstream.record(i, false);
+                    self.retryable(err, &parts.method).then(|| err.to_string())
+                }
+            };
+            match retry_reason {
+                Some(reason) if !last && upstream.budget().try_retry() => {
+                    tracing::info!(
+                        route = ex.route.as_deref().unwrap_or("-"),
+                        request_id = &*ex.request_id,
+                        endpoint = &*endpoint_name,
+                        attempt = tried.len(),
+                        reason,
+                        "retrying on another endpoint"
+                    );
+                    previous = Some(outcome);
+                }
+                _ => return outcome,
+            }
+        }
+    }
+
+    /// Picks an endpoint not tried yet: the balancer plugin's choice, else
+    /// the built-in balancer's.
+    async fn pick(
+        &self,
+        route: &Route,
+        parts: &mut request::Parts,
+        tried: &[usize],
+        key: Option<&[u8]>,
+        ex: &Exchange,
+    ) -> Result<usize, ProxyError> {
+        let upstream = &route.upstream;
+        let pick = Pick { tried, key };
         let picked = match upstream.balancer_plugin() {
-            None => upstream.pick_builtin(),
+            None => upstream.pick_builtin(&pick),
             Some(plugin) => {
                 let input = PickInput {
                     endpoints: upstream
                         .endpoints()
                         .iter()
-                        .map(|e| EndpointView {
+                        .enumerate()
+                        .map(|(i, e)| EndpointView {
                             url: Arc::clone(e.label()),
                             weight: e.weight,
-                            healthy: e.is_available(),
-                            in_flight: 0,
+                            healthy: e.is_available() && !tried.contains(&i),
+                            in_flight: e.in_flight(),
                         })
                         .collect(),
                     generation: 0,
-                    attempt: 0,
-                    tried: Vec::new(),
+                    attempt: u32::try_from(tried.len()).unwrap_or(u32::MAX),
+                    tried: tried.iter().filter_map(|&i| u32::try_from(i).ok()).collect(),
                 };
-                guarded(plugin, ex, plugin.pick(parts, &input, ex.call()).await)?
-                    .unwrap_or_else(|| upstream.pick_builtin())
+                match guarded(plugin, ex, plugin.pick(parts, &input, ex.call()).await)? {
+                    Some(choice) => choice,
+                    None => upstream.pick_builtin(&pick),
+                }
             }
         };
-        let endpoint = picked
-            .map(|i| &upstream.endpoints()[i])
-            .ok_or_else(|| ProxyError::NoHealthyEndpoint {
-                upstream: Arc::clone(upstream.name()),
-            })?;
-        ex.endpoint = Some(Arc::clone(endpoint.label()));
-        ex.attempts += 1;
+        picked.ok_or_else(|| ProxyError::NoHealthyEndpoint {
+            upstream: Arc::clone(upstream.name()),
+        })
+    }
 
-        let mut out = upstream_head(parts, route.on_error.is_some());
+    /// Whether a failed attempt may be tried again elsewhere: a connection
+    /// that never carried the request, or an idempotent request.
+    fn retryable(&self, err: &ProxyError, method: &http::Method) -> bool {
+        match err {
+            ProxyError::ConnectionRefused { .. } | ProxyError::ConnectionTimeout { .. } => true,
+            ProxyError::UpstreamFailed { .. } => crate::upstream::is_idempotent(method),
+            _ => false,
+        }
+    }
+
+    /// The forwarding headers, once per request: hop-by-hop headers out,
+    /// `X-Forwarded-*`, `Via`, `Host` and the request id in.
+    fn prepare_head(&self, out: &mut request::Parts, ex: &Exchange) {
         let host = request_host(&out.uri, &out.headers).map(str::to_owned);
         headers::strip_hop_by_hop(&mut out.headers);
         headers::set_forwarded(&mut out.headers, ex.client.peer.ip(), ex.client.proto, host.as_deref());
-        headers::append_via(&mut out.headers, parts.version);
+        headers::append_via(&mut out.headers, out.version);
         // The upstream sees the Host the client asked for (HTTP/2 clients send
         // it as :authority, which HTTP/1.1 has no place for but Host).
         if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
@@ -379,12 +486,24 @@ impl Proxy {
         if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
             out.headers.insert("x-request-id", id);
         }
+    }
+
+    /// One attempt on one endpoint, up to the response head (bounded by
+    /// `timeouts.response_header`). The response body carries the endpoint's
+    /// in-flight guard.
+    async fn send(
+        &self,
+        upstream: &Upstream,
+        endpoint: &crate::upstream::Endpoint,
+        mut out: request::Parts,
+        body: ReqBody,
+    ) -> Result<Response<BoxBody>, ProxyError> {
+        let names = || (Arc::clone(upstream.name()), Arc::clone(endpoint.label()));
         let path = out
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let names = || (Arc::clone(upstream.name()), Arc::clone(endpoint.label()));
         out.uri = Uri::builder()
             .scheme(endpoint.url.scheme.clone())
             .authority(endpoint.url.authority.clone())
@@ -408,7 +527,7 @@ impl Proxy {
                 crate::body::full(b)
             }
         };
-
+        let guard = endpoint.begin();
         let timeout = upstream.timeouts().response_header;
         let sent = tokio::time::timeout(timeout.get(), upstream.pool().send(Request::from_parts(out, body))).await;
         let resp = match sent {
@@ -439,7 +558,8 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop_response(&mut parts.headers);
         headers::append_via(&mut parts.headers, parts.version);
-        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+        let body = crate::body::Guarded::new(body, guard);
+        Ok(Response::from_parts(parts, boxed(body)))
     }
 
     /// The response for a failed request: the route's error plugin's, else

@@ -3,6 +3,7 @@
 //! 127.0.0.1 with ports the OS picks.
 
 pub mod backend;
+pub mod chaos;
 /// Paths of the compiled test plugins, and `foreach_test_plugin!`.
 pub mod plugins {
     include!(concat!(env!("OUT_DIR"), "/test_plugins.rs"));

@@ -22,6 +22,168 @@ pub struct UpstreamConfig {
     /// `pool = { idle_timeout = "90s", max_idle_per_endpoint = 64 }`.
     #[serde(default)]
     pub pool: PoolConfig,
+    /// `retry = { attempts = 2, budget_percent = 20, retry_on = [502, 503] }`.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// `passive = { failures = 5, eject = "30s", max_ejected_percent = 50 }`:
+    /// outlier detection from live traffic.
+    #[serde(default)]
+    pub passive: PassiveConfig,
+    /// `health = { path = "/healthz", interval = "2s", timeout = "1s",
+    /// method = "GET", expected_status = "200-399", healthy = 2, unhealthy = 3 }`:
+    /// active health checks; off when absent.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+}
+
+/// Retries on another endpoint. A request is retried only when it is safe:
+/// the connection failed before anything was sent (any method whose body can
+/// be sent again), or the method is idempotent (GET, HEAD, OPTIONS, PUT,
+/// DELETE) and no response byte has reached the client.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Tries in all, the first included; 1 turns retries off.
+    pub attempts: u32,
+    /// Retries at most this share of requests (per upstream), so retries
+    /// cannot multiply an outage. A few retries are always allowed.
+    pub budget_percent: u32,
+    /// Also retry idempotent requests answered with these statuses
+    /// (502, 503 and 504 only).
+    pub retry_on: Vec<u16>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            budget_percent: 20,
+            retry_on: Vec::new(),
+        }
+    }
+}
+
+/// Outlier detection: endpoints that keep failing are taken out for a while.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PassiveConfig {
+    /// Consecutive failures (connect errors, resets, timeouts, 5xx) that
+    /// eject an endpoint; 0 turns passive detection off.
+    pub failures: u32,
+    /// How long the first ejection lasts; each repeat lasts longer
+    /// (×2, ×3, … up to ×10).
+    pub eject: Duration,
+    /// Never eject more than this share of an upstream's endpoints, so a
+    /// bad deploy cannot take all traffic down.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            eject: Duration::from_secs(30),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// Active health checks: one probe per endpoint every `interval`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Path probed, e.g. `/healthz`.
+    pub path: String,
+    /// Time between probes (jittered by up to 10%).
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    /// Time a probe may take.
+    #[serde(default = "default_probe_timeout")]
+    pub timeout: Duration,
+    /// Method of the probe.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Statuses that count as healthy: `200` or `"200-399"`.
+    #[serde(default)]
+    pub expected_status: StatusRange,
+    /// Consecutive good probes that bring an unhealthy endpoint back.
+    #[serde(default = "two")]
+    pub healthy: u32,
+    /// Consecutive bad probes that take a healthy endpoint out.
+    #[serde(default = "three")]
+    pub unhealthy: u32,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_method() -> String {
+    "GET".into()
+}
+fn two() -> u32 {
+    2
+}
+fn three() -> u32 {
+    3
+}
+
+/// A status or an inclusive range of statuses: `200` or `"200-399"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusRange {
+    /// Lowest status accepted.
+    pub min: u16,
+    /// Highest status accepted.
+    pub max: u16,
+}
+
+impl Default for StatusRange {
+    fn default() -> Self {
+        Self { min: 200, max: 399 }
+    }
+}
+
+impl StatusRange {
+    /// Whether `status` is in the range.
+    pub fn contains(self, status: u16) -> bool {
+        (self.min..=self.max).contains(&status)
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = StatusRange;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a status such as 200 or a range such as \"200-399\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StatusRange, E> {
+                let s = u16::try_from(v).ok().filter(|s| (100..=599).contains(s));
+                s.map(|s| StatusRange { min: s, max: s })
+                    .ok_or_else(|| E::custom(format!("status {v} is not 100 to 599")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusRange, E> {
+                let bad = || E::custom(format!("invalid status range {v:?}; write it like \"200-399\""));
+                let (a, b) = v.split_once('-').unwrap_or((v, v));
+                let min: u16 = a.trim().parse().map_err(|_| bad())?;
+                let max: u16 = b.trim().parse().map_err(|_| bad())?;
+                if !(100..=599).contains(&min) || !(100..=599).contains(&max) || min > max {
+                    return Err(bad());
+                }
+                Ok(StatusRange { min, max })
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
+}
+
+impl Serialize for StatusRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}-{}", self.min, self.max))
+    }
 }
 
 /// One endpoint of an upstream: `"http://host:port"` or
@@ -46,13 +208,25 @@ pub struct TargetUrl {
     pub authority: Authority,
 }
 
-/// `balancer = "round-robin"` or `balancer = { plugin = "NAME" }`: how an
-/// endpoint is picked for each request.
+/// How an endpoint is picked for each request:
+/// `balancer = "round-robin" | "weighted" | "least-connections" | "ip-hash"`,
+/// or `{ hash_header = "x-user" }`, `{ hash_cookie = "session" }`,
+/// `{ plugin = "NAME" }`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Balancer {
     /// Each endpoint in turn.
     #[default]
     RoundRobin,
+    /// Smooth weighted round robin (nginx's): shares by weight, no bursts.
+    Weighted,
+    /// Fewest requests in flight relative to weight; ties broken at random.
+    LeastConnections,
+    /// Consistent hashing on the client's IP address.
+    IpHash,
+    /// Consistent hashing on a request header's value.
+    HashHeader(String),
+    /// Consistent hashing on a cookie's value.
+    HashCookie(String),
     /// A balancer plugin from `[plugins.NAME]`.
     Plugin(String),
 }
@@ -62,42 +236,63 @@ impl<'de> Deserialize<'de> for Balancer {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Table {
-            plugin: String,
+            plugin: Option<String>,
+            hash_header: Option<String>,
+            hash_cookie: Option<String>,
         }
 
         struct Visitor;
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = Balancer;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("\"round-robin\" or { plugin = \"NAME\" }")
+                f.write_str(EXPECTED_BALANCER)
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Balancer, E> {
                 match v {
                     "round-robin" => Ok(Balancer::RoundRobin),
+                    "weighted" => Ok(Balancer::Weighted),
+                    "least-connections" => Ok(Balancer::LeastConnections),
+                    "ip-hash" => Ok(Balancer::IpHash),
                     other => Err(E::custom(format!(
-                        "unknown balancer {other:?}; expected \"round-robin\" or {{ plugin = \"NAME\" }}"
+                        "unknown balancer {other:?}; expected {EXPECTED_BALANCER}"
                     ))),
                 }
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Balancer, A::Error> {
                 let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(Balancer::Plugin(t.plugin))
+                match (t.plugin, t.hash_header, t.hash_cookie) {
+                    (Some(p), None, None) => Ok(Balancer::Plugin(p)),
+                    (None, Some(h), None) if !h.is_empty() => Ok(Balancer::HashHeader(h)),
+                    (None, None, Some(c)) if !c.is_empty() => Ok(Balancer::HashCookie(c)),
+                    _ => Err(serde::de::Error::custom(format!(
+                        "give exactly one of plugin, hash_header, hash_cookie (non-empty); expected {EXPECTED_BALANCER}"
+                    ))),
+                }
             }
         }
         de.deserialize_any(Visitor)
     }
 }
 
+const EXPECTED_BALANCER: &str = "\"round-robin\", \"weighted\", \"least-connections\", \"ip-hash\", \
+     { hash_header = \"NAME\" }, { hash_cookie = \"NAME\" } or { plugin = \"NAME\" }";
+
 impl Serialize for Balancer {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let table = |s: S, key: &str, value: &str| {
+            let mut m = s.serialize_map(Some(1))?;
+            m.serialize_entry(key, value)?;
+            m.end()
+        };
         match self {
             Balancer::RoundRobin => s.serialize_str("round-robin"),
-            Balancer::Plugin(name) => {
-                use serde::ser::SerializeMap;
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("plugin", name)?;
-                m.end()
-            }
+            Balancer::Weighted => s.serialize_str("weighted"),
+            Balancer::LeastConnections => s.serialize_str("least-connections"),
+            Balancer::IpHash => s.serialize_str("ip-hash"),
+            Balancer::HashHeader(h) => table(s, "hash_header", h),
+            Balancer::HashCookie(c) => table(s, "hash_cookie", c),
+            Balancer::Plugin(p) => table(s, "plugin", p),
         }
     }
 }
@@ -111,6 +306,9 @@ pub struct UpstreamTimeouts {
     /// Time from sending the request until the response head arrives;
     /// beyond it the client gets 504 and the connection is dropped.
     pub response_header: Duration,
+    /// Time for the whole exchange up to the response head, retries
+    /// included; beyond it the client gets 504.
+    pub request: Duration,
 }
 
 impl Default for UpstreamTimeouts {
@@ -118,6 +316,7 @@ impl Default for UpstreamTimeouts {
         Self {
             connect: Duration::from_secs(5),
             response_header: Duration::from_secs(60),
+            request: Duration::from_secs(120),
         }
     }
 }
@@ -144,6 +343,49 @@ impl Default for PoolConfig {
 impl UpstreamConfig {
     pub(super) fn validate(&self, name: &str, errors: &mut Vec<Invalid>) {
         let key = format!("upstreams.{name}");
+        if self.retry.attempts == 0 {
+            errors.push(Invalid::new(
+                format!("{key}.retry.attempts"),
+                "must be at least 1 (1 means no retries)",
+            ));
+        }
+        if self.retry.budget_percent > 100 {
+            errors.push(Invalid::new(format!("{key}.retry.budget_percent"), "must be 0 to 100"));
+        }
+        for (i, status) in self.retry.retry_on.iter().enumerate() {
+            if !matches!(status, 502..=504) {
+                errors.push(Invalid::new(
+                    format!("{key}.retry.retry_on[{i}]"),
+                    format!("{status} cannot be retried; only 502, 503 and 504 can"),
+                ));
+            }
+        }
+        if self.passive.max_ejected_percent > 100 {
+            errors.push(Invalid::new(
+                format!("{key}.passive.max_ejected_percent"),
+                "must be 0 to 100",
+            ));
+        }
+        if let Some(h) = &self.health {
+            if !h.path.starts_with('/') {
+                errors.push(Invalid::new(format!("{key}.health.path"), "must start with \"/\""));
+            }
+            if h.healthy == 0 || h.unhealthy == 0 {
+                errors.push(Invalid::new(
+                    format!("{key}.health"),
+                    "healthy and unhealthy must be at least 1",
+                ));
+            }
+            if http::Method::from_bytes(h.method.as_bytes()).is_err() {
+                errors.push(Invalid::new(
+                    format!("{key}.health.method"),
+                    format!("invalid method {:?}", h.method),
+                ));
+            }
+            if h.interval < Duration::from_millis(10) {
+                errors.push(Invalid::new(format!("{key}.health.interval"), "must be at least 10ms"));
+            }
+        }
         if self.targets.is_empty() {
             errors.push(Invalid::new(
                 format!("{key}.targets"),
@@ -162,7 +404,8 @@ impl UpstreamConfig {
 }
 
 impl TargetUrl {
-    fn parse(s: &str) -> Result<Self, String> {
+    /// Parses `http://HOST[:PORT]` (no path, no query, no user info).
+    pub fn parse(s: &str) -> Result<Self, String> {
         let uri: Uri = s.parse().map_err(|e| format!("invalid target URL {s:?}: {e}"))?;
         let scheme = uri
             .scheme()

@@ -1,0 +1,85 @@
+//! Active health checks: a background task per upstream probes every
+//! endpoint, and flips it after enough consecutive results.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+
+use super::Upstream;
+use crate::config::HealthConfig;
+
+/// Probes the endpoints of `upstream` until it is dropped.
+pub(crate) async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.timeout.get()));
+    connector.set_nodelay(true);
+    // Probes use their own connections, never the traffic pool, so a probe
+    // sees what a new connection would.
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector);
+    let method = http::Method::from_bytes(config.method.as_bytes()).unwrap_or(http::Method::GET);
+    let mut streaks: Vec<(bool, u32)> = Vec::new();
+    loop {
+        let Some(up) = upstream.upgrade() else { return };
+        streaks.resize(up.endpoints().len(), (true, 0));
+        let probes = up.endpoints().iter().map(|e| {
+            let uri = format!("{}{}", e.url, config.path);
+            let req = http::Request::builder()
+                .method(method.clone())
+                .uri(uri)
+                .header("user-agent", "plumeway-health");
+            let client = client.clone();
+            let timeout = config.timeout.get();
+            async move {
+                let Ok(req) = req.body(Empty::new()) else { return false };
+                match tokio::time::timeout(timeout, client.request(req)).await {
+                    Ok(Ok(resp)) => config.expected_status.contains(resp.status().as_u16()),
+                    _ => false,
+                }
+            }
+        });
+        let results = futures_util::future::join_all(probes).await;
+        for ((endpoint, ok), streak) in up.endpoints().iter().zip(results).zip(streaks.iter_mut()) {
+            // A streak counts consecutive results that disagree with the
+            // endpoint's current state; agreeing results reset it.
+            if ok == endpoint.is_healthy() {
+                *streak = (ok, 0);
+                continue;
+            }
+            *streak = if streak.0 == ok { (ok, streak.1 + 1) } else { (ok, 1) };
+            let needed = if ok { config.healthy } else { config.unhealthy };
+            if streak.1 >= needed && endpoint.set_healthy(ok) {
+                *streak = (ok, 0);
+                if ok {
+                    tracing::info!(
+                        upstream = &**up.name(),
+                        endpoint = &**endpoint.label(),
+                        "endpoint healthy again"
+                    );
+                } else {
+                    tracing::warn!(
+                        upstream = &**up.name(),
+                        endpoint = &**endpoint.label(),
+                        "endpoint unhealthy"
+                    );
+                }
+            }
+        }
+        drop(up);
+        tokio::time::sleep(jittered(config.interval.get())).await;
+    }
+}
+
+/// `interval` ± up to 10%, so that many proxies (or upstreams) do not probe
+/// in lockstep.
+fn jittered(interval: Duration) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let r = RandomState::new().hash_one(std::time::Instant::now()) % 2001;
+    let factor = 0.9 + (r as f64) / 10_000.0;
+    interval.mul_f64(factor)
+}
