@@ -528,6 +528,7 @@ impl Proxy {
             }
         };
         let guard = endpoint.begin();
+        endpoint.dispatched();
         let timeout = upstream.timeouts().response_header;
         let sent = tokio::time::timeout(timeout.get(), upstream.pool().send(Request::from_parts(out, body))).await;
         let resp = match sent {

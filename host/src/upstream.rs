@@ -2,6 +2,7 @@
 //! connections to them, and what the proxy learns about their health.
 
 mod balance;
+mod circuit;
 mod endpoint;
 mod health;
 mod pool;
@@ -15,6 +16,7 @@ use crate::config::{Balancer, HealthConfig, PassiveConfig, RetryConfig, Upstream
 use crate::plugin::Plugin;
 
 pub use balance::{Balance, ConsistentHash, LeastConnections, Pick, RoundRobin, Weighted, eligible};
+pub use circuit::{Circuit, CircuitState};
 pub use endpoint::{Endpoint, InFlight};
 pub use pool::{Pool, PoolError};
 pub use retry::RetryBudget;
@@ -54,7 +56,7 @@ impl Upstream {
         let endpoints: Vec<Endpoint> = config
             .targets
             .iter()
-            .map(|t| Endpoint::new(t.url.clone(), t.weight, t.down))
+            .map(|t| Endpoint::new(t.url.clone(), t.weight, t.down).with_circuit(config.circuit_breaker.as_ref()))
             .collect();
         let hash_by = match &config.balancer {
             Balancer::IpHash => HashBy::ClientIp,
@@ -155,6 +157,14 @@ impl Upstream {
     pub fn record(&self, i: usize, success: bool) {
         let p = &self.passive;
         let Some(endpoint) = self.endpoints.get(i) else { return };
+        if let Some(state) = endpoint.record_circuit(success) {
+            tracing::warn!(
+                upstream = &*self.name,
+                endpoint = &**endpoint.label(),
+                ?state,
+                "circuit breaker changed state"
+            );
+        }
         let Some(length) = endpoint.record(success, p.failures, p.eject.get()) else {
             return;
         };

@@ -26,6 +26,9 @@ pub struct Backend {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     task: JoinHandle<()>,
+    /// Open connections, closed with the backend so that dropping it is a
+    /// real crash as the proxy sees it, not just a closed listener.
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 /// What an echo backend saw, parsed from its JSON answer.
@@ -55,6 +58,8 @@ impl Backend {
         let hits = Arc::new(AtomicUsize::new(0));
         let handler = Arc::new(handler);
         let counter = Arc::clone(&hits);
+        let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = Arc::clone(&connections);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -62,7 +67,7 @@ impl Backend {
                 };
                 let handler = Arc::clone(&handler);
                 let counter = Arc::clone(&counter);
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         counter.fetch_add(1, Ordering::SeqCst);
                         let fut = handler(req);
@@ -72,9 +77,15 @@ impl Backend {
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
+                open.lock().expect("connections").push(conn.abort_handle());
             }
         });
-        Self { addr, hits, task }
+        Self {
+            addr,
+            hits,
+            task,
+            connections,
+        }
     }
 
     /// A backend that answers with a JSON description of the request it got,
@@ -102,6 +113,9 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
+        for conn in self.connections.lock().expect("connections").drain(..) {
+            conn.abort();
+        }
     }
 }
 

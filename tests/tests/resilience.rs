@@ -322,3 +322,53 @@ async fn active_checks_take_an_endpoint_out_and_bring_it_back() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn killing_one_of_three_backends_under_steady_load_loses_no_get() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let doomed = Backend::echo("doomed").await;
+    let proxy = TestProxy::start(&upstream(&[a.url(), doomed.url(), b.url()], "")).await;
+    let client = proxy.client();
+    let mut doomed = Some(doomed);
+    for i in 0..300 {
+        if i == 100 {
+            let gone = doomed.take().expect("once");
+            assert!(gone.hits() > 0, "it took its share before dying");
+            drop(gone);
+        }
+        let reply = client.get("/steady").await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+    }
+}
+
+#[tokio::test]
+async fn the_circuit_opens_rests_and_half_opens_with_one_probe() {
+    let breaks = Chaos::start(Misbehaviour::CloseAfterRequest).await;
+    let good = Backend::echo("good").await;
+    let proxy = TestProxy::start(&upstream(
+        &[breaks.url(), good.url()],
+        "passive = { failures = 0 }\nretry = { attempts = 1 }\n\
+         circuit_breaker = { failure_ratio = 0.5, min_requests = 3, window = \"10s\", open_for = \"300ms\" }",
+    ))
+    .await;
+    let client = proxy.client();
+    // Round robin alternates until the breaking endpoint has failed 3 of 3.
+    while breaks.requests() < 3 {
+        client.get("/").await;
+    }
+    let opened = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(client.get("/").await.status, 200, "an open circuit gets no traffic");
+    }
+    assert_eq!(breaks.requests(), 3);
+    // After the rest, exactly one probe goes through; it fails, so the
+    // circuit opens again and the next requests stay away.
+    let rest = Duration::from_millis(300).saturating_sub(opened.elapsed());
+    tokio::time::sleep(rest + Duration::from_millis(50)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(client.get("/").await.status.as_u16());
+    }
+    assert_eq!(breaks.requests(), 4, "one half-open probe: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 502).count(), 1);
+}

@@ -34,6 +34,41 @@ pub struct UpstreamConfig {
     /// active health checks; off when absent.
     #[serde(default)]
     pub health: Option<HealthConfig>,
+    /// `circuit_breaker = { failure_ratio = 0.5, min_requests = 20, window = "10s",
+    /// open_for = "10s", half_open_requests = 1 }`: per endpoint; off when absent.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+}
+
+/// A circuit breaker per endpoint: after `failure_ratio` of at least
+/// `min_requests` requests in a `window` fail, the endpoint gets no traffic
+/// for `open_for`; then `half_open_requests` probes decide whether it
+/// closes again.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Share of failed requests (0 to 1) that opens the breaker.
+    pub failure_ratio: f64,
+    /// Requests in the window before the ratio counts.
+    pub min_requests: u32,
+    /// The window outcomes are counted in.
+    pub window: Duration,
+    /// How long an open breaker rejects before probing.
+    pub open_for: Duration,
+    /// Probe requests let through at once when half-open.
+    pub half_open_requests: u32,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_ratio: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(10),
+            open_for: Duration::from_secs(10),
+            half_open_requests: 1,
+        }
+    }
 }
 
 /// Retries on another endpoint. A request is retried only when it is safe:
@@ -357,6 +392,20 @@ impl UpstreamConfig {
                 errors.push(Invalid::new(
                     format!("{key}.retry.retry_on[{i}]"),
                     format!("{status} cannot be retried; only 502, 503 and 504 can"),
+                ));
+            }
+        }
+        if let Some(cb) = &self.circuit_breaker {
+            if !(cb.failure_ratio > 0.0 && cb.failure_ratio <= 1.0) {
+                errors.push(Invalid::new(
+                    format!("{key}.circuit_breaker.failure_ratio"),
+                    "must be above 0 and at most 1",
+                ));
+            }
+            if cb.min_requests == 0 || cb.half_open_requests == 0 {
+                errors.push(Invalid::new(
+                    format!("{key}.circuit_breaker"),
+                    "min_requests and half_open_requests must be at least 1",
                 ));
             }
         }

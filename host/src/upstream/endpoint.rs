@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::TargetUrl;
+use super::circuit::{Circuit, CircuitState};
+use crate::config::{CircuitBreakerConfig, TargetUrl};
 
 /// One place an upstream's requests can go.
 #[derive(Debug)]
@@ -21,6 +22,7 @@ pub struct Endpoint {
     /// `url` as a string, kept once for logs instead of formatted per request.
     label: Arc<str>,
     state: Arc<State>,
+    circuit: Option<Circuit>,
 }
 
 /// Live state, shared with the request guards and the health checker.
@@ -61,13 +63,39 @@ impl Endpoint {
             weight,
             down,
             state: Arc::new(state),
+            circuit: None,
         }
     }
 
+    /// Gives the endpoint a circuit breaker.
+    pub fn with_circuit(mut self, config: Option<&CircuitBreakerConfig>) -> Self {
+        self.circuit = config.map(|c| Circuit::new(c.clone()));
+        self
+    }
+
+    /// The circuit breaker's state, when the endpoint has one.
+    pub fn circuit(&self) -> Option<CircuitState> {
+        self.circuit.as_ref().map(Circuit::state)
+    }
+
+    /// Counts a request sent to the endpoint (for a half-open breaker).
+    pub fn dispatched(&self) {
+        if let Some(c) = &self.circuit {
+            c.dispatched();
+        }
+    }
+
+    /// Records an outcome with the circuit breaker; the new state when it
+    /// changed.
+    pub fn record_circuit(&self, success: bool) -> Option<CircuitState> {
+        self.circuit.as_ref().and_then(|c| c.record(success))
+    }
+
     /// Whether the balancer may send this endpoint traffic: not configured
-    /// down, healthy by active checks, not ejected by passive detection.
+    /// down, healthy by active checks, not ejected by passive detection, and
+    /// its circuit breaker (if any) not open.
     pub fn is_available(&self) -> bool {
-        !self.down && self.is_healthy() && !self.is_ejected()
+        !self.down && self.is_healthy() && !self.is_ejected() && self.circuit.as_ref().is_none_or(Circuit::admits)
     }
 
     /// `http://host:port`, for logs and error messages.
