@@ -71,3 +71,65 @@ impl<B: http_body::Body, G> http_body::Body for Guarded<B, G> {
         self.body.size_hint()
     }
 }
+
+pin_project_lite::pin_project! {
+    /// A body that fails if no frame arrives for `idle`: a backend that
+    /// stops sending mid-body is cut off (and its connection dropped) rather
+    /// than holding the client forever.
+    #[derive(Debug)]
+    pub struct IdleTimeout<B> {
+        #[pin]
+        body: B,
+        #[pin]
+        timer: tokio::time::Sleep,
+        idle: std::time::Duration,
+    }
+}
+
+/// The body went quiet for longer than its idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no body data for {0:?}")]
+pub struct IdleTimedOut(pub std::time::Duration);
+
+impl<B> IdleTimeout<B> {
+    /// Wraps `body`; the clock starts now.
+    pub fn new(body: B, idle: std::time::Duration) -> Self {
+        Self {
+            body,
+            timer: tokio::time::sleep(idle),
+            idle,
+        }
+    }
+}
+
+impl<B> http_body::Body for IdleTimeout<B>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        match this.body.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + *this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.timer.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimedOut(*this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

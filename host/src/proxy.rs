@@ -559,6 +559,7 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop_response(&mut parts.headers);
         headers::append_via(&mut parts.headers, parts.version);
+        let body = crate::body::IdleTimeout::new(body, upstream.timeouts().idle.get());
         let body = crate::body::Guarded::new(body, guard);
         Ok(Response::from_parts(parts, boxed(body)))
     }

@@ -22,6 +22,9 @@ pub enum Misbehaviour {
     ResetOnAccept,
     /// Read the request and never answer.
     Hang,
+    /// Answer 200 with `Content-Length: 1000`, send 100 body bytes, then
+    /// go silent without closing.
+    StallBody,
 }
 
 /// A running chaos backend; stopped when dropped.
@@ -77,6 +80,14 @@ impl Chaos {
                             let _ = stream.set_zero_linger();
                         }
                         Misbehaviour::Hang => std::future::pending::<()>().await,
+                        Misbehaviour::StallBody => {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+                                .await;
+                            let _ = stream.write_all(&[b'x'; 100]).await;
+                            let _ = stream.flush().await;
+                            std::future::pending::<()>().await
+                        }
                     }
                 });
             }

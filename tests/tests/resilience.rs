@@ -372,3 +372,22 @@ async fn the_circuit_opens_rests_and_half_opens_with_one_probe() {
     assert_eq!(breaks.requests(), 4, "one half-open probe: {statuses:?}");
     assert_eq!(statuses.iter().filter(|&&s| s == 502).count(), 1);
 }
+
+#[tokio::test]
+async fn a_body_that_goes_quiet_is_cut_off_at_the_idle_timeout() {
+    let chaos = Chaos::start(Misbehaviour::StallBody).await;
+    let proxy = TestProxy::start(&upstream(&[chaos.url()], "timeouts = { idle = \"300ms\" }")).await;
+    let client = proxy.client();
+    let resp = client
+        .send_streaming(client.request("GET", "/stream").body(empty()).unwrap())
+        .await;
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    let result = within("stalled body", resp.into_body().collect()).await;
+    let waited = started.elapsed();
+    assert!(result.is_err(), "a stalled body must end in an error");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "cut off after {waited:?}"
+    );
+}

@@ -344,6 +344,9 @@ pub struct UpstreamTimeouts {
     /// Time for the whole exchange up to the response head, retries
     /// included; beyond it the client gets 504.
     pub request: Duration,
+    /// Time the response body may go without sending a byte; beyond it the
+    /// response is aborted (never ended cleanly) and the connection dropped.
+    pub idle: Duration,
 }
 
 impl Default for UpstreamTimeouts {
@@ -352,6 +355,7 @@ impl Default for UpstreamTimeouts {
             connect: Duration::from_secs(5),
             response_header: Duration::from_secs(60),
             request: Duration::from_secs(120),
+            idle: Duration::from_secs(60),
         }
     }
 }
