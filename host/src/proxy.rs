@@ -27,7 +27,7 @@ use crate::plugin::{
     CallInfo, EndpointView, ErrorInfo, Failure, Hook, PickInput, Plugin, Plugins, RequestOutcome, ResponseOutcome,
 };
 use crate::router::{Router, request_host};
-use crate::upstream::{Pick, PoolError, Upstream};
+use crate::upstream::{EndpointSet, Pick, PoolError, Upstream};
 
 pub use error::{ErrorKind, ProxyError};
 
@@ -355,17 +355,20 @@ impl Proxy {
         self.prepare_head(&mut head, ex);
         let key = upstream.hash_key(&head.headers, ex.client.peer.ip());
         let mut body = Some(body);
+        // One snapshot of the endpoints for the whole request: indexes in
+        // `tried` stay meaningful even if the set changes meanwhile.
+        let set = upstream.current();
         let mut tried: Vec<usize> = Vec::new();
         // The outcome of the attempt being retried: what the client gets if
         // no other endpoint is left to try.
         let mut previous = None;
         loop {
-            let i = match self.pick(route, parts, &tried, key.as_deref(), ex).await {
+            let i = match self.pick(route, &set, parts, &tried, key.as_deref(), ex).await {
                 Ok(i) => i,
                 Err(err) => return previous.unwrap_or(Err(err)),
             };
             tried.push(i);
-            let endpoint = &upstream.endpoints()[i];
+            let endpoint = &set.endpoints()[i];
             ex.endpoint = Some(Arc::clone(endpoint.label()));
             ex.attempts += 1;
             let last = tried.len() >= upstream.attempts() as usize || replay.is_none();
@@ -380,7 +383,7 @@ impl Proxy {
             let (upstream_name, endpoint_name) = (Arc::clone(upstream.name()), Arc::clone(endpoint.label()));
             let outcome = match sent {
                 Err(_elapsed) => {
-                    upstream.record(i, false);
+                    upstream.record(endpoint, false);
                     return Err(ProxyError::ResponseTimeout {
                         upstream: upstream_name,
                         endpoint: endpoint_name,
@@ -392,13 +395,13 @@ impl Proxy {
             let retry_reason = match &outcome {
                 Ok(resp) => {
                     let status = resp.status();
-                    upstream.record(i, !status.is_server_error());
+                    upstream.record(endpoint, !status.is_server_error());
                     upstream
                         .retries_status(&parts.method, status)
                         .then(|| format!("status {}", status.as_u16()))
                 }
                 Err(err) => {
-                    upstream.record(i, false);
+                    upstream.record(endpoint, false);
                     self.retryable(err, &parts.method).then(|| err.to_string())
                 }
             };
@@ -424,6 +427,7 @@ impl Proxy {
     async fn pick(
         &self,
         route: &Route,
+        set: &EndpointSet,
         parts: &mut request::Parts,
         tried: &[usize],
         key: Option<&[u8]>,
@@ -432,10 +436,10 @@ impl Proxy {
         let upstream = &route.upstream;
         let pick = Pick { tried, key };
         let picked = match upstream.balancer_plugin() {
-            None => upstream.pick_builtin(&pick),
+            None => set.pick(&pick),
             Some(plugin) => {
                 let input = PickInput {
-                    endpoints: upstream
+                    endpoints: set
                         .endpoints()
                         .iter()
                         .enumerate()
@@ -446,13 +450,13 @@ impl Proxy {
                             in_flight: e.in_flight(),
                         })
                         .collect(),
-                    generation: 0,
+                    generation: set.generation(),
                     attempt: u32::try_from(tried.len()).unwrap_or(u32::MAX),
                     tried: tried.iter().filter_map(|&i| u32::try_from(i).ok()).collect(),
                 };
                 match guarded(plugin, ex, plugin.pick(parts, &input, ex.call()).await)? {
                     Some(choice) => choice,
-                    None => upstream.pick_builtin(&pick),
+                    None => set.pick(&pick),
                 }
             }
         };

@@ -10,9 +10,13 @@ mod retry;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 
-use crate::config::{Balancer, HealthConfig, PassiveConfig, RetryConfig, UpstreamConfig, UpstreamTimeouts};
+use crate::config::{
+    Balancer, CircuitBreakerConfig, HealthConfig, PassiveConfig, RetryConfig, Target, UpstreamConfig, UpstreamTimeouts,
+};
 use crate::plugin::Plugin;
 
 pub use balance::{Balance, ConsistentHash, LeastConnections, Pick, RoundRobin, Weighted, eligible};
@@ -25,8 +29,11 @@ pub use retry::RetryBudget;
 #[derive(Debug)]
 pub struct Upstream {
     name: Arc<str>,
-    endpoints: Vec<Endpoint>,
-    balancer: Box<dyn Balance>,
+    /// The endpoints now and their balancer, swapped whole when the set
+    /// changes; each request works on the snapshot it started with.
+    set: ArcSwap<EndpointSet>,
+    balancer_config: Balancer,
+    circuit_config: Option<CircuitBreakerConfig>,
     /// `balancer = { plugin = "NAME" }`: asked first; the built-in balancer
     /// is the fallback when the plugin's failure is skipped.
     balancer_plugin: Option<Arc<Plugin>>,
@@ -37,6 +44,42 @@ pub struct Upstream {
     budget: RetryBudget,
     passive: PassiveConfig,
     health: Option<HealthConfig>,
+}
+
+/// The endpoints an upstream has at one moment, with the built-in balancer
+/// built for exactly these (a hash ring, weights).
+#[derive(Debug)]
+pub struct EndpointSet {
+    endpoints: Vec<Endpoint>,
+    balancer: Box<dyn Balance>,
+    generation: u64,
+}
+
+impl EndpointSet {
+    fn new(endpoints: Vec<Endpoint>, config: &Balancer, generation: u64) -> Self {
+        Self {
+            balancer: balance::build(config, &endpoints),
+            endpoints,
+            generation,
+        }
+    }
+
+    /// The endpoints, in config order.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The index of the endpoint the built-in balancer picks, or `None`
+    /// when no endpoint is eligible.
+    pub fn pick(&self, pick: &Pick<'_>) -> Option<usize> {
+        self.balancer.pick(&self.endpoints, pick)
+    }
+
+    /// Changes whenever the set changes (balancer plugins cache per
+    /// generation).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
 }
 
 /// Where consistent hashing finds its key.
@@ -53,10 +96,11 @@ impl Upstream {
     /// balancer plugin when the config names one. Active health checks start
     /// with [`Upstream::start_health_checks`].
     pub fn new(name: &str, config: &UpstreamConfig, balancer_plugin: Option<Arc<Plugin>>) -> Self {
+        let circuit_config = config.circuit_breaker.clone();
         let endpoints: Vec<Endpoint> = config
             .targets
             .iter()
-            .map(|t| Endpoint::new(t.url.clone(), t.weight, t.down).with_circuit(config.circuit_breaker.as_ref()))
+            .map(|t| Endpoint::new(t.url.clone(), t.weight, t.down).with_circuit(circuit_config.as_ref()))
             .collect();
         let hash_by = match &config.balancer {
             Balancer::IpHash => HashBy::ClientIp,
@@ -66,8 +110,9 @@ impl Upstream {
         };
         Self {
             name: name.into(),
-            balancer: balance::build(&config.balancer, &endpoints),
-            endpoints,
+            set: ArcSwap::from_pointee(EndpointSet::new(endpoints, &config.balancer, 0)),
+            balancer_config: config.balancer.clone(),
+            circuit_config,
             balancer_plugin,
             hash_by,
             pool: Pool::new(&config.pool, &config.timeouts),
@@ -77,6 +122,50 @@ impl Upstream {
             passive: config.passive.clone(),
             health: config.health.clone(),
         }
+    }
+
+    /// The endpoints now.
+    pub fn current(&self) -> Arc<EndpointSet> {
+        self.set.load_full()
+    }
+
+    /// Replaces the set of endpoints (a reload, or discovery). Endpoints
+    /// that stay keep their live state (in flight, health, ejection,
+    /// circuit) and, since the pool is keyed by address, their pooled
+    /// connections; endpoints that go finish the requests they have, and
+    /// their idle connections expire.
+    pub fn set_targets(&self, targets: &[Target]) {
+        let old = self.current();
+        let endpoints: Vec<Endpoint> = targets
+            .iter()
+            .map(|t| match old.endpoints.iter().find(|e| e.url == t.url) {
+                Some(kept) => kept.reconfigured(t.weight, t.down),
+                None => Endpoint::new(t.url.clone(), t.weight, t.down).with_circuit(self.circuit_config.as_ref()),
+            })
+            .collect();
+        let added: Vec<&str> = endpoints
+            .iter()
+            .filter(|e| !old.endpoints.iter().any(|o| o.url == e.url))
+            .map(|e| &**e.label())
+            .collect();
+        let removed: Vec<&str> = old
+            .endpoints
+            .iter()
+            .filter(|o| !endpoints.iter().any(|e| e.url == o.url))
+            .map(|e| &**e.label())
+            .collect();
+        tracing::info!(
+            upstream = &*self.name,
+            ?added,
+            ?removed,
+            endpoints = endpoints.len(),
+            "endpoints changed"
+        );
+        self.set.store(Arc::new(EndpointSet::new(
+            endpoints,
+            &self.balancer_config,
+            old.generation + 1,
+        )));
     }
 
     /// Starts the active health checker, if the upstream has one; it stops
@@ -90,12 +179,6 @@ impl Upstream {
     /// The upstream's name, as in `[upstreams.NAME]`.
     pub fn name(&self) -> &Arc<str> {
         &self.name
-    }
-
-    /// The index of the endpoint for the next request by the built-in
-    /// balancer, or `None` when no endpoint can take traffic.
-    pub fn pick_builtin(&self, pick: &Pick<'_>) -> Option<usize> {
-        self.balancer.pick(&self.endpoints, pick)
     }
 
     /// The balancer plugin, when the upstream has one.
@@ -131,11 +214,6 @@ impl Upstream {
         &self.timeouts
     }
 
-    /// All endpoints, in config order.
-    pub fn endpoints(&self) -> &[Endpoint] {
-        &self.endpoints
-    }
-
     /// Tries in all for one request, the first included.
     pub fn attempts(&self) -> u32 {
         self.retry.attempts
@@ -151,12 +229,11 @@ impl Upstream {
         &self.budget
     }
 
-    /// Records the outcome of a request on endpoint `i` for passive
-    /// detection, ejecting it after too many consecutive failures unless
-    /// that would put more than `max_ejected_percent` of the upstream out.
-    pub fn record(&self, i: usize, success: bool) {
-        let p = &self.passive;
-        let Some(endpoint) = self.endpoints.get(i) else { return };
+    /// Records the outcome of a request on `endpoint` for the circuit
+    /// breaker and passive detection, which ejects it after too many
+    /// consecutive failures unless that would put more than
+    /// `max_ejected_percent` of the upstream out.
+    pub fn record(&self, endpoint: &Endpoint, success: bool) {
         if let Some(state) = endpoint.record_circuit(success) {
             tracing::warn!(
                 upstream = &*self.name,
@@ -165,11 +242,13 @@ impl Upstream {
                 "circuit breaker changed state"
             );
         }
+        let p = &self.passive;
         let Some(length) = endpoint.record(success, p.failures, p.eject.get()) else {
             return;
         };
-        let ejected = self.endpoints.iter().filter(|e| e.is_ejected()).count();
-        if ejected * 100 > p.max_ejected_percent as usize * self.endpoints.len() {
+        let set = self.current();
+        let ejected = set.endpoints.iter().filter(|e| e.is_ejected()).count();
+        if ejected * 100 > p.max_ejected_percent as usize * set.endpoints.len() {
             endpoint.readmit();
             tracing::warn!(
                 upstream = &*self.name,
@@ -194,4 +273,68 @@ pub fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn upstream(targets: &str) -> Upstream {
+        let toml = format!(
+            "[upstreams.u]\ntargets = [{targets}]\npassive = {{ failures = 1, eject = \"60s\", max_ejected_percent = 100 }}\n\
+             [[routes]]\nupstream = \"u\"\n"
+        );
+        let config = Config::parse(Path::new("t.toml"), &toml).expect("config");
+        Upstream::new("u", &config.upstreams["u"], None)
+    }
+
+    fn targets(toml: &str) -> Vec<Target> {
+        let config = Config::parse(
+            Path::new("t.toml"),
+            &format!("[upstreams.u]\ntargets = [{toml}]\n[[routes]]\nupstream = \"u\"\n"),
+        )
+        .expect("config");
+        config.upstreams["u"].targets.clone()
+    }
+
+    #[tokio::test]
+    async fn a_new_set_keeps_what_was_learned_about_endpoints_that_stay() {
+        let up = upstream("\"http://127.0.0.1:1001\", \"http://127.0.0.1:1002\", \"http://127.0.0.1:1003\"");
+        let before = up.current();
+        let (a, b) = (&before.endpoints()[0], &before.endpoints()[1]);
+        up.record(a, false);
+        assert!(a.is_ejected());
+        let in_flight = b.begin();
+
+        up.set_targets(&targets(
+            "{ url = \"http://127.0.0.1:1001\" }, { url = \"http://127.0.0.1:1002\", weight = 5 }, \"http://127.0.0.1:1004\"",
+        ));
+        let after = up.current();
+        assert_eq!(after.generation(), before.generation() + 1);
+        let labels: Vec<&str> = after.endpoints().iter().map(|e| &**e.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "http://127.0.0.1:1001",
+                "http://127.0.0.1:1002",
+                "http://127.0.0.1:1004"
+            ]
+        );
+        assert!(after.endpoints()[0].is_ejected(), "still ejected after the change");
+        assert_eq!(after.endpoints()[1].in_flight(), 1, "in-flight count carried over");
+        assert_eq!(after.endpoints()[1].weight, 5, "new weight applies");
+        drop(in_flight);
+        assert_eq!(after.endpoints()[1].in_flight(), 0);
+
+        // The removed endpoint is never picked again; the ejected one neither.
+        for _ in 0..10 {
+            let i = after.pick(&Pick::default()).expect("an endpoint");
+            assert_ne!(i, 0);
+        }
+        // A request that started on the old set still sees it whole.
+        assert_eq!(before.endpoints().len(), 3);
+        assert_eq!(&**before.endpoints()[2].label(), "http://127.0.0.1:1003");
+    }
 }

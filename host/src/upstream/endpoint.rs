@@ -11,7 +11,11 @@ use super::circuit::{Circuit, CircuitState};
 use crate::config::{CircuitBreakerConfig, TargetUrl};
 
 /// One place an upstream's requests can go.
-#[derive(Debug)]
+///
+/// A cheap handle: clones share the live state (in flight, health,
+/// ejection, circuit breaker), so an endpoint that stays when the set of
+/// endpoints changes keeps everything the proxy learned about it.
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     /// Where it is.
     pub url: TargetUrl,
@@ -22,7 +26,7 @@ pub struct Endpoint {
     /// `url` as a string, kept once for logs instead of formatted per request.
     label: Arc<str>,
     state: Arc<State>,
-    circuit: Option<Circuit>,
+    circuit: Option<Arc<Circuit>>,
 }
 
 /// Live state, shared with the request guards and the health checker.
@@ -67,15 +71,25 @@ impl Endpoint {
         }
     }
 
+    /// The same endpoint (same live state) with a new weight and `down`
+    /// flag, for a changed config.
+    pub fn reconfigured(&self, weight: u32, down: bool) -> Self {
+        Self {
+            weight,
+            down,
+            ..self.clone()
+        }
+    }
+
     /// Gives the endpoint a circuit breaker.
     pub fn with_circuit(mut self, config: Option<&CircuitBreakerConfig>) -> Self {
-        self.circuit = config.map(|c| Circuit::new(c.clone()));
+        self.circuit = config.map(|c| Arc::new(Circuit::new(c.clone())));
         self
     }
 
     /// The circuit breaker's state, when the endpoint has one.
     pub fn circuit(&self) -> Option<CircuitState> {
-        self.circuit.as_ref().map(Circuit::state)
+        self.circuit.as_deref().map(Circuit::state)
     }
 
     /// Counts a request sent to the endpoint (for a half-open breaker).
@@ -95,7 +109,7 @@ impl Endpoint {
     /// down, healthy by active checks, not ejected by passive detection, and
     /// its circuit breaker (if any) not open.
     pub fn is_available(&self) -> bool {
-        !self.down && self.is_healthy() && !self.is_ejected() && self.circuit.as_ref().is_none_or(Circuit::admits)
+        !self.down && self.is_healthy() && !self.is_ejected() && self.circuit.as_deref().is_none_or(Circuit::admits)
     }
 
     /// `http://host:port`, for logs and error messages.

@@ -1,7 +1,8 @@
 //! Active health checks: a background task per upstream probes every
 //! endpoint, and flips it after enough consecutive results.
 
-use std::sync::Weak;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,11 +24,13 @@ pub(crate) async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
         .pool_max_idle_per_host(0)
         .build(connector);
     let method = http::Method::from_bytes(config.method.as_bytes()).unwrap_or(http::Method::GET);
-    let mut streaks: Vec<(bool, u32)> = Vec::new();
+    // Keyed by endpoint, not position: the set of endpoints may change.
+    let mut streaks: HashMap<Arc<str>, (bool, u32)> = HashMap::new();
     loop {
         let Some(up) = upstream.upgrade() else { return };
-        streaks.resize(up.endpoints().len(), (true, 0));
-        let probes = up.endpoints().iter().map(|e| {
+        let set = up.current();
+        streaks.retain(|label, _| set.endpoints().iter().any(|e| e.label() == label));
+        let probes = set.endpoints().iter().map(|e| {
             let uri = format!("{}{}", e.url, config.path);
             let req = http::Request::builder()
                 .method(method.clone())
@@ -44,7 +47,8 @@ pub(crate) async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
             }
         });
         let results = futures_util::future::join_all(probes).await;
-        for ((endpoint, ok), streak) in up.endpoints().iter().zip(results).zip(streaks.iter_mut()) {
+        for (endpoint, ok) in set.endpoints().iter().zip(results) {
+            let streak = streaks.entry(Arc::clone(endpoint.label())).or_insert((true, 0));
             // A streak counts consecutive results that disagree with the
             // endpoint's current state; agreeing results reset it.
             if ok == endpoint.is_healthy() {
@@ -70,7 +74,7 @@ pub(crate) async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
                 }
             }
         }
-        drop(up);
+        drop((up, set));
         tokio::time::sleep(jittered(config.interval.get())).await;
     }
 }
