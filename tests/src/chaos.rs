@@ -25,6 +25,8 @@ pub enum Misbehaviour {
     /// Answer 200 with `Content-Length: 1000`, send 100 body bytes, then
     /// go silent without closing.
     StallBody,
+    /// Answer with bytes that are not HTTP.
+    Garbage,
 }
 
 /// A running chaos backend; stopped when dropped.
@@ -80,6 +82,10 @@ impl Chaos {
                             let _ = stream.set_zero_linger();
                         }
                         Misbehaviour::Hang => std::future::pending::<()>().await,
+                        Misbehaviour::Garbage => {
+                            let _ = stream.write_all(b"SPDY/9 banana\r\n\r\n").await;
+                            let _ = stream.flush().await;
+                        }
                         Misbehaviour::StallBody => {
                             let _ = stream
                                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")

@@ -391,3 +391,40 @@ async fn a_body_that_goes_quiet_is_cut_off_at_the_idle_timeout() {
         "cut off after {waited:?}"
     );
 }
+
+#[tokio::test]
+async fn a_malformed_response_is_502() {
+    let chaos = Chaos::start(Misbehaviour::Garbage).await;
+    let proxy = TestProxy::start(&upstream(&[chaos.url()], "retry = { attempts = 1 }")).await;
+    let reply = proxy.client().get("/").await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.headers["proxy-status"], "plumeway; error=http_protocol_error");
+}
+
+#[tokio::test]
+async fn retry_on_retries_a_503_for_get_but_never_for_post() {
+    let busy = Backend::start(|_req| async { http::Response::builder().status(503).body(full("busy")).unwrap() }).await;
+    let good = Backend::echo("good").await;
+    let proxy = TestProxy::start(&upstream(
+        &[busy.url(), good.url()],
+        "passive = { failures = 0 }\nretry = { attempts = 2, retry_on = [503] }",
+    ))
+    .await;
+    let client = proxy.client();
+    // Round robin starts on the busy backend.
+    let reply = client.get("/").await;
+    assert_eq!(reply.echo().backend, "good", "the GET was retried after the 503");
+    assert_eq!((busy.hits(), good.hits()), (1, 1));
+    // The retry took a round-robin turn too, so every request starts on the
+    // busy backend: a GET is retried again, a POST is not.
+    assert_eq!(client.get("/").await.status, 200);
+    assert_eq!((busy.hits(), good.hits()), (2, 2));
+    let reply = client.send(client.request("POST", "/").body(body("x")).unwrap()).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.text(), "busy");
+    assert_eq!(
+        (busy.hits(), good.hits()),
+        (3, 2),
+        "the POST was not sent to the good backend"
+    );
+}
