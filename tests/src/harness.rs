@@ -58,6 +58,8 @@ pub struct BinaryProxy {
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
     logged: Arc<Notify>,
+    /// Reads stderr into `logs` until the process closes it.
+    reader: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -82,7 +84,7 @@ impl BinaryProxy {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let logged = Arc::new(Notify::new());
         let stderr = child.stderr.take().expect("stderr");
-        {
+        let reader = {
             let logs = Arc::clone(&logs);
             let logged = Arc::clone(&logged);
             tokio::spawn(async move {
@@ -92,13 +94,14 @@ impl BinaryProxy {
                     logged.notify_waiters();
                 }
                 logged.notify_waiters();
-            });
-        }
+            })
+        };
         let mut proxy = Self {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             child,
             logs,
             logged,
+            reader: Some(reader),
             _dir: dir,
         };
         let line = proxy.wait_for_log("listening").await;
@@ -151,9 +154,14 @@ impl BinaryProxy {
         assert!(status.success(), "kill -{name} failed");
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit, and for everything it logged to be
+    /// read (the last lines may still be in the pipe when it exits).
     pub async fn wait(&mut self) -> ExitStatus {
-        crate::within("plumeway exit", self.child.wait()).await.expect("wait")
+        let status = crate::within("plumeway exit", self.child.wait()).await.expect("wait");
+        if let Some(reader) = self.reader.take() {
+            let _ = crate::within("plumeway's stderr", reader).await;
+        }
+        status
     }
 
     /// A field of `/proc/PID/status` in KiB, e.g. `VmRSS` or `VmHWM` (peak).
