@@ -308,7 +308,8 @@ async fn active_checks_take_an_endpoint_out_and_bring_it_back() {
     })
     .await;
     let out_after = started.elapsed();
-    // Three failed probes, 50 ms apart (±10% jitter), plus a probe in flight.
+    // Three failed probes, 50 ms apart (±10% jitter), plus a probe in flight
+    // and slack for a loaded 2-core machine.
     assert!(
         out_after <= interval * 3 + Duration::from_millis(500),
         "taken out after {out_after:?}"
