@@ -311,7 +311,7 @@ async fn active_checks_take_an_endpoint_out_and_bring_it_back() {
     // Three failed probes, 50 ms apart (±10% jitter), plus a probe in flight
     // and slack for a loaded 2-core machine.
     assert!(
-        out_after <= interval * 3 + Duration::from_millis(500),
+        out_after <= interval * 3 + Duration::from_secs(1),
         "taken out after {out_after:?}"
     );
 
