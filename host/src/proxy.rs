@@ -10,6 +10,7 @@
 mod error;
 mod headers;
 mod request_id;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ struct Route {
     request: Vec<Arc<Plugin>>,
     response: Vec<Arc<Plugin>>,
     on_error: Option<Arc<Plugin>>,
+    websocket: bool,
 }
 
 /// The connection a request arrived on.
@@ -141,6 +143,7 @@ impl Proxy {
                 request,
                 response,
                 on_error,
+                websocket: r.websocket,
             }));
         }
         let router = Router::new(config, |i, _| {
@@ -229,6 +232,15 @@ impl Proxy {
             return Err(ProxyError::BodyTooLarge { limit: self.max_body });
         }
         let mut body = ReqBody::Streaming(body);
+        // A WebSocket handshake on a WebSocket route must be valid before any
+        // plugin or upstream sees it.
+        let upgrade = if route.websocket && websocket::is_upgrade(&parts.headers) {
+            let key = websocket::validate(&parts.method, &parts.headers)
+                .map_err(|e| ProxyError::BadRequest { reason: e.to_string() })?;
+            Some(key)
+        } else {
+            None
+        };
 
         if let Some(plugin) = &route.rewrite
             && let Some(path) = guarded(plugin, ex, plugin.rewrite(parts, ex.call()).await)?.flatten()
@@ -263,9 +275,10 @@ impl Proxy {
             }
         }
 
-        let resp = match local {
-            Some(resp) => resp,
-            None => self.forward(route, parts, body, ex).await?,
+        let resp = match (local, upgrade) {
+            (Some(resp), _) => resp,
+            (None, Some(key)) => self.upgrade(route, parts, &key, ex).await?,
+            (None, None) => self.forward(route, parts, body, ex).await?,
         };
         self.filter_response(route, parts, resp, ex).await
     }
@@ -420,6 +433,139 @@ impl Proxy {
                 _ => return outcome,
             }
         }
+    }
+
+    /// Carries a WebSocket handshake to an endpoint on a connection of its
+    /// own. Only a 101 with the right `Sec-WebSocket-Accept` switches
+    /// protocols (then bytes are spliced in a task of their own); any other
+    /// answer is relayed as an ordinary response, and a wrong accept key is
+    /// a 502. Bytes the client sent after its handshake wait in hyper's
+    /// buffer until the splice starts, after the endpoint's 101.
+    async fn upgrade(
+        &self,
+        route: &Route,
+        parts: &mut request::Parts,
+        key: &str,
+        ex: &mut Exchange,
+    ) -> Result<Response<BoxBody>, ProxyError> {
+        let upstream = &route.upstream;
+        ex.upstream = Some(Arc::clone(upstream.name()));
+        let on_client =
+            parts
+                .extensions
+                .remove::<hyper::upgrade::OnUpgrade>()
+                .ok_or_else(|| ProxyError::BadRequest {
+                    reason: "this connection cannot be upgraded".into(),
+                })?;
+        let set = upstream.current();
+        let hash = upstream.hash_key(&parts.headers, ex.client.peer.ip());
+        let i = self.pick(route, &set, parts, &[], hash.as_deref(), ex).await?;
+        let endpoint = &set.endpoints()[i];
+        ex.endpoint = Some(Arc::clone(endpoint.label()));
+        ex.attempts += 1;
+        let failed = |reason: String| ProxyError::UpstreamFailed {
+            upstream: Arc::clone(upstream.name()),
+            endpoint: Arc::clone(endpoint.label()),
+            reason,
+        };
+
+        let mut head = upstream_head(parts, route.on_error.is_some());
+        self.prepare_head(&mut head, ex);
+        websocket::mark_upgrade(&mut head.headers);
+        head.uri = head
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+            .into();
+        head.version = Version::HTTP_11;
+
+        let connect = upstream.timeouts().connect;
+        let stream = match tokio::time::timeout(
+            connect.get(),
+            tokio::net::TcpStream::connect(endpoint.url.authority.as_str()),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                upstream.record(endpoint, false);
+                let (upstream, endpoint) = (Arc::clone(upstream.name()), Arc::clone(endpoint.label()));
+                return Err(if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    ProxyError::ConnectionRefused { upstream, endpoint }
+                } else {
+                    ProxyError::UpstreamFailed {
+                        upstream,
+                        endpoint,
+                        reason: e.to_string(),
+                    }
+                });
+            }
+            Err(_elapsed) => {
+                upstream.record(endpoint, false);
+                return Err(ProxyError::ConnectionTimeout {
+                    upstream: Arc::clone(upstream.name()),
+                    endpoint: Arc::clone(endpoint.label()),
+                });
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let in_flight = endpoint.begin();
+        let timeout = upstream.timeouts().response_header;
+        let request = Request::from_parts(head, crate::body::full(Bytes::new()));
+        let mut resp = match tokio::time::timeout(timeout.get(), sender.send_request(request)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                upstream.record(endpoint, false);
+                return Err(failed(e.to_string()));
+            }
+            Err(_elapsed) => {
+                upstream.record(endpoint, false);
+                return Err(ProxyError::ResponseTimeout {
+                    upstream: Arc::clone(upstream.name()),
+                    endpoint: Arc::clone(endpoint.label()),
+                    timeout,
+                });
+            }
+        };
+
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            upstream.record(endpoint, !resp.status().is_server_error());
+            let (mut rparts, body) = resp.into_parts();
+            headers::strip_hop_by_hop_response(&mut rparts.headers);
+            headers::append_via(&mut rparts.headers, rparts.version);
+            let body = crate::body::Guarded::new(body, in_flight);
+            return Ok(Response::from_parts(rparts, boxed(body)));
+        }
+        let expected = websocket::accept_key(key);
+        let accepted = resp
+            .headers()
+            .get(header::SEC_WEBSOCKET_ACCEPT)
+            .map(HeaderValue::as_bytes);
+        if accepted != Some(expected.as_bytes()) || !websocket::is_upgrade(resp.headers()) {
+            upstream.record(endpoint, false);
+            return Err(failed("answered 101 without the right Sec-WebSocket-Accept".into()));
+        }
+        upstream.record(endpoint, true);
+        let on_backend = hyper::upgrade::on(&mut resp);
+        let (mut rparts, _empty) = resp.into_parts();
+        headers::strip_hop_by_hop_response(&mut rparts.headers);
+        websocket::mark_upgrade(&mut rparts.headers);
+        headers::append_via(&mut rparts.headers, Version::HTTP_11);
+        tokio::spawn(websocket::splice(
+            on_client,
+            on_backend,
+            upstream.timeouts().idle.get(),
+            in_flight,
+            Arc::clone(endpoint.label()),
+        ));
+        Ok(Response::from_parts(rparts, crate::body::full(Bytes::new())))
     }
 
     /// Picks an endpoint not tried yet: the balancer plugin's choice, else

@@ -30,6 +30,11 @@ pub struct RouteConfig {
     /// `on_error = "json-errors"`: the error-handler plugin.
     #[serde(default)]
     pub on_error: Option<String>,
+    /// `websocket = true`: WebSocket upgrades on this route are carried to
+    /// the upstream; without it an upgrade is an ordinary request with the
+    /// upgrade headers removed.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 /// What a request must look like to take a route. Every condition given must

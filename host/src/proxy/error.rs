@@ -24,6 +24,13 @@ pub enum ProxyError {
         /// The `server.limits.max_body` in force.
         limit: Size,
     },
+    /// The request cannot be served as sent (e.g. a broken WebSocket
+    /// handshake).
+    #[error("bad request: {reason}")]
+    BadRequest {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The client's request body broke while it was being forwarded.
     #[error("reading the request body failed: {reason}")]
     ClientBody {
@@ -121,7 +128,7 @@ impl ProxyError {
         match self {
             Self::NoRoute => ErrorKind::DestinationNotFound,
             Self::BodyTooLarge { .. } => ErrorKind::HttpRequestDenied,
-            Self::ClientBody { .. } => ErrorKind::HttpRequestError,
+            Self::ClientBody { .. } | Self::BadRequest { .. } => ErrorKind::HttpRequestError,
             Self::NoHealthyEndpoint { .. } => ErrorKind::DestinationUnavailable,
             Self::ConnectionRefused { .. } => ErrorKind::ConnectionRefused,
             Self::ConnectionTimeout { .. } => ErrorKind::ConnectionTimeout,
