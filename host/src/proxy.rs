@@ -39,6 +39,9 @@ pub struct Proxy {
     router: Router<Route>,
     max_body: Size,
     plugins: Plugins,
+    /// Open WebSockets each hold a receiver: sending `true` asks them to
+    /// close, and the channel closes when the last one is gone.
+    websockets: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a matched request needs, resolved once when the config is loaded so
@@ -155,12 +158,24 @@ impl Proxy {
             router,
             max_body: config.server.limits.max_body,
             plugins,
+            websockets: tokio::sync::watch::Sender::new(false),
         })
     }
 
     /// The loaded plugins.
     pub fn plugins(&self) -> &Plugins {
         &self.plugins
+    }
+
+    /// Asks every open WebSocket to close (a close frame to both sides) and
+    /// waits until all are gone.
+    pub async fn close_websockets(&self) {
+        let open = self.websockets.receiver_count();
+        if open > 0 {
+            tracing::info!(websockets = open, "closing open WebSockets");
+        }
+        self.websockets.send_replace(true);
+        self.websockets.closed().await;
     }
 
     /// Serves one request to completion of its response head, and logs it.
@@ -564,6 +579,7 @@ impl Proxy {
             upstream.timeouts().idle.get(),
             in_flight,
             Arc::clone(endpoint.label()),
+            self.websockets.subscribe(),
         ));
         Ok(Response::from_parts(rparts, crate::body::full(Bytes::new())))
     }

@@ -101,8 +101,13 @@ impl Server {
         let started = Instant::now();
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         drop(stop_tx);
+        let proxy = Arc::clone(&self.proxy);
         let drained = tokio::time::timeout(self.shutdown_timeout, async {
-            while tasks.join_next().await.is_some() {}
+            // HTTP connections drain by themselves; WebSockets are told.
+            tokio::join!(
+                async { while tasks.join_next().await.is_some() {} },
+                proxy.close_websockets(),
+            );
         })
         .await;
         match drained {

@@ -441,3 +441,46 @@ async fn bytes_pipelined_after_the_handshake_wait_for_the_101() {
     assert!(!early, "pipelined bytes reached the backend before its 101");
     assert_eq!(after, frame, "the pipelined frame arrives after the 101, intact");
 }
+
+#[tokio::test]
+async fn graceful_shutdown_sends_close_to_both_sides() {
+    // A backend that reports the close code it receives.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (report, mut reported) = tokio::sync::mpsc::unbounded_channel::<Option<u16>>();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+        ws.send(Message::text("hello")).await.unwrap();
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Close(frame) = msg {
+                let _ = report.send(frame.map(|f| u16::from(f.code)));
+            }
+        }
+    });
+    let mut proxy = plumeway_tests::BinaryProxy::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.u]\ntargets = [\"http://{addr}\"]\n[[routes]]\nupstream = \"u\"\nwebsocket = true\n"
+    ))
+    .await;
+    let (mut ws, _) = within(
+        "connect",
+        tokio_tungstenite::connect_async(format!("ws://{}/", proxy.addr)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hello"));
+
+    proxy.signal("TERM");
+    match next_data(&mut ws).await {
+        Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Away, "the client is told the proxy is going away"),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert_eq!(within("backend's close", reported.recv()).await, Some(Some(1001)));
+    let status = proxy.wait().await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        proxy.logs().iter().any(|l| l.contains("closing open WebSockets")),
+        "{:#?}",
+        proxy.logs()
+    );
+}

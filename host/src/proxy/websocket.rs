@@ -81,13 +81,17 @@ pub(super) fn mark_upgrade(headers: &mut HeaderMap) {
 /// Waits for both sides to finish switching protocols, then copies bytes
 /// both ways. A clean end on one side is passed on as a half-close; an error
 /// on either side, or `idle` without a byte in either direction, closes
-/// both. `in_flight` counts the connection against its endpoint meanwhile.
+/// both. When `shutdown` fires, each direction finishes the frame it is in,
+/// sends a close frame (1001, going away), and the connection ends once the
+/// peers are done or after a short grace period. `in_flight` counts the
+/// connection against its endpoint meanwhile.
 pub(super) async fn splice(
     client: hyper::upgrade::OnUpgrade,
     backend: hyper::upgrade::OnUpgrade,
     idle: Duration,
     in_flight: InFlight,
     endpoint: Arc<str>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(both) => both,
@@ -100,8 +104,23 @@ pub(super) async fn splice(
     let (backend_read, backend_write) = tokio::io::split(TokioIo::new(backend));
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let up = pump(client_read, backend_write, Arc::clone(&last), start);
-    let down = pump(backend_read, client_write, Arc::clone(&last), start);
+    // Frames to the backend are masked (RFC 6455 §5.3), to the client not.
+    let up = pump(
+        client_read,
+        backend_write,
+        Arc::clone(&last),
+        start,
+        shutdown.clone(),
+        close_frame(true),
+    );
+    let down = pump(
+        backend_read,
+        client_write,
+        Arc::clone(&last),
+        start,
+        shutdown,
+        close_frame(false),
+    );
     let watchdog = async {
         loop {
             let since_start = Duration::from_millis(last.load(Ordering::Relaxed));
@@ -133,26 +152,129 @@ pub(super) async fn splice(
     drop(in_flight);
 }
 
+/// How long, after sending close frames at shutdown, the peers get to
+/// answer and hang up.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Copies `from` to `to` until `from` ends (then shuts `to`'s write side,
-/// passing the half-close on), recording activity.
-async fn pump<R, W>(mut from: R, mut to: W, last: Arc<AtomicU64>, start: Instant) -> std::io::Result<()>
+/// passing the half-close on), recording activity. On shutdown it stops at
+/// the next frame boundary, sends `close`, and discards what else `from`
+/// says (the peer's close answer) until it ends or the grace period is over.
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    last: Arc<AtomicU64>,
+    start: Instant,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    close: Vec<u8>,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut frames = Frames::default();
+    let mut stopping = *shutdown.borrow();
     loop {
-        let n = from.read(&mut buf).await?;
+        if stopping && frames.at_boundary() {
+            to.write_all(&close).await?;
+            to.flush().await?;
+            let drain = async {
+                while from.read(&mut buf).await? > 0 {}
+                Ok::<_, std::io::Error>(())
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+            return to.shutdown().await;
+        }
+        let n = tokio::select! {
+            n = from.read(&mut buf) => n?,
+            changed = shutdown.changed(), if !stopping => {
+                stopping = changed.is_err() || *shutdown.borrow();
+                continue;
+            }
+        };
         if n == 0 {
             return to.shutdown().await;
         }
         // Waiting for the write is the backpressure: a slow reader slows
         // the writer instead of growing a buffer here.
         to.write_all(&buf[..n]).await?;
+        frames.feed(&buf[..n]);
         last.store(
             u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+}
+
+/// A close frame with status 1001 (going away), masked when it goes to the
+/// backend.
+fn close_frame(masked: bool) -> Vec<u8> {
+    let payload = 1001u16.to_be_bytes();
+    if !masked {
+        return vec![0x88, 0x02, payload[0], payload[1]];
+    }
+    use std::hash::{BuildHasher, RandomState};
+    let mask = (RandomState::new().hash_one(std::time::SystemTime::now()) as u32).to_be_bytes();
+    vec![
+        0x88,
+        0x82,
+        mask[0],
+        mask[1],
+        mask[2],
+        mask[3],
+        payload[0] ^ mask[0],
+        payload[1] ^ mask[1],
+    ]
+}
+
+/// Follows frame boundaries in one direction of a WebSocket byte stream,
+/// without buffering: header bytes are counted, payloads skipped.
+#[derive(Debug, Default)]
+struct Frames {
+    header: [u8; 14],
+    have: usize,
+    payload_left: u64,
+}
+
+impl Frames {
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.payload_left == 0
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let take = usize::try_from(self.payload_left)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                self.payload_left -= take as u64;
+                bytes = &bytes[take..];
+                continue;
+            }
+            self.header[self.have] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if self.have < 2 {
+                continue;
+            }
+            let len7 = self.header[1] & 0x7f;
+            let extended = match len7 {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+            if self.have < 2 + extended + mask {
+                continue;
+            }
+            self.payload_left = match extended {
+                0 => u64::from(len7),
+                2 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+                _ => u64::from_be_bytes(self.header[2..10].try_into().unwrap_or([0; 8])),
+            };
+            self.have = 0;
+        }
     }
 }
 
@@ -164,6 +286,27 @@ mod tests {
     fn accept_key_matches_the_rfc_example() {
         // RFC 6455 §1.3.
         assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn frame_boundaries_are_followed_across_reads() {
+        let mut f = Frames::default();
+        // A masked 5-byte text frame, split mid-header and mid-payload.
+        let frame = [0x81u8, 0x85, 1, 2, 3, 4, 10, 11, 12, 13, 14];
+        f.feed(&frame[..1]);
+        assert!(!f.at_boundary());
+        f.feed(&frame[1..8]);
+        assert!(!f.at_boundary());
+        f.feed(&frame[8..]);
+        assert!(f.at_boundary());
+        // A 300-byte unmasked frame (16-bit length) plus the next header byte.
+        let mut big = vec![0x82u8, 126, 0x01, 0x2c];
+        big.extend(std::iter::repeat_n(0u8, 300));
+        big.push(0x81);
+        f.feed(&big);
+        assert!(!f.at_boundary(), "in the next frame's header");
+        f.feed(&[0x00]);
+        assert!(f.at_boundary(), "an empty frame ends at its header");
     }
 
     #[test]
