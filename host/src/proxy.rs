@@ -268,11 +268,13 @@ impl Proxy {
             if plugin.needs().request_body {
                 body = self.read_whole(body).await?;
             }
-            let mut outcome = guarded(plugin, ex, plugin.on_request(parts, body.whole(), ex.call()).await)?;
-            if matches!(outcome, Some(RequestOutcome::BufferBody)) {
-                body = self.read_whole(body).await?;
-                outcome = guarded(plugin, ex, plugin.on_request(parts, body.whole(), ex.call()).await)?;
-            }
+            let outcome = loop {
+                let outcome = guarded(plugin, ex, plugin.on_request(parts, body.whole(), ex.call()).await)?;
+                match outcome {
+                    Some(RequestOutcome::BufferBody) if body.whole().is_none() => body = self.read_whole(body).await?,
+                    other => break other,
+                }
+            };
             match outcome {
                 None | Some(RequestOutcome::BufferBody) => {}
                 Some(RequestOutcome::Continue { body: new_body, stash }) => {
@@ -316,23 +318,23 @@ impl Proxy {
             if plugin.needs().response_body {
                 body = body.read_whole(plugin).await?;
             }
-            let mut outcome = guarded(
-                plugin,
-                ex,
-                plugin
-                    .on_response(request, &mut parts, body.whole(), stash, ex.call())
-                    .await,
-            )?;
-            if matches!(outcome, Some(ResponseOutcome::BufferBody)) {
-                body = body.read_whole(plugin).await?;
-                outcome = guarded(
+            // A plugin may ask for the whole body once; asking again is
+            // invalid output (see `Plugin::on_response`).
+            let outcome = loop {
+                let outcome = guarded(
                     plugin,
                     ex,
                     plugin
                         .on_response(request, &mut parts, body.whole(), stash, ex.call())
                         .await,
                 )?;
-            }
+                match outcome {
+                    Some(ResponseOutcome::BufferBody) if body.whole().is_none() => {
+                        body = body.read_whole(plugin).await?;
+                    }
+                    other => break other,
+                }
+            };
             match outcome {
                 None | Some(ResponseOutcome::BufferBody) => {}
                 Some(ResponseOutcome::Continue { status, body: new_body }) => {
