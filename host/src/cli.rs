@@ -246,7 +246,10 @@ fn summary(path: &Path, config: &Config, proxy: &Proxy) -> String {
             u.balancer,
             u.timeouts.connect,
             u.timeouts.response_header,
-            targets.join(", ")
+            match &u.discovery {
+                Some(crate::config::DiscoveryConfig::File { path }) => format!("discovery file {}", path.display()),
+                None => targets.join(", "),
+            }
         );
     }
     let _ = writeln!(out, "plugins ({}):", config.plugins.len());

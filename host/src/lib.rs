@@ -9,6 +9,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 mod demo;
+pub mod discovery;
 pub mod plugin;
 pub mod proxy;
 pub mod router;

@@ -107,6 +107,13 @@ impl Proxy {
                 _ => None,
             };
             let upstream = Arc::new(Upstream::new(name, u, balancer));
+            if let Some(discovery) = &u.discovery {
+                crate::discovery::start(&upstream, discovery, &config.base_dir())
+                    .await
+                    .map_err(|e| {
+                        config.locate(crate::config::Invalid::new(format!("upstreams.{name}.discovery"), e))
+                    })?;
+            }
             upstream.start_health_checks();
             upstreams.insert(name.as_str(), upstream);
         }

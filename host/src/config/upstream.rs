@@ -11,8 +11,14 @@ use super::{Duration, Invalid};
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `targets = ["http://127.0.0.1:9001", { url = "http://127.0.0.1:9002", weight = 3 }]`.
+    /// `targets = ["http://127.0.0.1:9001", { url = "http://127.0.0.1:9002", weight = 3 }]`;
+    /// or leave it out and name a `discovery` back end.
+    #[serde(default)]
     pub targets: Vec<Target>,
+    /// `discovery = { file = { path = "instances.toml" } }`: where the
+    /// endpoints come from when `targets` is not given.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryConfig>,
     /// `balancer = "round-robin"`.
     #[serde(default)]
     pub balancer: Balancer,
@@ -219,6 +225,20 @@ impl Serialize for StatusRange {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&format_args!("{}-{}", self.min, self.max))
     }
+}
+
+/// A service discovery back end.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DiscoveryConfig {
+    /// `file = { path = "instances.toml" }`: a file of instances (TOML
+    /// `[[instances]]` tables, or a JSON array when it ends in `.json`),
+    /// each `{ url, weight, down, metadata }`; watched, and re-read when it
+    /// changes. A path is relative to the config file.
+    File {
+        /// The instances file.
+        path: std::path::PathBuf,
+    },
 }
 
 /// One endpoint of an upstream: `"http://host:port"` or
@@ -439,11 +459,16 @@ impl UpstreamConfig {
                 errors.push(Invalid::new(format!("{key}.health.interval"), "must be at least 10ms"));
             }
         }
-        if self.targets.is_empty() {
-            errors.push(Invalid::new(
+        match (&self.discovery, self.targets.is_empty()) {
+            (None, true) => errors.push(Invalid::new(
                 format!("{key}.targets"),
-                "an upstream needs at least one target, e.g. targets = [\"http://127.0.0.1:9001\"]",
-            ));
+                "an upstream needs at least one target, e.g. targets = [\"http://127.0.0.1:9001\"], or a discovery back end",
+            )),
+            (Some(_), false) => errors.push(Invalid::new(
+                format!("{key}.discovery"),
+                "give either targets or discovery, not both",
+            )),
+            _ => {}
         }
         for (i, t) in self.targets.iter().enumerate() {
             if self.targets[..i].iter().any(|o| o.url == t.url) {

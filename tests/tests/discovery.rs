@@ -1,0 +1,82 @@
+//! Service discovery with real back ends: the proxy follows the live set of
+//! instances without a restart.
+
+use std::path::Path;
+use std::time::Duration;
+
+use plumeway_tests::{Backend, TestProxy, within};
+
+fn instances(urls: &[&str]) -> String {
+    urls.iter().map(|u| format!("[[instances]]\nurl = \"{u}\"\n")).collect()
+}
+
+/// Replaces `path` the way deploy tools do: write a temporary file, rename.
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Asks until the proxy answers from `backend`, within the test's bound.
+async fn until_served_by(proxy: &TestProxy, backend: &str) {
+    within(&format!("traffic moves to {backend}"), async {
+        loop {
+            let reply = proxy.client().get("/").await;
+            if reply.status == 200 && reply.echo().backend == backend {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn file_discovery_follows_edits_and_keeps_the_last_good_set() {
+    let (a, b, c) = (
+        Backend::echo("a").await,
+        Backend::echo("b").await,
+        Backend::echo("c").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("instances.toml");
+    std::fs::write(&file, instances(&[&a.url()])).unwrap();
+    let proxy = TestProxy::start(&format!(
+        "[upstreams.u]\ndiscovery = {{ file = {{ path = {:?} }} }}\n[[routes]]\nupstream = \"u\"\n",
+        file.display().to_string()
+    ))
+    .await;
+    assert_eq!(proxy.client().get("/").await.echo().backend, "a");
+
+    write_atomically(&file, &instances(&[&b.url()]));
+    until_served_by(&proxy, "b").await;
+    let a_hits = a.hits();
+
+    // A broken edit: the last good set keeps serving.
+    std::fs::write(&file, "[[instances]]\nurl = \"not a url\"\n").unwrap();
+    for _ in 0..20 {
+        let reply = proxy.client().get("/").await;
+        assert_eq!(reply.echo().backend, "b", "the broken edit must not take effect");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // …and the watch is still alive for the next good edit.
+    write_atomically(&file, &instances(&[&c.url(), &b.url()]));
+    until_served_by(&proxy, "c").await;
+    assert_eq!(a.hits(), a_hits, "a left the set and got nothing more");
+}
+
+#[tokio::test]
+async fn a_missing_instances_file_is_a_config_error() {
+    let config = plumeway::config::Config::parse(
+        Path::new("p.toml"),
+        "[upstreams.u]\ndiscovery = { file = { path = \"/nonexistent/instances.toml\" } }\n[[routes]]\nupstream = \"u\"\n",
+    )
+    .unwrap();
+    let err = plumeway::proxy::Proxy::build(&config).await.unwrap_err();
+    assert_eq!(err.key(), "upstreams.u.discovery");
+    assert!(
+        err.message().starts_with("cannot read /nonexistent/instances.toml"),
+        "{}",
+        err.message()
+    );
+}
