@@ -27,8 +27,8 @@ pub use route::{MatchConfig, RouteConfig};
 pub use server::{Limits, ServerConfig, ServerTimeouts};
 pub use size::Size;
 pub use upstream::{
-    Balancer, CircuitBreakerConfig, DiscoveryConfig, HealthConfig, PassiveConfig, PoolConfig, RetryConfig, StatusRange,
-    Target, TargetUrl, UpstreamConfig, UpstreamTimeouts,
+    Balancer, CircuitBreakerConfig, DiscoveryConfig, DnsDiscovery, DnsRecord, HealthConfig, PassiveConfig, PoolConfig,
+    RetryConfig, StatusRange, Target, TargetUrl, UpstreamConfig, UpstreamTimeouts,
 };
 
 /// A whole plumeway configuration file.

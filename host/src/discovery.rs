@@ -5,6 +5,7 @@
 //! what the proxy knows about endpoints that stay and drains the others.
 //! A back end that fails later keeps the last good set.
 
+mod dns;
 mod file;
 
 use std::path::Path;
@@ -18,5 +19,6 @@ use crate::upstream::Upstream;
 pub async fn start(upstream: &Arc<Upstream>, config: &DiscoveryConfig, base_dir: &Path) -> Result<(), String> {
     match config {
         DiscoveryConfig::File { path } => file::start(upstream, &base_dir.join(path)).await,
+        DiscoveryConfig::Dns(dns) => dns::start(upstream, dns).await,
     }
 }

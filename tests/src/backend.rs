@@ -53,7 +53,17 @@ impl Backend {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<BackendBody>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), handler).await
+    }
+
+    /// Like [`Backend::start`], on a chosen address (another loopback
+    /// address, a fixed port).
+    pub async fn start_on<F, Fut>(addr: SocketAddr, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<BackendBody>> + Send + 'static,
+    {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let handler = Arc::new(handler);
@@ -86,6 +96,16 @@ impl Backend {
             task,
             connections,
         }
+    }
+
+    /// An echo backend (see [`Backend::echo`]) on a chosen address.
+    pub async fn echo_on(name: &str, addr: SocketAddr) -> Self {
+        let name = name.to_owned();
+        Self::start_on(addr, move |req| {
+            let name = name.clone();
+            async move { echo_response(&name, req).await }
+        })
+        .await
     }
 
     /// A backend that answers with a JSON description of the request it got,

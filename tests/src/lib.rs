@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod chaos;
+pub mod dns;
 /// Paths of the compiled test plugins, and `foreach_test_plugin!`.
 pub mod plugins {
     include!(concat!(env!("OUT_DIR"), "/test_plugins.rs"));

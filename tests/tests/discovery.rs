@@ -80,3 +80,32 @@ async fn a_missing_instances_file_is_a_config_error() {
         err.message()
     );
 }
+
+#[tokio::test]
+async fn dns_discovery_follows_changed_a_records() {
+    // Two backends on different loopback addresses, same port: A records
+    // carry no port.
+    let first = Backend::echo_on("first", "127.0.0.2:0".parse().unwrap()).await;
+    let port = first.addr.port();
+    let second = Backend::echo_on("second", format!("127.0.0.3:{port}").parse().unwrap()).await;
+    let dns = plumeway_tests::dns::Dnsmasq::start("127.0.0.2 users.test\n");
+    let proxy = TestProxy::start(&format!(
+        "[upstreams.u]\ndiscovery = {{ dns = {{ name = \"users.test\", port = {port}, server = \"{}\" }} }}\n[[routes]]\nupstream = \"u\"\n",
+        dns.addr
+    ))
+    .await;
+    until_served_by(&proxy, "first").await;
+
+    dns.set_hosts("127.0.0.3 users.test\n");
+    until_served_by(&proxy, "second").await;
+    let before = first.hits();
+    for _ in 0..5 {
+        assert_eq!(proxy.client().get("/").await.echo().backend, "second");
+    }
+    assert_eq!(first.hits(), before, "the old address left the set");
+
+    // Both addresses: both serve.
+    dns.set_hosts("127.0.0.2 users.test\n127.0.0.3 users.test\n");
+    until_served_by(&proxy, "first").await;
+    drop(second);
+}

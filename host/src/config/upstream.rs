@@ -239,6 +239,45 @@ pub enum DiscoveryConfig {
         /// The instances file.
         path: std::path::PathBuf,
     },
+    /// `dns = { name = "users.svc", type = "a", port = 8080, server = "127.0.0.1:53", hold = "60s" }`:
+    /// A records (each address on `port`) or SRV records (their targets and
+    /// ports, SRV weights as weights), re-resolved when their TTL runs out.
+    /// Without `server` the system's resolver configuration is used. A
+    /// failed lookup keeps the last good set for `hold`.
+    Dns(DnsDiscovery),
+}
+
+/// The `dns` discovery back end.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsDiscovery {
+    /// The name to resolve.
+    pub name: String,
+    /// `"a"` (the default) or `"srv"`.
+    #[serde(rename = "type", default)]
+    pub record: DnsRecord,
+    /// The port of every address, for A records.
+    pub port: Option<u16>,
+    /// The DNS server to ask, e.g. `"127.0.0.1:8600"`.
+    pub server: Option<std::net::SocketAddr>,
+    /// How long the last good set is kept while lookups fail.
+    #[serde(default = "default_hold")]
+    pub hold: Duration,
+}
+
+fn default_hold() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Which DNS records name the instances.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsRecord {
+    /// Addresses; the port comes from the config.
+    #[default]
+    A,
+    /// Service records: target, port and weight.
+    Srv,
 }
 
 /// One endpoint of an upstream: `"http://host:port"` or
@@ -464,6 +503,12 @@ impl UpstreamConfig {
                 format!("{key}.targets"),
                 "an upstream needs at least one target, e.g. targets = [\"http://127.0.0.1:9001\"], or a discovery back end",
             )),
+            (Some(DiscoveryConfig::Dns(d)), true) if d.record == DnsRecord::A && d.port.is_none() => {
+                errors.push(Invalid::new(
+                    format!("{key}.discovery.dns.port"),
+                    "A records carry no port: give port = N (or use type = \"srv\")",
+                ))
+            }
             (Some(_), false) => errors.push(Invalid::new(
                 format!("{key}.discovery"),
                 "give either targets or discovery, not both",
