@@ -20,6 +20,12 @@ impl Dnsmasq {
     /// TTL so that changes are seen quickly. Installs Debian's dnsmasq-base
     /// first when the binary is missing (these machines run as root).
     pub fn start(hosts: &str) -> Self {
+        Self::start_with(hosts, &[])
+    }
+
+    /// Like [`Dnsmasq::start`], with extra dnsmasq options (e.g.
+    /// `--srv-host=…`, which only a restart changes).
+    pub fn start_with(hosts: &str, options: &[String]) -> Self {
         ensure_installed();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("hosts");
@@ -47,6 +53,7 @@ impl Dnsmasq {
                 ])
                 .arg(format!("--port={port}"))
                 .arg(format!("--addn-hosts={}", path.display()))
+                .args(options)
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).expect("log file"))
                 .spawn()

@@ -109,3 +109,28 @@ async fn dns_discovery_follows_changed_a_records() {
     until_served_by(&proxy, "first").await;
     drop(second);
 }
+
+#[tokio::test]
+async fn dns_discovery_reads_srv_targets_ports_and_weights() {
+    // Two instances on one address, told apart by the ports in their SRV
+    // records, weighted 1:3.
+    let light = Backend::echo_on("light", "127.0.0.2:0".parse().unwrap()).await;
+    let heavy = Backend::echo_on("heavy", "127.0.0.2:0".parse().unwrap()).await;
+    let dns = plumeway_tests::dns::Dnsmasq::start_with(
+        "127.0.0.2 node.test\n",
+        &[
+            format!("--srv-host=_http._tcp.users.test,node.test,{},0,1", light.addr.port()),
+            format!("--srv-host=_http._tcp.users.test,node.test,{},0,3", heavy.addr.port()),
+        ],
+    );
+    let proxy = TestProxy::start(&format!(
+        "[upstreams.u]\ndiscovery = {{ dns = {{ name = \"_http._tcp.users.test\", type = \"srv\", server = \"{}\" }} }}\nbalancer = \"weighted\"\n[[routes]]\nupstream = \"u\"\n",
+        dns.addr
+    ))
+    .await;
+    for _ in 0..400 {
+        assert_eq!(proxy.client().get("/").await.status, 200);
+    }
+    // SRV weights became endpoint weights: 1:3 of 400 requests.
+    assert_eq!((light.hits(), heavy.hits()), (100, 300));
+}
