@@ -514,23 +514,11 @@ impl Proxy {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 upstream.record(endpoint, false);
-                let (upstream, endpoint) = (Arc::clone(upstream.name()), Arc::clone(endpoint.label()));
-                return Err(if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                    ProxyError::ConnectionRefused { upstream, endpoint }
-                } else {
-                    ProxyError::UpstreamFailed {
-                        upstream,
-                        endpoint,
-                        reason: e.to_string(),
-                    }
-                });
+                return Err(self.upstream_error(PoolError::connect(&e), upstream, endpoint));
             }
             Err(_elapsed) => {
                 upstream.record(endpoint, false);
-                return Err(ProxyError::ConnectionTimeout {
-                    upstream: Arc::clone(upstream.name()),
-                    endpoint: Arc::clone(endpoint.label()),
-                });
+                return Err(self.upstream_error(PoolError::ConnectionTimeout, upstream, endpoint));
             }
         };
         let _ = stream.set_nodelay(true);
@@ -636,6 +624,22 @@ impl Proxy {
         })
     }
 
+    /// The proxy's error for a failed exchange with `endpoint`.
+    fn upstream_error(&self, err: PoolError, upstream: &Upstream, endpoint: &crate::upstream::Endpoint) -> ProxyError {
+        let (upstream, endpoint) = (Arc::clone(upstream.name()), Arc::clone(endpoint.label()));
+        match err {
+            PoolError::ConnectionRefused => ProxyError::ConnectionRefused { upstream, endpoint },
+            PoolError::ConnectionTimeout => ProxyError::ConnectionTimeout { upstream, endpoint },
+            PoolError::RequestBodyTooLarge => ProxyError::BodyTooLarge { limit: self.max_body },
+            PoolError::RequestBody(reason) => ProxyError::ClientBody { reason },
+            PoolError::Connect(reason) | PoolError::Protocol(reason) => ProxyError::UpstreamFailed {
+                upstream,
+                endpoint,
+                reason,
+            },
+        }
+    }
+
     /// Whether a failed attempt may be tried again elsewhere: a connection
     /// that never carried the request, or an idempotent request.
     fn retryable(&self, err: &ProxyError, method: &http::Method) -> bool {
@@ -716,20 +720,7 @@ impl Proxy {
                     timeout,
                 });
             }
-            Ok(Err(err)) => {
-                let (upstream, endpoint) = names();
-                return Err(match err {
-                    PoolError::ConnectionRefused => ProxyError::ConnectionRefused { upstream, endpoint },
-                    PoolError::ConnectionTimeout => ProxyError::ConnectionTimeout { upstream, endpoint },
-                    PoolError::RequestBodyTooLarge => ProxyError::BodyTooLarge { limit: self.max_body },
-                    PoolError::RequestBody(reason) => ProxyError::ClientBody { reason },
-                    PoolError::Connect(reason) | PoolError::Protocol(reason) => ProxyError::UpstreamFailed {
-                        upstream,
-                        endpoint,
-                        reason,
-                    },
-                });
-            }
+            Ok(Err(err)) => return Err(self.upstream_error(err, upstream, endpoint)),
         };
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop_response(&mut parts.headers);

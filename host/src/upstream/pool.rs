@@ -44,6 +44,17 @@ pub enum PoolError {
     Protocol(String),
 }
 
+impl PoolError {
+    /// Classifies a failure to open a TCP connection to an endpoint.
+    pub fn connect(err: &io::Error) -> Self {
+        match err.kind() {
+            io::ErrorKind::ConnectionRefused => Self::ConnectionRefused,
+            io::ErrorKind::TimedOut => Self::ConnectionTimeout,
+            _ => Self::Connect(err.to_string()),
+        }
+    }
+}
+
 impl Pool {
     /// A pool configured from an upstream's `pool` and `timeouts`.
     pub fn new(pool: &PoolConfig, timeouts: &UpstreamTimeouts) -> Self {
@@ -67,12 +78,10 @@ impl Pool {
 
 fn classify(err: hyper_util::client::legacy::Error) -> PoolError {
     if err.is_connect() {
-        let io_kind = causes(&err)
-            .find_map(|e| e.downcast_ref::<io::Error>())
-            .map(io::Error::kind);
-        return match io_kind {
-            Some(io::ErrorKind::ConnectionRefused) => PoolError::ConnectionRefused,
-            Some(io::ErrorKind::TimedOut) => PoolError::ConnectionTimeout,
+        let io = causes(&err).find_map(|e| e.downcast_ref::<io::Error>());
+        return match io.map(PoolError::connect) {
+            Some(e @ (PoolError::ConnectionRefused | PoolError::ConnectionTimeout)) => e,
+            // The whole chain says more than the innermost I/O error.
             _ => PoolError::Connect(chain(&err)),
         };
     }
