@@ -247,8 +247,7 @@ fn summary(path: &Path, config: &Config, proxy: &Proxy) -> String {
             u.timeouts.connect,
             u.timeouts.response_header,
             match &u.discovery {
-                Some(crate::config::DiscoveryConfig::File { path }) => format!("discovery file {}", path.display()),
-                Some(crate::config::DiscoveryConfig::Dns(d)) => format!("discovery dns {} ({:?})", d.name, d.record),
+                Some(discovery) => discovery.to_string(),
                 None => targets.join(", "),
             }
         );

@@ -6,6 +6,7 @@
 //! naming an upstream that does not exist). Every error names the file, the
 //! line and the key.
 
+mod discovery;
 mod duration;
 mod error;
 mod plugin;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use discovery::{ConsulDiscovery, DiscoveryConfig, DnsDiscovery, DnsRecord, EtcdDiscovery};
 pub use duration::Duration;
 pub use error::{ConfigError, Invalid};
 pub use plugin::{Isolation, MAX_PLUGIN_MEMORY, OnFailure, PluginConfig, PluginLimits};
@@ -27,8 +29,8 @@ pub use route::{MatchConfig, RouteConfig};
 pub use server::{Limits, ServerConfig, ServerTimeouts};
 pub use size::Size;
 pub use upstream::{
-    Balancer, CircuitBreakerConfig, DiscoveryConfig, DnsDiscovery, DnsRecord, HealthConfig, PassiveConfig, PoolConfig,
-    RetryConfig, StatusRange, Target, TargetUrl, UpstreamConfig, UpstreamTimeouts,
+    Balancer, CircuitBreakerConfig, HealthConfig, PassiveConfig, PoolConfig, RetryConfig, StatusRange, Target,
+    TargetUrl, UpstreamConfig, UpstreamTimeouts,
 };
 
 /// A whole plumeway configuration file.

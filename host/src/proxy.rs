@@ -111,7 +111,10 @@ impl Proxy {
                 crate::discovery::start(&upstream, discovery, &config.base_dir())
                     .await
                     .map_err(|e| {
-                        config.locate(crate::config::Invalid::new(format!("upstreams.{name}.discovery"), e))
+                        config.locate(crate::config::Invalid::new(
+                            format!("upstreams.{name}.discovery"),
+                            e.to_string(),
+                        ))
                     })?;
             }
             upstream.start_health_checks();

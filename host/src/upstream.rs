@@ -44,6 +44,18 @@ pub struct Upstream {
     budget: RetryBudget,
     passive: PassiveConfig,
     health: Option<HealthConfig>,
+    /// Tasks that work for this upstream (discovery watches), stopped when
+    /// it is dropped, so that a long watch does not outlive a reload.
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let tasks = self.tasks.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for task in tasks.drain(..) {
+            task.abort();
+        }
+    }
 }
 
 /// The endpoints an upstream has at one moment, with the built-in balancer
@@ -121,7 +133,17 @@ impl Upstream {
             budget: RetryBudget::new(config.retry.budget_percent),
             passive: config.passive.clone(),
             health: config.health.clone(),
+            tasks: std::sync::Mutex::default(),
         }
+    }
+
+    /// Ties `task` to this upstream: it is aborted when the upstream is
+    /// dropped.
+    pub fn own_task(&self, task: &tokio::task::JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(task.abort_handle());
     }
 
     /// The endpoints now.

@@ -26,7 +26,7 @@ impl Dnsmasq {
     /// Like [`Dnsmasq::start`], with extra dnsmasq options (e.g.
     /// `--srv-host=…`, which only a restart changes).
     pub fn start_with(hosts: &str, options: &[String]) -> Self {
-        ensure_installed();
+        crate::ensure_installed("dnsmasq", &["dnsmasq-base"]);
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("hosts");
         std::fs::write(&path, hosts).expect("hosts file");
@@ -98,27 +98,6 @@ impl Drop for Dnsmasq {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn ensure_installed() {
-    if Command::new("dnsmasq")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        return;
-    }
-    let _ = Command::new("apt-get").arg("update").stdout(Stdio::null()).status();
-    let installed = Command::new("apt-get")
-        .args(["install", "-y", "dnsmasq-base"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        installed,
-        "dnsmasq is missing and `apt-get install dnsmasq-base` failed"
-    );
 }
 
 /// dnsmasq's TCP listener answers once it is up; an early exit is a failure.

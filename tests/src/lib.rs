@@ -4,7 +4,9 @@
 
 pub mod backend;
 pub mod chaos;
+pub mod consul;
 pub mod dns;
+pub mod etcd;
 /// Paths of the compiled test plugins, and `foreach_test_plugin!`.
 pub mod plugins {
     include!(concat!(env!("OUT_DIR"), "/test_plugins.rs"));
@@ -25,4 +27,46 @@ pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
         Ok(v) => v,
         Err(_) => panic!("timed out after {STEP:?}: {what}"),
     }
+}
+
+/// Makes sure `binary` runs, installing Debian's `packages` when it does
+/// not (these machines run tests as root; `.ci/run` installs them first so
+/// that apt stays out of a normal test run).
+pub fn ensure_installed(binary: &str, packages: &[&str]) {
+    let runs = |b: &str| {
+        std::process::Command::new(b)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if runs(binary) {
+        return;
+    }
+    let _ = std::process::Command::new("apt-get")
+        .arg("update")
+        .stdout(std::process::Stdio::null())
+        .status();
+    let installed = std::process::Command::new("apt-get")
+        .args(["install", "-y"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        installed && runs(binary),
+        "{binary} is missing and `apt-get install {}` failed",
+        packages.join(" ")
+    );
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (for servers that must
+/// be told their port, and may lose it to another test: retry on failure).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use plumeway_tests::etcd::Etcd;
 use plumeway_tests::{Backend, TestProxy, within};
 
 fn instances(urls: &[&str]) -> String {
@@ -15,6 +16,38 @@ fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Asks until the backends the proxy spreads requests over are exactly
+/// `names`: a window of requests (enough for round robin to visit every
+/// endpoint twice) answered by them all and by nothing else.
+async fn until_served_exactly_by(proxy: &TestProxy, names: &[&str]) {
+    let mut want: Vec<&str> = names.to_vec();
+    want.sort_unstable();
+    let mut seen = Vec::new();
+    within(
+        &format!("traffic goes to exactly {want:?} (last seen: {seen:?})"),
+        async {
+            loop {
+                seen.clear();
+                for _ in 0..(2 * want.len()).max(4) {
+                    let reply = proxy.client().get("/").await;
+                    seen.push(if reply.status == 200 {
+                        reply.echo().backend
+                    } else {
+                        reply.status.to_string()
+                    });
+                }
+                seen.sort_unstable();
+                seen.dedup();
+                if seen == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
 }
 
 /// Asks until the proxy answers from `backend`, within the test's bound.
@@ -133,4 +166,110 @@ async fn dns_discovery_reads_srv_targets_ports_and_weights() {
     }
     // SRV weights became endpoint weights: 1:3 of 400 requests.
     assert_eq!((light.hits(), heavy.hits()), (100, 300));
+}
+
+fn etcd_config(etcd: &Etcd) -> String {
+    format!(
+        "[upstreams.u]\ndiscovery = {{ etcd = {{ endpoints = [\"{}\"], prefix = \"/services/users/\" }} }}\n[[routes]]\nupstream = \"u\"\n",
+        etcd.url
+    )
+}
+
+fn record(url: &str) -> String {
+    serde_json::json!({ "url": url, "weight": 1, "metadata": { "zone": "a" } }).to_string()
+}
+
+#[tokio::test]
+async fn etcd_discovery_follows_the_live_set_across_a_restart() {
+    let (a, b, c) = (
+        Backend::echo("a").await,
+        Backend::echo("b").await,
+        Backend::echo("c").await,
+    );
+    let mut etcd = Etcd::start();
+    etcd.put("/services/users/a", &record(&a.url()));
+    // A key that sorts right after the prefix but is not under it.
+    etcd.put("/services/users0", &record(&c.url()));
+    let proxy = TestProxy::start(&etcd_config(&etcd)).await;
+    until_served_exactly_by(&proxy, &["a"]).await;
+
+    etcd.put("/services/users/b", &record(&b.url()));
+    until_served_exactly_by(&proxy, &["a", "b"]).await;
+    etcd.delete("/services/users/a");
+    until_served_exactly_by(&proxy, &["b"]).await;
+
+    // A value that is not a record is skipped; the rest keeps serving.
+    etcd.put("/services/users/c", "not json");
+    etcd.put("/services/users/d", &record(&a.url()));
+    until_served_exactly_by(&proxy, &["a", "b"]).await;
+    etcd.delete("/services/users/d");
+    until_served_exactly_by(&proxy, &["b"]).await;
+
+    // etcd crashes: the last good set keeps serving while it is down.
+    etcd.stop();
+    for _ in 0..10 {
+        assert_eq!(proxy.client().get("/").await.echo().backend, "b");
+    }
+    // It comes back; changes made before the proxy reconnects, with the
+    // history compacted under them, are still all seen.
+    etcd.restart();
+    etcd.put("/services/users/c", &record(&c.url()));
+    etcd.put("/services/users/a", &record(&a.url()));
+    etcd.delete("/services/users/b");
+    etcd.compact();
+    until_served_exactly_by(&proxy, &["a", "c"]).await;
+    // …and the watch is live again afterwards.
+    etcd.delete("/services/users/a");
+    until_served_exactly_by(&proxy, &["c"]).await;
+}
+
+#[tokio::test]
+async fn etcd_registration_lives_with_its_lease() {
+    use plumeway::discovery::{Discovery, Etcd as EtcdBackend, Registration};
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let etcd = Etcd::start();
+    etcd.put("/services/users/a", &record(&a.url()));
+    let proxy = TestProxy::start(&etcd_config(&etcd)).await;
+    until_served_exactly_by(&proxy, &["a"]).await;
+
+    let config = plumeway::config::EtcdDiscovery {
+        endpoints: vec![plumeway::config::TargetUrl::parse(&etcd.url).unwrap()],
+        prefix: "/services/users/".into(),
+        timeout: plumeway::config::Duration::from_secs(2),
+    };
+    let registry = EtcdBackend::new(&config);
+    let instance = Registration {
+        id: "b-1".into(),
+        url: plumeway::config::TargetUrl::parse(&b.url()).unwrap(),
+        weight: 1,
+        metadata: [("zone".to_owned(), "b".to_owned())].into(),
+        ttl: Duration::from_secs(2),
+    };
+    registry.register(&instance).await.unwrap();
+    until_served_exactly_by(&proxy, &["a", "b"]).await;
+    // Kept alive past its TTL by the owner's renewals.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        etcd.keys("/services/users/")
+            .contains(&"/services/users/b-1".to_owned())
+    );
+    until_served_exactly_by(&proxy, &["a", "b"]).await;
+
+    // Marked failing: out of the set; passing again: back.
+    registry.set_health("b-1", false).await.unwrap();
+    until_served_exactly_by(&proxy, &["a"]).await;
+    registry.set_health("b-1", true).await.unwrap();
+    until_served_exactly_by(&proxy, &["a", "b"]).await;
+
+    // Deregistered: gone at once.
+    registry.deregister("b-1").await.unwrap();
+    until_served_exactly_by(&proxy, &["a"]).await;
+
+    // The owner dies without a word: the lease expires and the instance
+    // disappears by itself.
+    registry.register(&instance).await.unwrap();
+    until_served_exactly_by(&proxy, &["a", "b"]).await;
+    drop(registry);
+    until_served_exactly_by(&proxy, &["a"]).await;
+    assert_eq!(etcd.keys("/services/users/"), ["/services/users/a"]);
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use http::uri::{Authority, Scheme, Uri};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Duration, Invalid};
+use super::{DiscoveryConfig, DnsRecord, Duration, Invalid};
 
 /// `[upstreams.NAME]`: a set of endpoints that serve the same thing.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -225,59 +225,6 @@ impl Serialize for StatusRange {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&format_args!("{}-{}", self.min, self.max))
     }
-}
-
-/// A service discovery back end.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub enum DiscoveryConfig {
-    /// `file = { path = "instances.toml" }`: a file of instances (TOML
-    /// `[[instances]]` tables, or a JSON array when it ends in `.json`),
-    /// each `{ url, weight, down, metadata }`; watched, and re-read when it
-    /// changes. A path is relative to the config file.
-    File {
-        /// The instances file.
-        path: std::path::PathBuf,
-    },
-    /// `dns = { name = "users.svc", type = "a", port = 8080, server = "127.0.0.1:53", hold = "60s" }`:
-    /// A records (each address on `port`) or SRV records (their targets and
-    /// ports, SRV weights as weights), re-resolved when their TTL runs out.
-    /// Without `server` the system's resolver configuration is used. A
-    /// failed lookup keeps the last good set for `hold`.
-    Dns(DnsDiscovery),
-}
-
-/// The `dns` discovery back end.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct DnsDiscovery {
-    /// The name to resolve.
-    pub name: String,
-    /// `"a"` (the default) or `"srv"`.
-    #[serde(rename = "type", default)]
-    pub record: DnsRecord,
-    /// The port of every address, for A records.
-    pub port: Option<u16>,
-    /// The DNS server to ask, e.g. `"127.0.0.1:8600"`.
-    pub server: Option<std::net::SocketAddr>,
-    /// How long the last good set is kept while lookups fail.
-    #[serde(default = "default_hold")]
-    pub hold: Duration,
-}
-
-fn default_hold() -> Duration {
-    Duration::from_secs(60)
-}
-
-/// Which DNS records name the instances.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DnsRecord {
-    /// Addresses; the port comes from the config.
-    #[default]
-    A,
-    /// Service records: target, port and weight.
-    Srv,
 }
 
 /// One endpoint of an upstream: `"http://host:port"` or
@@ -507,6 +454,22 @@ impl UpstreamConfig {
                 errors.push(Invalid::new(
                     format!("{key}.discovery.dns.port"),
                     "A records carry no port: give port = N (or use type = \"srv\")",
+                ))
+            }
+            (Some(DiscoveryConfig::Etcd(e)), true) if e.prefix.is_empty() => errors.push(Invalid::new(
+                format!("{key}.discovery.etcd.prefix"),
+                "give a key prefix, e.g. prefix = \"/services/users/\"",
+            )),
+            (Some(DiscoveryConfig::Consul(c)), true) if c.service.is_empty() => errors.push(Invalid::new(
+                format!("{key}.discovery.consul.service"),
+                "give the service name",
+            )),
+            (Some(DiscoveryConfig::Consul(c)), true)
+                if c.wait < Duration::from_secs(1) || c.wait > Duration::from_secs(600) =>
+            {
+                errors.push(Invalid::new(
+                    format!("{key}.discovery.consul.wait"),
+                    "must be between 1s and 10m (Consul caps a blocking query at 10 minutes)",
                 ))
             }
             (Some(_), false) => errors.push(Invalid::new(

@@ -9,41 +9,20 @@
 //! ```
 //! or, in a file ending in `.json`, `[{"url": "http://10.0.0.5:8080", "weight": 2}]`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 
-use crate::config::{Target, TargetUrl};
-use crate::upstream::Upstream;
+use super::{Discovery, Error, Record};
+use crate::config::Target;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TomlFile {
     #[serde(default)]
-    instances: Vec<Instance>,
-}
-
-/// One instance in the file.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Instance {
-    url: String,
-    #[serde(default = "one")]
-    weight: u32,
-    #[serde(default)]
-    down: bool,
-    /// Free-form labels, for humans and (later) filters.
-    #[serde(default)]
-    #[expect(dead_code, reason = "accepted now so files can carry it; filters will read it")]
-    metadata: BTreeMap<String, serde_json::Value>,
-}
-
-fn one() -> u32 {
-    1
+    instances: Vec<Record>,
 }
 
 /// Edits often land in several writes; wait this long after an event
@@ -53,7 +32,7 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// Reads the instances in `path`.
 fn read(path: &Path) -> Result<Vec<Target>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let instances: Vec<Instance> = if path.extension().is_some_and(|e| e == "json") {
+    let instances: Vec<Record> = if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
     } else {
         toml::from_str::<TomlFile>(&text)
@@ -64,72 +43,83 @@ fn read(path: &Path) -> Result<Vec<Target>, String> {
         .into_iter()
         .enumerate()
         .map(|(i, inst)| {
-            let url = TargetUrl::parse(&inst.url).map_err(|e| format!("{}: instance {i}: {e}", path.display()))?;
-            if inst.weight == 0 {
-                return Err(format!("{}: instance {i}: weight must be at least 1", path.display()));
-            }
-            Ok(Target {
-                url,
-                weight: inst.weight,
-                down: inst.down,
-            })
+            inst.target()
+                .map_err(|e| format!("{}: instance {i}: {e}", path.display()))
         })
         .collect()
 }
 
-/// Reads the file (an error here fails the config load), then watches its
-/// directory, so an atomic rename onto the file is seen as well as an edit.
-pub(super) async fn start(upstream: &Arc<Upstream>, path: &Path) -> Result<(), String> {
-    let first = read(path)?;
-    upstream.set_targets(&first);
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
-    let name = path
-        .file_name()
-        .map(ToOwned::to_owned)
-        .ok_or_else(|| format!("{} is not a file", path.display()))?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let _ = tx.send(event);
-    })
-    .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
+/// The `file` back end: the instances in one file, re-read when it changes.
+pub struct File {
+    path: PathBuf,
+    /// File events; the watcher lives as long as this back end.
+    events: tokio::sync::mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("File").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl File {
+    /// Watches `path`'s directory, so that an atomic rename onto the file
+    /// is seen as well as an edit in place.
+    pub fn new(path: &Path) -> Result<Self, Error> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let _ = tx.send(event);
+        })
         .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    let upstream = Arc::downgrade(upstream);
-    let path: PathBuf = path.to_owned();
-    tokio::spawn(async move {
-        // The watcher lives as long as this task.
-        let _watcher = watcher;
-        let mut last = first;
-        while let Some(event) = rx.recv().await {
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            events,
+            _watcher: watcher,
+        })
+    }
+}
+
+impl Discovery for File {
+    const KIND: &'static str = "file";
+    // A bad edit is fixed by the next edit, which the watch waits for: no
+    // backoff on top.
+    const FIRST_RETRY: Duration = Duration::ZERO;
+    const MAX_RETRY: Duration = Duration::ZERO;
+
+    async fn resolve(&mut self) -> Result<Vec<Target>, Error> {
+        let targets = read(&self.path)?;
+        if targets.is_empty() {
+            return Err(Error::Failed(format!("{} lists no instance", self.path.display())));
+        }
+        Ok(targets)
+    }
+
+    async fn watch(&mut self) -> Result<Vec<Target>, Error> {
+        let name = self.path.file_name();
+        loop {
+            let Some(event) = self.events.recv().await else {
+                // The watcher is gone; nothing will change any more.
+                return std::future::pending().await;
+            };
             let touches = match &event {
-                Ok(e) => e.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())),
+                Ok(e) => e.paths.iter().any(|p| p.file_name() == name),
                 Err(_) => true,
             };
-            if !touches {
-                continue;
-            }
-            tokio::time::sleep(SETTLE).await;
-            while rx.try_recv().is_ok() {}
-            let Some(upstream) = upstream.upgrade() else { return };
-            match read(&path) {
-                Ok(targets) if targets.is_empty() => {
-                    tracing::warn!(upstream = &**upstream.name(), file = %path.display(), "instances file lists no instance; keeping the last good set");
-                }
-                Ok(targets) if targets != last => {
-                    upstream.set_targets(&targets);
-                    last = targets;
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(upstream = &**upstream.name(), error = %err, "instances file rejected; keeping the last good set");
-                }
+            if touches {
+                break;
             }
         }
-    });
-    Ok(())
+        tokio::time::sleep(SETTLE).await;
+        while self.events.try_recv().is_ok() {}
+        self.resolve().await
+    }
 }
