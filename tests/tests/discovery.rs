@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use plumeway_tests::consul::{ConsulApi, RealConsul, TestConsul};
 use plumeway_tests::etcd::Etcd;
 use plumeway_tests::{Backend, TestProxy, within};
 
@@ -24,30 +25,29 @@ fn write_atomically(path: &Path, text: &str) {
 async fn until_served_exactly_by(proxy: &TestProxy, names: &[&str]) {
     let mut want: Vec<&str> = names.to_vec();
     want.sort_unstable();
-    let mut seen = Vec::new();
-    within(
-        &format!("traffic goes to exactly {want:?} (last seen: {seen:?})"),
-        async {
-            loop {
-                seen.clear();
-                for _ in 0..(2 * want.len()).max(4) {
-                    let reply = proxy.client().get("/").await;
-                    seen.push(if reply.status == 200 {
-                        reply.echo().backend
-                    } else {
-                        reply.status.to_string()
-                    });
-                }
-                seen.sort_unstable();
-                seen.dedup();
-                if seen == want {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        },
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + plumeway_tests::STEP;
+    loop {
+        let mut seen = Vec::new();
+        for _ in 0..(2 * want.len()).max(4) {
+            let reply = proxy.client().get("/").await;
+            seen.push(if reply.status == 200 {
+                reply.echo().backend
+            } else {
+                reply.status.as_str().to_owned()
+            });
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        if seen == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "traffic did not go to exactly {want:?} within {:?}; last seen: {seen:?}",
+            plumeway_tests::STEP
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Asks until the proxy answers from `backend`, within the test's bound.
@@ -272,4 +272,116 @@ async fn etcd_registration_lives_with_its_lease() {
     drop(registry);
     until_served_exactly_by(&proxy, &["a"]).await;
     assert_eq!(etcd.keys("/services/users/"), ["/services/users/a"]);
+}
+
+fn consul_config(addr: std::net::SocketAddr) -> String {
+    format!(
+        "[upstreams.u]\ndiscovery = {{ consul = {{ address = \"http://{addr}\", service = \"users\", tag = \"v2\", meta = {{ zone = \"a\" }}, wait = \"2s\" }} }}\n[[routes]]\nupstream = \"u\"\n"
+    )
+}
+
+/// What a user relies on from Consul discovery, against any Consul: only
+/// passing instances of the service with the tag and metadata asked for,
+/// followed as checks fail and pass and instances come and go.
+async fn consul_follows_passing_tagged_instances(consul: std::net::SocketAddr) {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let (v1, zone_b, other) = (
+        Backend::echo("v1").await,
+        Backend::echo("zone-b").await,
+        Backend::echo("other-service").await,
+    );
+    let api = ConsulApi::new(consul);
+    api.register("users", "users-a", a.addr, &["v2"], &[("zone", "a")])
+        .await;
+    api.register("users", "users-b", b.addr, &["v2", "canary"], &[("zone", "a")])
+        .await;
+    api.register("users", "users-v1", v1.addr, &["v1"], &[("zone", "a")])
+        .await;
+    api.register("users", "users-zone-b", zone_b.addr, &["v2"], &[("zone", "b")])
+        .await;
+    api.register("billing", "billing-1", other.addr, &["v2"], &[("zone", "a")])
+        .await;
+    let proxy = TestProxy::start(&consul_config(consul)).await;
+    until_served_exactly_by(&proxy, &["a", "b"]).await;
+
+    api.set_passing("users-b", false).await;
+    until_served_exactly_by(&proxy, &["a"]).await;
+    api.set_passing("users-b", true).await;
+    until_served_exactly_by(&proxy, &["a", "b"]).await;
+
+    api.deregister("users-a").await;
+    until_served_exactly_by(&proxy, &["b"]).await;
+    api.register("users", "users-a", a.addr, &["v2"], &[("zone", "a")])
+        .await;
+    until_served_exactly_by(&proxy, &["a", "b"]).await;
+    assert_eq!(
+        (v1.hits(), zone_b.hits(), other.hits()),
+        (0, 0, 0),
+        "filtered instances got traffic"
+    );
+}
+
+#[tokio::test]
+async fn consul_discovery_follows_passing_tagged_instances() {
+    let consul = TestConsul::start().await;
+    consul_follows_passing_tagged_instances(consul.addr()).await;
+    // Blocking queries, not polling: an idle second costs at most one
+    // query per proxy (wait = 2s), where polling would cost many.
+    let before = consul.health_queries();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        consul.health_queries() - before <= 1,
+        "the proxy polls instead of blocking"
+    );
+}
+
+#[tokio::test]
+async fn consul_discovery_against_a_real_consul_agent() {
+    let Some(consul) = RealConsul::start() else {
+        eprintln!("SKIPPED: no `consul` binary on PATH; the Consul adapter was tested against the test server only");
+        return;
+    };
+    consul_follows_passing_tagged_instances(consul.addr).await;
+}
+
+#[tokio::test]
+async fn consul_registration_is_renewed_and_expires_with_its_owner() {
+    use plumeway::discovery::{Consul as ConsulBackend, Discovery, Registration};
+    let b = Backend::echo("b").await;
+    let consul = TestConsul::start().await;
+    let proxy = TestProxy::start(&consul_config(consul.addr())).await;
+    assert_eq!(proxy.client().get("/").await.status, 503, "no instance yet");
+
+    let config = plumeway::config::ConsulDiscovery {
+        address: plumeway::config::TargetUrl::parse(&consul.url()).unwrap(),
+        service: "users".into(),
+        tag: Some("v2".into()),
+        meta: [("zone".to_owned(), "a".to_owned())].into(),
+        dc: None,
+        token: None,
+        wait: plumeway::config::Duration::from_secs(2),
+        timeout: plumeway::config::Duration::from_secs(2),
+    };
+    let registry = ConsulBackend::new(&config);
+    let instance = Registration {
+        id: "users-b".into(),
+        url: plumeway::config::TargetUrl::parse(&b.url()).unwrap(),
+        weight: 1,
+        metadata: [("zone".to_owned(), "a".to_owned())].into(),
+        ttl: Duration::from_secs(1),
+    };
+    registry.register(&instance).await.unwrap();
+    until_served_exactly_by(&proxy, &["b"]).await;
+    // The owner's heartbeats keep the TTL check passing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    until_served_exactly_by(&proxy, &["b"]).await;
+
+    registry.set_health("users-b", false).await.unwrap();
+    until_served_exactly_by(&proxy, &["503"]).await;
+    registry.set_health("users-b", true).await.unwrap();
+    until_served_exactly_by(&proxy, &["b"]).await;
+
+    // The owner dies: the check turns critical after its TTL.
+    drop(registry);
+    until_served_exactly_by(&proxy, &["503"]).await;
 }
