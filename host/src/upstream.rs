@@ -47,6 +47,9 @@ pub struct Upstream {
     /// Tasks that work for this upstream (discovery watches), stopped when
     /// it is dropped, so that a long watch does not outlive a reload.
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Woken when the set of endpoints changes, so that the health checker
+    /// probes newcomers at once instead of at its next interval.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Upstream {
@@ -134,6 +137,7 @@ impl Upstream {
             passive: config.passive.clone(),
             health: config.health.clone(),
             tasks: std::sync::Mutex::default(),
+            changed: Arc::default(),
         }
     }
 
@@ -162,7 +166,18 @@ impl Upstream {
             .iter()
             .map(|t| match old.endpoints.iter().find(|e| e.url == t.url) {
                 Some(kept) => kept.reconfigured(t.weight, t.down),
-                None => Endpoint::new(t.url.clone(), t.weight, t.down).with_circuit(self.circuit_config.as_ref()),
+                None => {
+                    let endpoint =
+                        Endpoint::new(t.url.clone(), t.weight, t.down).with_circuit(self.circuit_config.as_ref());
+                    // With active checks, a newcomer to a running upstream
+                    // waits for its first passing probe (which the change
+                    // triggers at once) before it gets traffic, as Envoy's
+                    // do: discovery lists instances that are still starting.
+                    if self.health.is_some() && old.generation > 0 {
+                        endpoint.set_healthy(false);
+                    }
+                    endpoint
+                }
             })
             .collect();
         let added: Vec<&str> = endpoints
@@ -188,6 +203,7 @@ impl Upstream {
             &self.balancer_config,
             old.generation + 1,
         )));
+        self.changed.notify_waiters();
     }
 
     /// Starts the active health checker, if the upstream has one; it stops
@@ -196,6 +212,11 @@ impl Upstream {
         if let Some(config) = self.health.clone() {
             tokio::spawn(health::run(Arc::downgrade(self), config));
         }
+    }
+
+    /// Notified whenever the set of endpoints changes.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.changed)
     }
 
     /// The upstream's name, as in `[upstreams.NAME]`.

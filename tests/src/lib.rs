@@ -39,11 +39,10 @@ pub fn ensure_installed(binary: &str, packages: &[&str]) {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
-            .is_ok_and(|s| s.success())
+            .map_err(|e| e.to_string())
+            .and_then(|s| if s.success() { Ok(()) } else { Err(s.to_string()) })
     };
-    if runs(binary) {
-        return;
-    }
+    let Err(first) = runs(binary) else { return };
     let _ = std::process::Command::new("apt-get")
         .arg("update")
         .stdout(std::process::Stdio::null())
@@ -53,13 +52,13 @@ pub fn ensure_installed(binary: &str, packages: &[&str]) {
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        installed && runs(binary),
-        "{binary} is missing and `apt-get install {}` failed",
-        packages.join(" ")
-    );
+        .status();
+    if let Err(again) = runs(binary) {
+        panic!(
+            "{binary} does not run ({first}), and after `apt-get install {}` ({installed:?}) still not: {again}",
+            packages.join(" ")
+        );
+    }
 }
 
 /// A port that was free a moment ago on 127.0.0.1 (for servers that must

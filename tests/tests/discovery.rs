@@ -385,3 +385,63 @@ async fn consul_registration_is_renewed_and_expires_with_its_owner() {
     drop(registry);
     until_served_exactly_by(&proxy, &["503"]).await;
 }
+
+#[tokio::test]
+async fn discovered_endpoints_are_health_checked_and_leaving_ones_finish_their_requests() {
+    // `slow` answers after a delay; `sick` fails its health check but
+    // would answer traffic, so only the checker keeps it out.
+    let slow = Backend::start(|req: http::Request<hyper::body::Incoming>| async move {
+        if req.uri().path() != "/healthz" {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        http::Response::new(plumeway_tests::backend::full("slow"))
+    })
+    .await;
+    let sick_traffic = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sick_traffic.clone();
+    let sick = Backend::start(move |req: http::Request<hyper::body::Incoming>| {
+        let status = if req.uri().path() == "/healthz" {
+            500
+        } else {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            200
+        };
+        async move {
+            http::Response::builder()
+                .status(status)
+                .body(plumeway_tests::backend::full("sick"))
+                .unwrap()
+        }
+    })
+    .await;
+    let fast = Backend::echo("fast").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("instances.toml");
+    std::fs::write(&file, instances(&[&slow.url()])).unwrap();
+    let proxy = TestProxy::start(&format!(
+        "[upstreams.u]\ndiscovery = {{ file = {{ path = {:?} }} }}\nhealth = {{ path = \"/healthz\", interval = \"50ms\", timeout = \"1s\", healthy = 1, unhealthy = 1 }}\n[[routes]]\nupstream = \"u\"\n",
+        file.display().to_string()
+    ))
+    .await;
+
+    // A request in flight on `slow` when it leaves the set still completes.
+    let client = proxy.client();
+    let in_flight = tokio::spawn(async move { client.get("/").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    write_atomically(&file, &instances(&[&fast.url(), &sick.url()]));
+    let reply = in_flight.await.unwrap();
+    assert_eq!((reply.status.as_u16(), reply.text()), (200, "slow".to_owned()));
+
+    // Newcomers wait for their first probe: the one that fails it never
+    // gets traffic, not even before the checker's verdict.
+    until_served_exactly_by(&proxy, &["fast"]).await;
+    for _ in 0..10 {
+        assert_eq!(proxy.client().get("/").await.echo().backend, "fast");
+    }
+    assert_eq!(
+        sick_traffic.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "an endpoint failing its health check got traffic"
+    );
+    drop(sick);
+}

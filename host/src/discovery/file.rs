@@ -67,6 +67,8 @@ impl File {
     /// Watches `path`'s directory, so that an atomic rename onto the file
     /// is seen as well as an edit in place.
     pub fn new(path: &Path) -> Result<Self, Error> {
+        // Said plainly before the watcher says it less clearly.
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())

@@ -48,7 +48,18 @@ pub(crate) async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
         });
         let results = futures_util::future::join_all(probes).await;
         for (endpoint, ok) in set.endpoints().iter().zip(results) {
+            let first = !streaks.contains_key(endpoint.label());
             let streak = streaks.entry(Arc::clone(endpoint.label())).or_insert((true, 0));
+            // A newcomer held back until its first probe is in as soon
+            // as one passes (see `Upstream::set_targets`).
+            if first && ok && endpoint.set_healthy(true) {
+                tracing::info!(
+                    upstream = &**up.name(),
+                    endpoint = &**endpoint.label(),
+                    "new endpoint healthy"
+                );
+                continue;
+            }
             // A streak counts consecutive results that disagree with the
             // endpoint's current state; agreeing results reset it.
             if ok == endpoint.is_healthy() {
@@ -74,8 +85,20 @@ pub(crate) async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
                 }
             }
         }
+        // Registered before the upstream is let go, so no change is missed.
+        let changes = up.changes();
+        let changed = changes.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let moved_meanwhile = !Arc::ptr_eq(&up.current(), &set);
         drop((up, set));
-        tokio::time::sleep(jittered(config.interval.get())).await;
+        if moved_meanwhile {
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(jittered(config.interval.get())) => {}
+            () = changed => {}
+        }
     }
 }
 
