@@ -1,4 +1,4 @@
-//! The `plumeway` command line: `run`, `check` and `demo`.
+//! The `plumeway` command line: `run`, `check`, `demo` and `register`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use crate::server::{Server, StartError};
     name = "plumeway",
     version,
     args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  plumeway demo                  run the quickstart (demo backends + proxy on 127.0.0.1:8080)\n  plumeway check plumeway.toml   validate a config and print what it sets up\n  plumeway run plumeway.toml     serve a config (same as `plumeway plumeway.toml`)\n\nLog level: --log LEVEL or PLUMEWAY_LOG (e.g. \"info\", \"debug\", \"plumeway::access=off\")."
+    after_help = "Examples:\n  plumeway demo                  run the quickstart (demo backends + proxy on 127.0.0.1:8080)\n  plumeway check plumeway.toml   validate a config and print what it sets up\n  plumeway run plumeway.toml     serve a config (same as `plumeway plumeway.toml`)\n  plumeway register plumeway.toml --upstream users --url http://127.0.0.1:9001\n                                 keep an instance in the upstream's etcd or Consul registry\n\nLog level: --log LEVEL or PLUMEWAY_LOG (e.g. \"info\", \"debug\", \"plumeway::access=off\")."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,6 +48,33 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Register an instance with an upstream's discovery back end (etcd or
+    /// Consul) and keep it registered until SIGINT or SIGTERM, then
+    /// deregister it. If this process dies instead, the registry drops the
+    /// instance after --ttl.
+    Register {
+        /// Path to the TOML config that names the upstream.
+        config: PathBuf,
+        /// The upstream whose `discovery` back end to register with.
+        #[arg(long)]
+        upstream: String,
+        /// Where the instance serves, e.g. http://127.0.0.1:9001.
+        #[arg(long)]
+        url: String,
+        /// Instance ID (the etcd key under the prefix, Consul's service
+        /// ID); defaults to one made from the URL.
+        #[arg(long)]
+        id: Option<String>,
+        /// Relative share of traffic.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// How long the registry keeps the instance once renewals stop.
+        #[arg(long, default_value = "10s")]
+        ttl: crate::config::Duration,
+        /// Metadata as KEY=VALUE; repeatable.
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        meta: Vec<String>,
+    },
 }
 
 /// Runs the command line; the `plumeway` binary is just this.
@@ -75,6 +102,109 @@ pub fn main() -> ExitCode {
             Ok(cfg) => run(cfg, Some(listen)),
             Err(err) => config_failed(&err),
         },
+        Command::Register {
+            config,
+            upstream,
+            url,
+            id,
+            weight,
+            ttl,
+            meta,
+        } => match Config::load(&config) {
+            Ok(cfg) => match registration(&cfg, &upstream, &url, id, weight, ttl, &meta) {
+                Ok((discovery, instance)) => register(&discovery, &instance),
+                Err(message) => {
+                    eprintln!("plumeway: {message}");
+                    ExitCode::from(2)
+                }
+            },
+            Err(err) => config_failed(&err),
+        },
+    }
+}
+
+/// The upstream's discovery config and the instance to register, from the
+/// command line.
+fn registration(
+    config: &Config,
+    upstream: &str,
+    url: &str,
+    id: Option<String>,
+    weight: u32,
+    ttl: crate::config::Duration,
+    meta: &[String],
+) -> Result<(crate::config::DiscoveryConfig, crate::discovery::Registration), String> {
+    let u = config
+        .upstreams
+        .get(upstream)
+        .ok_or_else(|| format!("the config has no upstream {upstream:?}"))?;
+    let discovery = u
+        .discovery
+        .clone()
+        .ok_or_else(|| format!("upstream {upstream:?} lists its targets; it has no discovery back end"))?;
+    let url = crate::config::TargetUrl::parse(url)?;
+    if weight == 0 {
+        return Err("--weight must be at least 1".into());
+    }
+    let metadata = meta
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("--meta {kv:?}: expected KEY=VALUE"))
+        })
+        .collect::<Result<_, _>>()?;
+    // An ID from the address: stable across restarts of the same instance.
+    let id = id.unwrap_or_else(|| format!("{upstream}-{}", url.authority).replace([':', '[', ']'], "-"));
+    Ok((
+        discovery,
+        crate::discovery::Registration {
+            id,
+            url,
+            weight,
+            metadata,
+            ttl: ttl.get(),
+        },
+    ))
+}
+
+fn register(discovery: &crate::config::DiscoveryConfig, instance: &crate::discovery::Registration) -> ExitCode {
+    use crate::config::DiscoveryConfig;
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("plumeway: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match discovery {
+            DiscoveryConfig::Etcd(c) => stay_registered(crate::discovery::Etcd::new(c), instance).await,
+            DiscoveryConfig::Consul(c) => stay_registered(crate::discovery::Consul::new(c), instance).await,
+            DiscoveryConfig::File { .. } | DiscoveryConfig::Dns(_) => {
+                eprintln!("plumeway: {discovery} keeps no registry; register works with etcd and Consul");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+async fn stay_registered<D: crate::discovery::Discovery>(
+    backend: D,
+    instance: &crate::discovery::Registration,
+) -> ExitCode {
+    if let Err(err) = backend.register(instance).await {
+        eprintln!("plumeway: cannot register {instance}: {err}");
+        return ExitCode::FAILURE;
+    }
+    println!("registered {instance} in {}; Ctrl-C deregisters it", D::KIND);
+    shutdown_signal().await;
+    match backend.deregister(&instance.id).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("plumeway: cannot deregister {instance}: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 

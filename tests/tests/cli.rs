@@ -72,3 +72,44 @@ fn version_and_help_work() {
         assert!(stdout.contains(word), "help lacks {word}: {stdout}");
     }
 }
+
+#[test]
+fn check_shows_each_upstreams_discovery_back_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("plumeway.toml");
+    std::fs::write(&config, "[upstreams.users]\ndiscovery = { consul = { address = \"http://127.0.0.1:1\", service = \"users\", tag = \"v2\", meta = { zone = \"a\" }, token = \"s3cret\" } }\n[upstreams.billing]\ndiscovery = { etcd = { endpoints = [\"http://127.0.0.1:2\", \"http://127.0.0.1:3\"], prefix = \"/services/billing/\" } }\n[upstreams.search]\ndiscovery = { dns = { name = \"_http._tcp.search.test\", type = \"srv\", server = \"127.0.0.1:4\" } }\n[[routes]]\nupstream = \"users\"\n").unwrap();
+    let (code, stdout, stderr) = plumeway(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "discovery consul http://127.0.0.1:1 service \"users\" tag \"v2\" meta zone=\"a\"",
+        "discovery etcd http://127.0.0.1:2,http://127.0.0.1:3 prefix \"/services/billing/\"",
+        "discovery dns SRV _http._tcp.search.test via 127.0.0.1:4, hold 1m",
+    ] {
+        assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
+    }
+    assert!(!stdout.contains("s3cret"), "the token leaked:\n{stdout}");
+}
+
+#[test]
+fn register_refuses_an_upstream_without_a_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("plumeway.toml");
+    std::fs::write(
+        &config,
+        "[upstreams.u]\ntargets = [\"http://127.0.0.1:1\"]\n[[routes]]\nupstream = \"u\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = plumeway(&[
+        "register",
+        config.to_str().unwrap(),
+        "--upstream",
+        "u",
+        "--url",
+        "http://127.0.0.1:2",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("upstream \"u\" lists its targets; it has no discovery back end"),
+        "{stderr}"
+    );
+}

@@ -445,3 +445,61 @@ async fn discovered_endpoints_are_health_checked_and_leaving_ones_finish_their_r
     );
     drop(sick);
 }
+
+/// `plumeway register` as an operator uses it: the instance is served
+/// while the command runs; SIGTERM deregisters it at once; a killed
+/// registrar's instance expires with its lease.
+#[tokio::test]
+async fn plumeway_register_keeps_an_instance_in_etcd_while_it_runs() {
+    use std::process::{Command, Stdio};
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let etcd = Etcd::start();
+    etcd.put("/services/users/a", &record(&a.url()));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("plumeway.toml");
+    std::fs::write(&config, etcd_config(&etcd)).unwrap();
+    let proxy = TestProxy::start(&etcd_config(&etcd)).await;
+    until_served_exactly_by(&proxy, &["a"]).await;
+
+    let register = || {
+        Command::new(env!("CARGO_BIN_EXE_plumeway-e2e"))
+            .args([
+                "register",
+                config.to_str().unwrap(),
+                "--upstream",
+                "u",
+                "--url",
+                &b.url(),
+            ])
+            .args(["--id", "b", "--ttl", "2s", "--meta", "zone=b"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run plumeway register")
+    };
+    let mut registrar = register();
+    until_served_exactly_by(&proxy, &["a", "b"]).await;
+    let value = etcd.ctl(&["get", "--print-value-only", "/services/users/b"]).unwrap();
+    let value: serde_json::Value = serde_json::from_str(value.trim()).unwrap();
+    assert_eq!(value["url"], b.url().as_str());
+    assert_eq!(value["metadata"]["zone"], "b");
+
+    // SIGTERM: deregistered at once, exit 0.
+    assert!(
+        Command::new("kill")
+            .arg(registrar.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(registrar.wait().unwrap().success());
+    assert_eq!(etcd.keys("/services/users/"), ["/services/users/a"]);
+    until_served_exactly_by(&proxy, &["a"]).await;
+
+    // SIGKILL: nothing deregisters it, the lease runs out.
+    let mut registrar = register();
+    until_served_exactly_by(&proxy, &["a", "b"]).await;
+    registrar.kill().unwrap();
+    registrar.wait().unwrap();
+    until_served_exactly_by(&proxy, &["a"]).await;
+}
