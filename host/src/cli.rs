@@ -170,12 +170,9 @@ fn registration(
 
 fn register(discovery: &crate::config::DiscoveryConfig, instance: &crate::discovery::Registration) -> ExitCode {
     use crate::config::DiscoveryConfig;
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match runtime(false) {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("plumeway: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         match discovery {
@@ -209,12 +206,9 @@ async fn stay_registered<D: crate::discovery::Discovery>(
 }
 
 fn run(config: Config, demo: Option<SocketAddr>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime(true) {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("plumeway: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         if demo.is_some()
@@ -242,12 +236,9 @@ fn run(config: Config, demo: Option<SocketAddr>) -> ExitCode {
 /// `plumeway check`: everything `run` does before it listens, plugins
 /// compiled and initialised included, then a summary.
 fn check(path: &Path, config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match runtime(false) {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("plumeway: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(Proxy::build(&config)) {
         Ok(proxy) => {
@@ -256,6 +247,19 @@ fn check(path: &Path, config: Config) -> ExitCode {
         }
         Err(err) => config_failed(&err),
     }
+}
+
+/// A tokio runtime: several threads for serving, one for short commands.
+fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|err| {
+        eprintln!("plumeway: cannot start the runtime: {err}");
+        ExitCode::FAILURE
+    })
 }
 
 fn config_failed(err: &ConfigError) -> ExitCode {
