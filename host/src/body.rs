@@ -133,3 +133,83 @@ where
         self.body.size_hint()
     }
 }
+
+/// What a [`Metered`] body reports when it ends.
+pub trait Done: Send + 'static {
+    /// Called once: `bytes` of data went through, and `complete` tells
+    /// whether the body reached its end (rather than failing or being
+    /// dropped, as when the client goes away).
+    fn done(self, bytes: u64, complete: bool);
+}
+
+pin_project_lite::pin_project! {
+    /// A body that counts its bytes and reports once when it ends, fails
+    /// or is dropped: the access log and request metrics are written when
+    /// the response is over, not when its head is sent.
+    pub struct Metered<B, D: Done> {
+        #[pin]
+        body: B,
+        bytes: u64,
+        // An empty body is never polled: it is over once its head is sent.
+        empty: bool,
+        done: Option<D>,
+    }
+
+    impl<B, D: Done> PinnedDrop for Metered<B, D> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(done) = this.done.take() {
+                done.done(*this.bytes, *this.empty);
+            }
+        }
+    }
+}
+
+impl<B: http_body::Body, D: Done> Metered<B, D> {
+    /// Wraps `body`; `done` hears how it ended.
+    pub fn new(body: B, done: D) -> Self {
+        Self {
+            empty: body.is_end_stream(),
+            body,
+            bytes: 0,
+            done: Some(done),
+        }
+    }
+}
+
+impl<B: http_body::Body<Data = Bytes>, D: Done> http_body::Body for Metered<B, D> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let mut body = this.body;
+        let polled = body.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes += data.len() as u64;
+                }
+                // hyper stops polling a body that says it has ended.
+                body.is_end_stream().then_some(true)
+            }
+            Poll::Ready(None) => Some(true),
+            Poll::Ready(Some(Err(_))) => Some(false),
+            Poll::Pending => None,
+        };
+        if let Some(complete) = ended
+            && let Some(done) = this.done.take()
+        {
+            done.done(*this.bytes, complete);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

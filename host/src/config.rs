@@ -9,6 +9,7 @@
 mod discovery;
 mod duration;
 mod error;
+mod ops;
 mod plugin;
 mod route;
 mod server;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use discovery::{ConsulDiscovery, DiscoveryConfig, DnsDiscovery, DnsRecord, EtcdDiscovery};
 pub use duration::Duration;
 pub use error::{ConfigError, Invalid};
+pub use ops::{AccessLogConfig, AccessLogFormat, AdminConfig};
 pub use plugin::{Isolation, MAX_PLUGIN_MEMORY, OnFailure, PluginConfig, PluginLimits};
 pub use route::{MatchConfig, RouteConfig};
 pub use server::{Limits, ServerConfig, ServerTimeouts};
@@ -49,6 +51,13 @@ pub struct Config {
     /// `[[routes]]`: matched longest path prefix first.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// `[admin]`: metrics, the JSON API, the dashboard and reloads; off
+    /// unless present.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// `[access_log]`: one line per request.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
     /// Where the config came from, so that problems found after parsing
     /// (a plugin that fails to load) can still point at a line.
     #[serde(skip)]

@@ -5,11 +5,13 @@
 //! [`cli::main`]. The modules follow the request: [`server`] accepts,
 //! [`router`] picks a route, [`proxy`] forwards to an [`upstream`].
 
+pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
 mod demo;
 pub mod discovery;
+pub mod metrics;
 pub mod plugin;
 pub mod proxy;
 pub mod router;

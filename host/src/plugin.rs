@@ -65,6 +65,48 @@ pub struct Plugin {
     on_failure: OnFailure,
     needs: Needs,
     idle: Mutex<Vec<Instance>>,
+    stats: Stats,
+}
+
+/// The plugin's series, resolved once so that a call only counts.
+#[derive(Debug)]
+struct Stats {
+    calls: prometheus_client::metrics::counter::Counter,
+    duration: prometheus_client::metrics::histogram::Histogram,
+    failures: prometheus_client::metrics::family::Family<
+        crate::metrics::PluginFailureLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    label: crate::metrics::Label,
+    /// Failures of every kind, for the admin API (a family cannot be summed).
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl Stats {
+    fn new(name: &Arc<str>, metrics: &crate::metrics::Metrics) -> Self {
+        let labels = crate::metrics::PluginLabels { plugin: name.into() };
+        Self {
+            calls: metrics.plugin_calls.get_or_create_owned(&labels),
+            duration: metrics.plugin_duration.get_or_create_owned(&labels),
+            failures: metrics.plugin_failures.clone(),
+            label: name.into(),
+            failed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, took: std::time::Duration, failure: Option<&Failure>) {
+        self.calls.inc();
+        self.duration.observe(took.as_secs_f64());
+        if let Some(f) = failure {
+            self.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.failures
+                .get_or_create(&crate::metrics::PluginFailureLabels {
+                    plugin: self.label.clone(),
+                    kind: f.kind(),
+                })
+                .inc();
+        }
+    }
 }
 
 /// Bodies a plugin asked for in `init`.
@@ -91,6 +133,8 @@ struct Indices {
 struct Instance {
     store: Store<HostState>,
     hooks: Hooks,
+    /// When the current call checked the instance out.
+    since: std::time::Instant,
 }
 
 /// An instance's exported hooks, looked up once when it is made.
@@ -109,10 +153,10 @@ impl Plugins {
     /// Loads every `[plugins.NAME]` of a validated config: compiles it,
     /// checks its exports, and runs `init` with its config once so a bad
     /// config fails now rather than on the first request.
-    pub async fn load(config: &Config) -> Result<Self, Invalid> {
+    pub async fn load(config: &Config, metrics: &crate::metrics::Metrics) -> Result<Self, Invalid> {
         let mut by_name = BTreeMap::new();
         for (name, pc) in &config.plugins {
-            let plugin = Plugin::load(name, pc, config).await?;
+            let plugin = Plugin::load(name, pc, config, metrics).await?;
             by_name.insert(name.clone(), Arc::new(plugin));
         }
         Ok(Self { by_name })
@@ -179,7 +223,12 @@ impl Hook {
 }
 
 impl Plugin {
-    async fn load(name: &str, pc: &PluginConfig, config: &Config) -> Result<Self, Invalid> {
+    async fn load(
+        name: &str,
+        pc: &PluginConfig,
+        config: &Config,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, Invalid> {
         let key = format!("plugins.{name}");
         let wasm: std::borrow::Cow<'static, [u8]> = match (&pc.builtin, &pc.path) {
             (Some(builtin), _) => builtin::get(builtin).map(std::borrow::Cow::Borrowed).ok_or_else(|| {
@@ -238,6 +287,7 @@ impl Plugin {
             on_failure: pc.on_failure,
             needs: Needs::default(),
             idle: Mutex::new(Vec::new()),
+            stats: Stats::new(&name.into(), metrics),
         };
         // The first instance proves the config is acceptable, tells what
         // bodies the plugin needs, and stays warm for the first request.
@@ -331,7 +381,14 @@ impl Plugin {
             Ok(Err(message)) => return Err(Failure::Returned { message }),
             Err(e) => return Err(self.classify(e, &store)),
         };
-        Ok((Instance { store, hooks }, needs))
+        Ok((
+            Instance {
+                store,
+                hooks,
+                since: std::time::Instant::now(),
+            },
+            needs,
+        ))
     }
 
     /// Sets the per-call limits on a store before entering the guest.
@@ -349,17 +406,36 @@ impl Plugin {
 
     /// An instance for one call: a warm one from the pool, else a new one.
     async fn checkout(&self, call: CallInfo) -> Result<Instance, Failure> {
+        let since = std::time::Instant::now();
         let warm = match self.isolation {
             Isolation::Pooled => self.idle.lock().ok().and_then(|mut idle| idle.pop()),
             Isolation::PerRequest => None,
         };
         let mut instance = match warm {
             Some(i) => i,
-            None => self.instantiate().await?.0,
+            None => match self.instantiate().await {
+                Ok((i, _)) => i,
+                Err(failure) => {
+                    self.stats.record(since.elapsed(), Some(&failure));
+                    return Err(failure);
+                }
+            },
         };
+        instance.since = since;
         instance.store.data_mut().call = call;
-        self.arm(&mut instance.store)?;
+        if let Err(failure) = self.arm(&mut instance.store) {
+            self.stats.record(since.elapsed(), Some(&failure));
+            return Err(failure);
+        }
         Ok(instance)
+    }
+
+    /// Calls made and failed so far, for the admin API.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.stats.calls.get(),
+            self.stats.failed.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Returns a healthy instance to the pool.
@@ -377,6 +453,7 @@ impl Plugin {
 
     /// Ends a call: pools the instance unless the failure poisoned it.
     fn finish<T>(&self, instance: Instance, result: Result<T, Failure>) -> Result<T, Failure> {
+        self.stats.record(instance.since.elapsed(), result.as_ref().err());
         match &result {
             Err(f) if f.poisons_instance() => drop(instance),
             _ => self.checkin(instance),

@@ -7,6 +7,7 @@
 //!           on failure: the route's error plugin, else a built-in response
 //! ```
 
+mod access;
 mod error;
 mod headers;
 mod request_id;
@@ -23,13 +24,17 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::body::{BoxBody, boxed};
-use crate::config::{Balancer, Config, ConfigError, OnFailure, Size};
+use std::collections::BTreeMap;
+
+use crate::config::{Balancer, Config, ConfigError, OnFailure, Size, UpstreamConfig};
+use crate::metrics::Metrics;
 use crate::plugin::{
     CallInfo, EndpointView, ErrorInfo, Failure, Hook, PickInput, Plugin, Plugins, RequestOutcome, ResponseOutcome,
 };
 use crate::router::{Router, request_host};
 use crate::upstream::{EndpointSet, Pick, PoolError, Upstream};
 
+pub use access::AccessLog;
 pub use error::{ErrorKind, ProxyError};
 
 /// A configuration made runnable: the routing table, the upstreams with
@@ -39,9 +44,16 @@ pub struct Proxy {
     router: Router<Route>,
     max_body: Size,
     plugins: Plugins,
+    /// Every upstream by name, with the config it was built from (so that
+    /// a reload can tell which ones it may keep as they are).
+    upstreams: BTreeMap<String, (UpstreamConfig, Arc<Upstream>)>,
     /// Open WebSockets each hold a receiver: sending `true` asks them to
-    /// close, and the channel closes when the last one is gone.
-    websockets: tokio::sync::watch::Sender<bool>,
+    /// close, and the channel closes when the last one is gone. Shared by
+    /// every config a reload brings, so that shutdown reaches them all.
+    websockets: Arc<tokio::sync::watch::Sender<bool>>,
+    metrics: Arc<Metrics>,
+    access_log: Arc<AccessLog>,
+    config: Arc<Config>,
 }
 
 /// What a matched request needs, resolved once when the config is loaded so
@@ -55,6 +67,8 @@ struct Route {
     response: Vec<Arc<Plugin>>,
     on_error: Option<Arc<Plugin>>,
     websocket: bool,
+    /// `plumeway_request_duration_seconds{route}`, resolved once.
+    duration: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// The connection a request arrived on.
@@ -78,6 +92,10 @@ struct Exchange {
     upstream: Option<Arc<str>>,
     endpoint: Option<Arc<str>>,
     attempts: u32,
+    /// Time spent waiting for upstream response heads, over all attempts.
+    upstream_time: std::time::Duration,
+    /// The matched route's latency histogram.
+    route_duration: Option<prometheus_client::metrics::histogram::Histogram>,
     /// What each request filter left for its own `on_response`.
     stashes: Vec<(Arc<str>, Vec<u8>)>,
 }
@@ -95,9 +113,28 @@ impl Proxy {
     /// fails to load, or that lacks a hook it is used for, is an error that
     /// points at the config line.
     pub async fn build(config: &Config) -> Result<Self, ConfigError> {
-        let plugins = Plugins::load(config).await.map_err(|i| config.locate(i))?;
-        let mut upstreams = std::collections::BTreeMap::new();
+        Self::load(config, &Arc::new(Metrics::new()), None).await
+    }
+
+    /// [`Proxy::build`], counting into `metrics`, and on a reload taking
+    /// over from `previous`: an upstream whose config did not change is
+    /// kept as it is (pool, health, discovery running on); a changed one
+    /// keeps the live state of the endpoints that stay. Nothing of
+    /// `previous` is changed, so a config that fails here leaves it serving.
+    pub async fn load(config: &Config, metrics: &Arc<Metrics>, previous: Option<&Proxy>) -> Result<Self, ConfigError> {
+        let plugins = Plugins::load(config, metrics).await.map_err(|i| config.locate(i))?;
+        let mut upstreams = BTreeMap::new();
         for (name, u) in &config.upstreams {
+            let before = previous.and_then(|p| p.upstreams.get(name));
+            // A balancer plugin is reloaded with the config, so an upstream
+            // that uses one is always rebuilt around the new instance.
+            if let Some((old_config, old)) = before
+                && old_config == u
+                && !matches!(u.balancer, Balancer::Plugin(_))
+            {
+                upstreams.insert(name.clone(), (u.clone(), Arc::clone(old)));
+                continue;
+            }
             let balancer = match &u.balancer {
                 Balancer::Plugin(p) => Some(
                     plugins
@@ -106,7 +143,7 @@ impl Proxy {
                 ),
                 _ => None,
             };
-            let upstream = Arc::new(Upstream::new(name, u, balancer));
+            let upstream = Arc::new(Upstream::new(name, u, balancer, metrics, before.map(|(_, old)| &**old)));
             if let Some(discovery) = &u.discovery {
                 crate::discovery::start(&upstream, discovery, &config.base_dir())
                     .await
@@ -118,7 +155,7 @@ impl Proxy {
                     })?;
             }
             upstream.start_health_checks();
-            upstreams.insert(name.as_str(), upstream);
+            upstreams.insert(name.clone(), (u.clone(), upstream));
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
@@ -143,14 +180,19 @@ impl Proxy {
             let request = resolve(Hook::RequestFilter, "request", &r.request)?;
             let response = resolve(Hook::ResponseFilter, "response", &r.response)?;
             let on_error = resolve(Hook::ErrorHandler, "on_error", r.on_error.as_slice())?.pop();
-            let upstream = upstreams.get(r.upstream.as_str()).cloned().ok_or_else(|| {
+            let upstream = upstreams.get(&r.upstream).map(|(_, u)| Arc::clone(u)).ok_or_else(|| {
                 config.locate(crate::config::Invalid::new(
                     format!("routes[{i}].upstream"),
                     "unknown upstream",
                 ))
             })?;
+            let name: Arc<str> = config.route_name(i).into();
+            let duration = metrics
+                .request_duration
+                .get_or_create_owned(&crate::metrics::RouteLabels { route: (&name).into() });
             routes.push(Some(Route {
-                name: config.route_name(i).into(),
+                name,
+                duration,
                 upstream,
                 rewrite,
                 request,
@@ -164,12 +206,38 @@ impl Proxy {
                 .take()
                 .unwrap_or_else(|| unreachable!("each route is built once"))
         });
+        let access_log = match previous {
+            Some(p) if p.config.access_log == config.access_log => Arc::clone(&p.access_log),
+            _ => Arc::new(AccessLog::open(&config.access_log, &config.base_dir()).map_err(|e| config.locate(e))?),
+        };
         Ok(Self {
             router,
             max_body: config.server.limits.max_body,
             plugins,
-            websockets: tokio::sync::watch::Sender::new(false),
+            upstreams,
+            websockets: previous.map_or_else(
+                || Arc::new(tokio::sync::watch::Sender::new(false)),
+                |p| Arc::clone(&p.websockets),
+            ),
+            metrics: Arc::clone(metrics),
+            access_log,
+            config: Arc::new(config.clone()),
         })
+    }
+
+    /// The upstreams, by name.
+    pub fn upstreams(&self) -> impl Iterator<Item = (&str, &UpstreamConfig, &Arc<Upstream>)> {
+        self.upstreams.iter().map(|(n, (c, u))| (n.as_str(), c, u))
+    }
+
+    /// The config this proxy was built from.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The metrics it counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The loaded plugins.
@@ -188,12 +256,23 @@ impl Proxy {
         self.websockets.closed().await;
     }
 
-    /// Serves one request to completion of its response head, and logs it.
+    /// Serves one request to completion of its response head; the access
+    /// log line and the request's metrics follow when its body is over.
     pub async fn handle(&self, req: Request<Incoming>, client: Client) -> Response<BoxBody> {
         let start = Instant::now();
+        let counted = access::InFlight::new(&self.metrics);
+        let wall = std::time::SystemTime::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        let path: Box<str> = req.uri().path_and_query().map_or("/", PathAndQuery::as_str).into();
         let version = req.version();
+        let (user_agent, referer) = if self.access_log_wants_agent() {
+            (
+                req.headers().get(header::USER_AGENT).cloned(),
+                req.headers().get(header::REFERER).cloned(),
+            )
+        } else {
+            (None, None)
+        };
         let mut ex = Exchange {
             client,
             client_ip: None,
@@ -202,6 +281,8 @@ impl Proxy {
             upstream: None,
             endpoint: None,
             attempts: 0,
+            upstream_time: std::time::Duration::ZERO,
+            route_duration: None,
             stashes: Vec::new(),
         };
         let mut resp = self.serve(req, &mut ex).await;
@@ -209,20 +290,35 @@ impl Proxy {
         if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
             resp.headers_mut().insert("x-request-id", id);
         }
-        tracing::info!(
-            target: "plumeway::access",
-            client = %client.peer.ip(),
-            %method,
-            path,
-            version = ?version,
-            status = resp.status().as_u16(),
-            route = ex.route.as_deref().unwrap_or("-"),
-            upstream = ex.upstream.as_deref().unwrap_or("-"),
-            endpoint = ex.endpoint.as_deref().unwrap_or("-"),
-            request_id = &*ex.request_id,
-            duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
-        );
-        resp
+        let finished = access::Finished {
+            metrics: Arc::clone(&self.metrics),
+            route_duration: ex.route_duration.take(),
+            log: Arc::clone(&self.access_log),
+            entry: access::Entry {
+                start,
+                wall,
+                client: client.peer.ip(),
+                method,
+                path,
+                version,
+                status: resp.status().as_u16(),
+                route: ex.route,
+                upstream: ex.upstream,
+                endpoint: ex.endpoint,
+                attempts: ex.attempts,
+                upstream_time: ex.upstream_time,
+                request_id: ex.request_id,
+                user_agent,
+                referer,
+            },
+            _counted: counted,
+        };
+        resp.map(|body| boxed(crate::body::Metered::new(body, finished)))
+    }
+
+    /// Whether the access log shows the client's User-Agent and Referer.
+    fn access_log_wants_agent(&self) -> bool {
+        self.config.access_log.enabled && self.config.access_log.format != crate::config::AccessLogFormat::Text
     }
 
     async fn serve(&self, req: Request<Incoming>, ex: &mut Exchange) -> Response<BoxBody> {
@@ -230,6 +326,7 @@ impl Proxy {
             return self.failed(None, None, ProxyError::NoRoute, ex).await;
         };
         ex.route = Some(Arc::clone(&route.name));
+        ex.route_duration = Some(route.duration.clone());
         if route.has_plugins() {
             ex.client_ip = Some(ex.client.peer.ip().to_string().into());
         }
@@ -411,6 +508,9 @@ impl Proxy {
             let endpoint = &set.endpoints()[i];
             ex.endpoint = Some(Arc::clone(endpoint.label()));
             ex.attempts += 1;
+            if ex.attempts > 1 {
+                upstream.record_retry();
+            }
             let last = tried.len() >= upstream.attempts() as usize || replay.is_none();
             let attempt_head = upstream_head(&mut head, !last);
             let attempt_body = match (body.take(), &replay) {
@@ -418,8 +518,12 @@ impl Proxy {
                 (None, Some(bytes)) => ReqBody::Whole(bytes.clone()),
                 (None, None) => unreachable!("a body that cannot be replayed is never retried"),
             };
+            let sent_at = Instant::now();
             let sent =
                 tokio::time::timeout_at(deadline, self.send(upstream, endpoint, attempt_head, attempt_body)).await;
+            let took = sent_at.elapsed();
+            upstream.record_latency(endpoint, took);
+            ex.upstream_time += took;
             let (upstream_name, endpoint_name) = (Arc::clone(upstream.name()), Arc::clone(endpoint.label()));
             let outcome = match sent {
                 Err(_elapsed) => {
@@ -573,14 +677,23 @@ impl Proxy {
         headers::strip_hop_by_hop_response(&mut rparts.headers);
         websocket::mark_upgrade(&mut rparts.headers);
         headers::append_via(&mut rparts.headers, Version::HTTP_11);
-        tokio::spawn(websocket::splice(
+        let splice = websocket::splice(
             on_client,
             on_backend,
             upstream.timeouts().idle.get(),
             in_flight,
             Arc::clone(endpoint.label()),
             self.websockets.subscribe(),
-        ));
+        );
+        let open = self
+            .metrics
+            .connections
+            .get_or_create_owned(&crate::metrics::ConnectionLabels { kind: "websocket" });
+        open.inc();
+        tokio::spawn(async move {
+            splice.await;
+            open.dec();
+        });
         Ok(Response::from_parts(rparts, crate::body::full(Bytes::new())))
     }
 

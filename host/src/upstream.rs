@@ -15,8 +15,10 @@ use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 
 use crate::config::{
-    Balancer, CircuitBreakerConfig, HealthConfig, PassiveConfig, RetryConfig, Target, UpstreamConfig, UpstreamTimeouts,
+    Balancer, CircuitBreakerConfig, HealthConfig, PassiveConfig, PoolConfig, RetryConfig, Target, UpstreamConfig,
+    UpstreamTimeouts,
 };
+use crate::metrics::{EndpointLabels, Metrics, TransitionLabels, UpstreamLabels};
 use crate::plugin::Plugin;
 
 pub use balance::{Balance, ConsistentHash, LeastConnections, Pick, RoundRobin, Weighted, eligible};
@@ -50,6 +52,36 @@ pub struct Upstream {
     /// Woken when the set of endpoints changes, so that the health checker
     /// probes newcomers at once instead of at its next interval.
     changed: Arc<tokio::sync::Notify>,
+    pool_config: PoolConfig,
+    metrics: Metrics,
+}
+
+/// The endpoints for `targets`: those already in `old` keep their live
+/// state under the new weight and `down` flag; newcomers start fresh, and
+/// out of rotation until their first passing probe when `hold_newcomers`
+/// (active checks on an upstream that is already serving), as Envoy's do:
+/// discovery lists instances that are still starting.
+fn carry(
+    targets: &[Target],
+    old: Option<&EndpointSet>,
+    circuit: Option<&CircuitBreakerConfig>,
+    hold_newcomers: bool,
+) -> Vec<Endpoint> {
+    targets
+        .iter()
+        .map(
+            |t| match old.and_then(|o| o.endpoints.iter().find(|e| e.url == t.url)) {
+                Some(kept) => kept.reconfigured(t.weight, t.down),
+                None => {
+                    let endpoint = Endpoint::new(t.url.clone(), t.weight, t.down).with_circuit(circuit);
+                    if hold_newcomers {
+                        endpoint.set_healthy(false);
+                    }
+                    endpoint
+                }
+            },
+        )
+        .collect()
 }
 
 impl Drop for Upstream {
@@ -110,27 +142,57 @@ impl Upstream {
     /// Builds the upstream named `name` from its config, with the loaded
     /// balancer plugin when the config names one. Active health checks start
     /// with [`Upstream::start_health_checks`].
-    pub fn new(name: &str, config: &UpstreamConfig, balancer_plugin: Option<Arc<Plugin>>) -> Self {
+    ///
+    /// On a reload, `previous` is the upstream of the same name in the
+    /// config being replaced: endpoints that stay keep their live state
+    /// (health, ejection, circuit, in flight), the pool is shared when its
+    /// settings did not change, and an upstream fed by discovery starts
+    /// with the previous set until its back end answers again.
+    pub fn new(
+        name: &str,
+        config: &UpstreamConfig,
+        balancer_plugin: Option<Arc<Plugin>>,
+        metrics: &Metrics,
+        previous: Option<&Upstream>,
+    ) -> Self {
         let circuit_config = config.circuit_breaker.clone();
-        let endpoints: Vec<Endpoint> = config
-            .targets
-            .iter()
-            .map(|t| Endpoint::new(t.url.clone(), t.weight, t.down).with_circuit(circuit_config.as_ref()))
-            .collect();
+        let previous_set = previous.map(Upstream::current);
+        let targets: Vec<Target> = match (&config.discovery, &previous_set) {
+            (Some(_), Some(set)) => set.endpoints.iter().map(Endpoint::target).collect(),
+            _ => config.targets.clone(),
+        };
+        let endpoints = carry(
+            &targets,
+            previous_set.as_deref(),
+            circuit_config.as_ref(),
+            config.health.is_some() && previous.is_some(),
+        );
         let hash_by = match &config.balancer {
             Balancer::IpHash => HashBy::ClientIp,
             Balancer::HashHeader(h) => HeaderName::from_bytes(h.as_bytes()).map_or(HashBy::Nothing, HashBy::Header),
             Balancer::HashCookie(c) => HashBy::Cookie(c.clone()),
             _ => HashBy::Nothing,
         };
+        let pool = match previous {
+            Some(p) if p.pool_config == config.pool && p.timeouts == config.timeouts => p.pool.clone(),
+            _ => Pool::new(
+                &config.pool,
+                &config.timeouts,
+                metrics
+                    .connections
+                    .get_or_create_owned(&crate::metrics::ConnectionLabels { kind: "upstream" }),
+            ),
+        };
+        let generation = previous_set.as_ref().map_or(0, |s| s.generation + 1);
         Self {
             name: name.into(),
-            set: ArcSwap::from_pointee(EndpointSet::new(endpoints, &config.balancer, 0)),
+            set: ArcSwap::from_pointee(EndpointSet::new(endpoints, &config.balancer, generation)),
             balancer_config: config.balancer.clone(),
             circuit_config,
             balancer_plugin,
             hash_by,
-            pool: Pool::new(&config.pool, &config.timeouts),
+            pool,
+            pool_config: config.pool.clone(),
             timeouts: config.timeouts.clone(),
             retry: config.retry.clone(),
             budget: RetryBudget::new(config.retry.budget_percent),
@@ -138,6 +200,7 @@ impl Upstream {
             health: config.health.clone(),
             tasks: std::sync::Mutex::default(),
             changed: Arc::default(),
+            metrics: metrics.clone(),
         }
     }
 
@@ -162,24 +225,12 @@ impl Upstream {
     /// their idle connections expire.
     pub fn set_targets(&self, targets: &[Target]) {
         let old = self.current();
-        let endpoints: Vec<Endpoint> = targets
-            .iter()
-            .map(|t| match old.endpoints.iter().find(|e| e.url == t.url) {
-                Some(kept) => kept.reconfigured(t.weight, t.down),
-                None => {
-                    let endpoint =
-                        Endpoint::new(t.url.clone(), t.weight, t.down).with_circuit(self.circuit_config.as_ref());
-                    // With active checks, a newcomer to a running upstream
-                    // waits for its first passing probe (which the change
-                    // triggers at once) before it gets traffic, as Envoy's
-                    // do: discovery lists instances that are still starting.
-                    if self.health.is_some() && old.generation > 0 {
-                        endpoint.set_healthy(false);
-                    }
-                    endpoint
-                }
-            })
-            .collect();
+        let endpoints = carry(
+            targets,
+            Some(&old),
+            self.circuit_config.as_ref(),
+            self.health.is_some() && old.generation > 0,
+        );
         let added: Vec<&str> = endpoints
             .iter()
             .filter(|e| !old.endpoints.iter().any(|o| o.url == e.url))
@@ -306,6 +357,46 @@ impl Upstream {
             eject_for = ?length,
             "endpoint ejected after consecutive failures"
         );
+        self.metrics.ejections.get_or_create(&self.labels(endpoint)).inc();
+    }
+
+    fn labels(&self, endpoint: &Endpoint) -> EndpointLabels {
+        EndpointLabels {
+            upstream: (&self.name).into(),
+            endpoint: endpoint.label().into(),
+        }
+    }
+
+    /// Counts the time from sending a request to `endpoint` to its
+    /// response head.
+    pub fn record_latency(&self, endpoint: &Endpoint, took: std::time::Duration) {
+        self.metrics
+            .upstream_duration
+            .get_or_create(&self.labels(endpoint))
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts an attempt after the first.
+    pub fn record_retry(&self) {
+        self.metrics
+            .retries
+            .get_or_create(&UpstreamLabels {
+                upstream: (&self.name).into(),
+            })
+            .inc();
+    }
+
+    /// Counts an active health check verdict that changed `endpoint`.
+    pub(crate) fn record_transition(&self, endpoint: &Endpoint, healthy: bool) {
+        let EndpointLabels { upstream, endpoint } = self.labels(endpoint);
+        self.metrics
+            .health_transitions
+            .get_or_create(&TransitionLabels {
+                upstream,
+                endpoint,
+                to: if healthy { "healthy" } else { "unhealthy" },
+            })
+            .inc();
     }
 }
 
@@ -330,7 +421,7 @@ mod tests {
              [[routes]]\nupstream = \"u\"\n"
         );
         let config = Config::parse(Path::new("t.toml"), &toml).expect("config");
-        Upstream::new("u", &config.upstreams["u"], None)
+        Upstream::new("u", &config.upstreams["u"], None, &Metrics::new(), None)
     }
 
     fn targets(toml: &str) -> Vec<Target> {

@@ -33,6 +33,8 @@ pub struct Endpoint {
 #[derive(Debug)]
 struct State {
     in_flight: AtomicU32,
+    /// Requests sent to it since it joined, for the admin API's rates.
+    requests: AtomicU64,
     /// Set by active health checks; endpoints start healthy.
     healthy: AtomicBool,
     /// Passive detection: consecutive failures, and until when (ms after
@@ -55,6 +57,7 @@ impl Endpoint {
     pub fn new(url: TargetUrl, weight: u32, down: bool) -> Self {
         let state = State {
             in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
@@ -68,6 +71,15 @@ impl Endpoint {
             down,
             state: Arc::new(state),
             circuit: None,
+        }
+    }
+
+    /// The target this endpoint was made from.
+    pub fn target(&self) -> crate::config::Target {
+        crate::config::Target {
+            url: self.url.clone(),
+            weight: self.weight,
+            down: self.down,
         }
     }
 
@@ -125,9 +137,15 @@ impl Endpoint {
     /// Starts counting one request; it stops when the guard is dropped.
     pub fn begin(&self) -> InFlight {
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.state.requests.fetch_add(1, Ordering::Relaxed);
         InFlight {
             state: Arc::clone(&self.state),
         }
+    }
+
+    /// Requests sent to this endpoint so far.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
     }
 
     /// The active health checks' verdict.

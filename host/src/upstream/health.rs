@@ -58,6 +58,7 @@ pub(crate) async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
                     endpoint = &**endpoint.label(),
                     "new endpoint healthy"
                 );
+                up.record_transition(endpoint, true);
                 continue;
             }
             // A streak counts consecutive results that disagree with the
@@ -70,6 +71,7 @@ pub(crate) async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
             let needed = if ok { config.healthy } else { config.unhealthy };
             if streak.1 >= needed && endpoint.set_healthy(ok) {
                 *streak = (ok, 0);
+                up.record_transition(endpoint, ok);
                 if ok {
                     tracing::info!(
                         upstream = &**up.name(),

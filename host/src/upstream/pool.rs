@@ -4,8 +4,15 @@ use std::error::Error as StdError;
 use std::io;
 
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpStream;
 
 use crate::body::BoxBody;
 use crate::config::{PoolConfig, UpstreamTimeouts};
@@ -17,7 +24,7 @@ use crate::config::{PoolConfig, UpstreamTimeouts};
 /// out to be closed before anything was sent).
 #[derive(Debug, Clone)]
 pub struct Pool {
-    client: Client<HttpConnector, BoxBody>,
+    client: Client<Counted, BoxBody>,
 }
 
 /// Why a request to an upstream failed before its response head arrived.
@@ -57,7 +64,7 @@ impl PoolError {
 
 impl Pool {
     /// A pool configured from an upstream's `pool` and `timeouts`.
-    pub fn new(pool: &PoolConfig, timeouts: &UpstreamTimeouts) -> Self {
+    pub fn new(pool: &PoolConfig, timeouts: &UpstreamTimeouts, open: Gauge) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeouts.connect.get()));
         connector.set_nodelay(true);
@@ -66,7 +73,7 @@ impl Pool {
             .pool_idle_timeout(pool.idle_timeout.get())
             .pool_max_idle_per_host(pool.max_idle_per_endpoint)
             .pool_timer(TokioTimer::new())
-            .build(connector);
+            .build(Counted { inner: connector, open });
         Self { client }
     }
 
@@ -95,6 +102,92 @@ fn classify(err: hyper_util::client::legacy::Error) -> PoolError {
         return PoolError::RequestBody(chain(&err));
     }
     PoolError::Protocol(chain(&err))
+}
+
+/// hyper-util's connector, counting the connections it opened that are
+/// still open (`plumeway_open_connections{kind="upstream"}`).
+#[derive(Clone, Debug)]
+pub(super) struct Counted {
+    inner: HttpConnector,
+    open: Gauge,
+}
+
+impl tower_service::Service<http::Uri> for Counted {
+    type Response = CountedIo<TokioIo<TcpStream>>;
+    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let open = self.open.clone();
+        Box::pin(async move {
+            let io = connecting.await?;
+            open.inc();
+            Ok(CountedIo { io, open })
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection that leaves the count when it closes.
+    #[derive(Debug)]
+    pub(super) struct CountedIo<T> {
+        #[pin]
+        io: T,
+        open: Gauge,
+    }
+
+    impl<T> PinnedDrop for CountedIo<T> {
+        fn drop(this: Pin<&mut Self>) {
+            this.project().open.dec();
+        }
+    }
+}
+
+impl<T: hyper::rt::Read> hyper::rt::Read for CountedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write> hyper::rt::Write for CountedIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+}
+
+impl<T: Connection> Connection for CountedIo<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
 }
 
 /// `err` and its causes, outermost first.

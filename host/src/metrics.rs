@@ -1,0 +1,344 @@
+//! Prometheus metrics: what happened (counters, histograms), kept by one
+//! [`Metrics`] that lives as long as the process, across config reloads.
+//!
+//! What is true now (endpoint health, circuit state, requests in flight)
+//! is not counted on the hot path but read from the running config when
+//! `/metrics` is scraped, by [`Metrics::encode`].
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// A label value that is shared, not copied, per request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Label(pub Arc<str>);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+impl From<&Arc<str>> for Label {
+    fn from(s: &Arc<str>) -> Self {
+        Self(Arc::clone(s))
+    }
+}
+
+impl From<&str> for Label {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+/// Labels of `plumeway_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's name, or `-` when none matched.
+    pub route: Label,
+    /// The upstream, or `-` when none was reached.
+    pub upstream: Label,
+    /// The endpoint that answered last, or `-`.
+    pub endpoint: Label,
+    /// The request method (uncommon ones as `OTHER`, so that clients
+    /// cannot grow the series without bound).
+    pub method: Label,
+    /// `1xx` … `5xx`.
+    pub status: &'static str,
+}
+
+/// Labels with a route only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route's name.
+    pub route: Label,
+}
+
+/// Labels with an upstream only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// The upstream's name.
+    pub upstream: Label,
+}
+
+/// Labels of one endpoint of one upstream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The upstream's name.
+    pub upstream: Label,
+    /// The endpoint's URL.
+    pub endpoint: Label,
+}
+
+/// Labels of a health transition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// The upstream's name.
+    pub upstream: Label,
+    /// The endpoint's URL.
+    pub endpoint: Label,
+    /// `healthy` or `unhealthy`: the state entered.
+    pub to: &'static str,
+}
+
+/// Labels with a plugin only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    /// The plugin's name, as in `[plugins.NAME]`.
+    pub plugin: Label,
+}
+
+/// Labels of a plugin failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginFailureLabels {
+    /// The plugin's name.
+    pub plugin: Label,
+    /// `trap`, `timeout`, `memory`, `fuel`, `error`, `invalid-output` or
+    /// `instantiate`.
+    pub kind: &'static str,
+}
+
+/// Labels of open connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `client`, `upstream` or `websocket`.
+    pub kind: &'static str,
+}
+
+/// Labels of config reloads.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric plumeway keeps. Cloning shares the same series.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// Requests answered.
+    pub requests: Family<RequestLabels, Counter>,
+    /// From the request head to the end of the response body.
+    pub request_duration: Histograms<RouteLabels>,
+    /// From sending the request upstream to its response head.
+    pub upstream_duration: Histograms<EndpointLabels>,
+    /// Attempts after the first.
+    pub retries: Family<UpstreamLabels, Counter>,
+    /// Active health check verdicts that changed an endpoint's state.
+    pub health_transitions: Family<TransitionLabels, Counter>,
+    /// Passive ejections (outlier detection).
+    pub ejections: Family<EndpointLabels, Counter>,
+    /// Plugin calls, whatever their outcome.
+    pub plugin_calls: Family<PluginLabels, Counter>,
+    /// Plugin calls that failed, by kind.
+    pub plugin_failures: Family<PluginFailureLabels, Counter>,
+    /// Plugin call latency, instance checkout included.
+    pub plugin_duration: Histograms<PluginLabels>,
+    /// Connections open now.
+    pub connections: Family<ConnectionLabels, Gauge>,
+    /// Config reloads.
+    pub reloads: Family<ReloadLabels, Counter>,
+    /// Requests whose response is not over yet.
+    pub requests_in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn latency() -> Histogram {
+    // 100µs to ~52s, doubling: covers a plugin call and a slow upstream.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 20,
+    ))
+}
+
+fn plugin_latency() -> Histogram {
+    // 2µs to ~1s, doubling: plugin calls are microseconds when healthy.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.000_002, 2.0, 20,
+    ))
+}
+
+impl Metrics {
+    /// Empty series.
+    pub fn new() -> Self {
+        Self {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency),
+            upstream_duration: Family::new_with_constructor(latency),
+            retries: Family::default(),
+            health_transitions: Family::default(),
+            ejections: Family::default(),
+            plugin_calls: Family::default(),
+            plugin_failures: Family::default(),
+            plugin_duration: Family::new_with_constructor(plugin_latency),
+            connections: Family::default(),
+            reloads: Family::default(),
+            requests_in_flight: Gauge::default(),
+        }
+    }
+
+    /// The registry to encode: every family, under `plumeway_`.
+    fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("plumeway");
+        r.register("requests", "Requests answered", self.requests.clone());
+        r.register(
+            "request_duration_seconds",
+            "Time from the request head to the end of the response body",
+            self.request_duration.clone(),
+        );
+        r.register(
+            "upstream_duration_seconds",
+            "Time from sending a request upstream to its response head",
+            self.upstream_duration.clone(),
+        );
+        r.register("retries", "Upstream attempts after the first", self.retries.clone());
+        r.register(
+            "health_transitions",
+            "Endpoint state changes from active health checks",
+            self.health_transitions.clone(),
+        );
+        r.register(
+            "ejections",
+            "Endpoints ejected by passive health checks",
+            self.ejections.clone(),
+        );
+        r.register("plugin_calls", "Plugin calls", self.plugin_calls.clone());
+        r.register(
+            "plugin_failures",
+            "Plugin calls that failed, by kind",
+            self.plugin_failures.clone(),
+        );
+        r.register(
+            "plugin_call_duration_seconds",
+            "Plugin call latency",
+            self.plugin_duration.clone(),
+        );
+        r.register("open_connections", "Connections open now", self.connections.clone());
+        r.register("config_reloads", "Config reloads", self.reloads.clone());
+        r.register(
+            "requests_in_flight",
+            "Requests whose response is not over yet",
+            self.requests_in_flight.clone(),
+        );
+        r
+    }
+
+    /// The Prometheus text exposition (version 0.0.4): the kept series,
+    /// then the live state of `upstreams` as gauges.
+    pub fn encode(&self, upstreams: &[Arc<crate::upstream::Upstream>]) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry()).is_err() {
+            out.push_str("# encoding failed\n");
+        }
+        live_state(&mut out, upstreams);
+        out
+    }
+
+    /// Requests whose response is not over yet.
+    pub fn in_flight(&self) -> i64 {
+        self.requests_in_flight.get()
+    }
+
+    /// Counts one request.
+    pub fn request(&self, labels: &RequestLabels, route: Option<&Histogram>, took: Duration) {
+        self.requests.get_or_create(labels).inc();
+        if let Some(h) = route {
+            h.observe(took.as_secs_f64());
+        }
+    }
+}
+
+/// `1xx` … `5xx` for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The method as a bounded label.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// Per-endpoint gauges read at scrape time.
+fn live_state(out: &mut String, upstreams: &[Arc<crate::upstream::Upstream>]) {
+    type Read = fn(&crate::upstream::Endpoint) -> i64;
+    let gauges: [(&str, &str, Read); 5] = [
+        (
+            "plumeway_endpoint_healthy",
+            "1 if active health checks pass (or none are configured)",
+            |e| i64::from(e.is_healthy()),
+        ),
+        (
+            "plumeway_endpoint_ejected",
+            "1 while passive health checks keep the endpoint out",
+            |e| i64::from(e.is_ejected()),
+        ),
+        (
+            "plumeway_endpoint_available",
+            "1 if the endpoint may take traffic now",
+            |e| i64::from(e.is_available()),
+        ),
+        (
+            "plumeway_endpoint_circuit_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            |e| match e.circuit() {
+                Some(crate::upstream::CircuitState::Open) => 2,
+                Some(crate::upstream::CircuitState::HalfOpen) => 1,
+                _ => 0,
+            },
+        ),
+        (
+            "plumeway_endpoint_in_flight",
+            "Requests in flight to the endpoint",
+            |e| i64::from(e.in_flight()),
+        ),
+    ];
+    let sets: Vec<_> = upstreams.iter().map(|u| (u.name().clone(), u.current())).collect();
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} gauge");
+        for (upstream, set) in &sets {
+            for e in set.endpoints() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{}\",endpoint=\"{}\"}} {}",
+                    escape(upstream),
+                    escape(e.label()),
+                    value(e)
+                );
+            }
+        }
+    }
+}
+
+/// Escapes a label value for the text format.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
