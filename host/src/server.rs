@@ -245,6 +245,9 @@ impl Server {
     /// accepting, lets in-flight requests finish for up to
     /// `server.timeouts.shutdown`, and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        // Before anything says "listening": SIGHUP's default action ends
+        // the process, so a reload sent at once must already be caught.
+        let hup = sighup();
         let (stop_tx, stop_rx) = watch::channel(());
         let mut tasks = JoinSet::new();
         for listener in self.listeners {
@@ -260,7 +263,7 @@ impl Server {
             }
             helpers.spawn(crate::admin::serve(admin, Arc::clone(&self.state), stop_rx.clone()));
         }
-        helpers.spawn(reload_on_sighup(Arc::clone(&self.state)));
+        helpers.spawn(reload_on_sighup(hup, Arc::clone(&self.state)));
         if self
             .state
             .current()
@@ -367,26 +370,36 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
     graceful.shutdown().await;
 }
 
-/// SIGHUP reloads the config, as for nginx and HAProxy.
-async fn reload_on_sighup(state: Arc<State>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch SIGHUP; reload with POST /reload instead");
-                return;
-            }
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP received: reloading the config");
-            let _ = state.reload().await;
+/// The SIGHUP stream, where there is one.
+#[cfg(unix)]
+fn sighup() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch SIGHUP; reload with POST /reload instead");
+            None
         }
     }
-    #[cfg(not(unix))]
-    std::future::pending::<()>().await;
 }
+
+#[cfg(not(unix))]
+fn sighup() -> Option<()> {
+    None
+}
+
+/// SIGHUP reloads the config, as for nginx and HAProxy.
+#[cfg(unix)]
+async fn reload_on_sighup(hup: Option<tokio::signal::unix::Signal>, state: Arc<State>) {
+    let Some(mut hup) = hup else { return };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the config");
+        let _ = state.reload().await;
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_hup: Option<()>, _state: Arc<State>) {}
 
 /// `[admin] watch_config = true`: reload when the config file changes.
 async fn reload_on_change(state: Arc<State>) {

@@ -19,21 +19,48 @@ use crate::Client;
 pub struct TestProxy {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin listener is, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
 }
 
 impl TestProxy {
-    /// Serves `toml` (its listen address is replaced by 127.0.0.1:0).
+    /// Serves `toml` (its listen address, and the admin listener's if
+    /// any, are replaced by 127.0.0.1:0).
     pub async fn start(toml: &str) -> Self {
         let mut config = Config::parse(Path::new("test.toml"), toml).unwrap_or_else(|e| panic!("{e}"));
         config.server.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
-        let server = Server::bind(&config).await.expect("bind proxy");
+        if let Some(admin) = &mut config.admin {
+            admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        }
+        Self::serve(&config).await
+    }
+
+    /// Serves the config file at `path` as it is (so that it can be
+    /// reloaded: it should listen on 127.0.0.1:0).
+    pub async fn start_file(path: &Path) -> Self {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        Self::serve(&config).await
+    }
+
+    async fn serve(config: &Config) -> Self {
+        let server = Server::bind(config).await.unwrap_or_else(|e| panic!("bind proxy: {e}"));
         let addr = server.local_addrs()[0];
+        let admin = server.admin_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(server.serve(async move {
             let _ = stopped.await;
         }));
-        Self { addr, stop: Some(stop) }
+        Self {
+            addr,
+            admin,
+            stop: Some(stop),
+        }
+    }
+
+    /// A client aimed at the admin listener.
+    pub fn admin(&self) -> Client {
+        Client::new(self.admin.expect("the config has no [admin]"))
     }
 
     /// A client aimed at the proxy.
@@ -64,6 +91,11 @@ pub struct BinaryProxy {
 }
 
 impl BinaryProxy {
+    /// The config file it serves (rewrite it, then signal `HUP`).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("plumeway.toml")
+    }
+
     /// Runs `plumeway run` on `toml`, which must listen on `127.0.0.1:0`;
     /// returns once the proxy logged its listening address.
     pub async fn start(toml: &str) -> Self {
