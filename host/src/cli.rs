@@ -47,6 +47,9 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the admin listener (dashboard, metrics) listens.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
     },
     /// Register an instance with an upstream's discovery back end (etcd or
     /// Consul) and keep it registered until SIGINT or SIGTERM, then
@@ -98,8 +101,8 @@ pub fn main() -> ExitCode {
             Ok(cfg) => run(cfg, None),
             Err(err) => config_failed(&err),
         },
-        Command::Demo { listen } => match crate::demo::config(listen) {
-            Ok(cfg) => run(cfg, Some(listen)),
+        Command::Demo { listen, admin } => match crate::demo::config(listen, admin) {
+            Ok(cfg) => run(cfg, Some((listen, admin))),
             Err(err) => config_failed(&err),
         },
         Command::Register {
@@ -205,7 +208,7 @@ async fn stay_registered<D: crate::discovery::Discovery>(
     }
 }
 
-fn run(config: Config, demo: Option<SocketAddr>) -> ExitCode {
+fn run(config: Config, demo: Option<(SocketAddr, SocketAddr)>) -> ExitCode {
     let runtime = match runtime(true) {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -225,8 +228,8 @@ fn run(config: Config, demo: Option<SocketAddr>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if let Some(addr) = demo {
-            println!("{}", crate::demo::banner(addr));
+        if let Some((addr, admin)) = demo {
+            println!("{}", crate::demo::banner(addr, admin));
         }
         server.serve(shutdown_signal()).await;
         ExitCode::SUCCESS
@@ -315,6 +318,29 @@ fn summary(path: &Path, config: &Config, proxy: &Proxy) -> String {
     let _ = writeln!(out, "{}: ok", path.display());
     let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
     let _ = writeln!(out, "listeners: {}", listen.join(", "));
+    match &config.admin {
+        Some(a) => {
+            let watch = if a.watch_config {
+                ", reloads when the file changes"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "admin: http://{}/ (dashboard, /metrics, POST /reload){watch}",
+                a.listen
+            );
+        }
+        None => {
+            let _ = writeln!(out, "admin: off (add [admin] for metrics and the dashboard)");
+        }
+    }
+    let log = &config.access_log;
+    let _ = match (log.enabled, &log.path) {
+        (false, _) => writeln!(out, "access log: off"),
+        (true, Some(p)) => writeln!(out, "access log: {:?} to {}", log.format, p.display()),
+        (true, None) => writeln!(out, "access log: {:?}", log.format),
+    };
     let limits = &config.server.limits;
     let _ = writeln!(
         out,

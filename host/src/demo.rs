@@ -21,9 +21,12 @@ use crate::config::{Config, ConfigError};
 const QUICKSTART: &str = include_str!("../../examples/quickstart/plumeway.toml");
 
 /// The quickstart config with the proxy listening on `listen`.
-pub(crate) fn config(listen: SocketAddr) -> Result<Config, ConfigError> {
+pub(crate) fn config(listen: SocketAddr, admin: SocketAddr) -> Result<Config, ConfigError> {
     let mut config = Config::parse(Path::new("examples/quickstart/plumeway.toml"), QUICKSTART)?;
     config.server.listen = vec![listen];
+    if let Some(a) = &mut config.admin {
+        a.listen = admin;
+    }
     Ok(config)
 }
 
@@ -44,7 +47,7 @@ pub(crate) async fn start_backends(config: &Config) -> std::io::Result<()> {
 }
 
 /// What to try once the demo is up.
-pub(crate) fn banner(addr: SocketAddr) -> String {
+pub(crate) fn banner(addr: SocketAddr, admin: SocketAddr) -> String {
     format!(
         "plumeway demo is serving on http://{addr}\n\
          Route /api runs a plugin chain (all built in, see examples/quickstart/plumeway.toml):\n  \
@@ -53,6 +56,7 @@ pub(crate) fn banner(addr: SocketAddr) -> String {
          curl -si http://{addr}/api/hello      # backend sees /hello and x-gateway; you get nosniff, DENY\n  \
          curl -s  http://{addr}/api/hello      # again: the other demo backend answers (round robin)\n  \
          curl -s  http://{addr}/other          # the plain route, no plugins\n\
+         Dashboard: http://{admin}/   (metrics: http://{admin}/metrics)\n\
          Stop with Ctrl-C."
     )
 }

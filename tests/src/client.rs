@@ -37,6 +37,11 @@ impl Client {
         Self { addr, inner }
     }
 
+    /// The address it sends to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// A request builder for `path` on this client's address.
     pub fn request(&self, method: &str, path: &str) -> http::request::Builder {
         Request::builder()

@@ -3,6 +3,7 @@
 //! 127.0.0.1 with ports the OS picks.
 
 pub mod backend;
+pub mod browser;
 pub mod chaos;
 pub mod consul;
 pub mod dns;

@@ -30,6 +30,11 @@ fn check_prints_a_summary_of_a_valid_config() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(": ok\n"), "{stdout}");
     assert!(stdout.contains("listeners: 127.0.0.1:8080"), "{stdout}");
+    assert!(
+        stdout.contains("admin: http://127.0.0.1:9901/ (dashboard, /metrics, POST /reload)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("access log: Text"), "{stdout}");
     assert!(stdout.contains("routes (2):"), "{stdout}");
     assert!(stdout.contains("api                  path /api -> demo"), "{stdout}");
     assert!(

@@ -539,3 +539,78 @@ async fn access_log_lines_in_json_and_common_format() {
         }
     }
 }
+
+/// The dashboard in a real headless Chromium: it loads, shows routes,
+/// endpoints and plugins from the live API, and shows a backend going
+/// unhealthy.
+#[tokio::test]
+async fn the_dashboard_shows_a_backend_going_unhealthy() {
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = healthy.clone();
+    let flaky = Backend::start(move |req: http::Request<hyper::body::Incoming>| {
+        let ok = req.uri().path() != "/healthz" || flag.load(std::sync::atomic::Ordering::SeqCst);
+        async move {
+            http::Response::builder()
+                .status(if ok { 200 } else { 503 })
+                .body(plumeway_tests::backend::full("flaky"))
+                .unwrap()
+        }
+    })
+    .await;
+    let steady = Backend::echo("steady").await;
+    let proxy = TestProxy::start(&format!(
+        r#"
+[admin]
+[plugins.hdr]
+builtin = "headers"
+config = {{ set = {{ "x-gateway" = "plumeway" }} }}
+[upstreams.web]
+targets = ["{}", "{}"]
+health = {{ path = "/healthz", interval = "100ms", healthy = 1, unhealthy = 1 }}
+[[routes]]
+name = "site"
+upstream = "web"
+response = ["hdr"]
+"#,
+        flaky.url(),
+        steady.url()
+    ))
+    .await;
+    for _ in 0..20 {
+        assert_eq!(proxy.client().get("/").await.status, 200);
+    }
+    let browser = plumeway_tests::browser::Browser::start().await;
+    browser
+        .open(&format!("http://{}/?interval=200", proxy.admin.unwrap()))
+        .await;
+    let state = format!(
+        "const td = document.querySelector('tr[data-endpoint=\"{}\"] td.state'); return td ? td.textContent : null;",
+        flaky.url()
+    );
+    browser
+        .wait_for("the endpoint shows healthy", &state, &serde_json::json!("healthy"))
+        .await;
+    browser
+        .wait_for(
+            "the route row is there",
+            "const r = document.querySelector('tr[data-route=\"site\"]'); return r ? r.cells[2].textContent : null;",
+            &serde_json::json!("web"),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the plugin row counts calls",
+            "const r = document.querySelector('tr[data-plugin=\"hdr\"]'); return r ? Number(r.cells[3].textContent) >= 20 : null;",
+            &serde_json::json!(true),
+        )
+        .await;
+
+    healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    browser
+        .wait_for("the endpoint shows unhealthy", &state, &serde_json::json!("unhealthy"))
+        .await;
+    let status = browser
+        .eval("return document.getElementById('status').textContent;")
+        .await;
+    assert!(status.as_str().unwrap().starts_with("up "), "{status}");
+}
