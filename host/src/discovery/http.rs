@@ -66,7 +66,7 @@ impl Client {
             .map_err(|e| format!("{method} {uri}: {e}"))?;
         match tokio::time::timeout(timeout, self.inner.request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(format!("{method} {uri}: {}", chain(&e))),
+            Ok(Err(e)) => Err(format!("{method} {uri}: {}", crate::upstream::chain(&e))),
             Err(_) => Err(format!("{method} {uri}: no answer within {timeout:?}")),
         }
     }
@@ -128,17 +128,4 @@ impl Reply {
             .to_owned();
         Err(format!("{method} {server}{path_and_query}: {}: {text}", self.status))
     }
-}
-
-/// An error with its causes, which hyper's client errors hide otherwise
-/// ("client error (Connect)" says nothing about a refused connection).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -196,7 +196,7 @@ fn causes<'a>(err: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dy
 }
 
 /// The error and its causes on one line, for logs.
-fn chain(err: &(dyn StdError + 'static)) -> String {
+pub(crate) fn chain(err: &(dyn StdError + 'static)) -> String {
     let mut out = String::new();
     for e in causes(err) {
         let s = e.to_string();
