@@ -27,8 +27,8 @@ pub use duration::Duration;
 pub use error::{ConfigError, Invalid};
 pub use ops::{AccessLogConfig, AccessLogFormat, AdminConfig};
 pub use plugin::{Isolation, MAX_PLUGIN_MEMORY, OnFailure, PluginConfig, PluginLimits};
-pub use route::{MatchConfig, RouteConfig};
-pub use server::{Limits, ServerConfig, ServerTimeouts};
+pub use route::{MatchConfig, RateLimit, RouteConfig};
+pub use server::{EncodedSlash, Http2Config, Limits, PathPolicy, ServerConfig, ServerTimeouts};
 pub use size::Size;
 pub use upstream::{
     Balancer, CircuitBreakerConfig, HealthConfig, PassiveConfig, PoolConfig, RetryConfig, StatusRange, Target,

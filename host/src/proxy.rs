@@ -10,7 +10,10 @@
 mod access;
 mod error;
 mod headers;
+mod limit;
+pub mod path;
 mod request_id;
+mod validate;
 mod websocket;
 
 use std::net::SocketAddr;
@@ -69,6 +72,9 @@ struct Route {
     websocket: bool,
     /// `plumeway_request_duration_seconds{route}`, resolved once.
     duration: prometheus_client::metrics::histogram::Histogram,
+    /// Request headers removed before forwarding.
+    strip_headers: Vec<http::HeaderName>,
+    limiter: Option<limit::Limiter>,
 }
 
 /// The connection a request arrived on.
@@ -103,7 +109,7 @@ struct Exchange {
 /// A request body: still streaming from the client, or read whole because
 /// a plugin asked for it (or replaced it).
 enum ReqBody {
-    Streaming(Incoming),
+    Streaming(crate::body::IdleTimeout<Incoming>),
     Whole(Bytes),
 }
 
@@ -190,9 +196,16 @@ impl Proxy {
             let duration = metrics
                 .request_duration
                 .get_or_create_owned(&crate::metrics::RouteLabels { route: (&name).into() });
+            let strip_headers = r
+                .strip_headers
+                .iter()
+                .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect();
             routes.push(Some(Route {
                 name,
                 duration,
+                strip_headers,
+                limiter: r.rate_limit.as_ref().map(limit::Limiter::new),
                 upstream,
                 rewrite,
                 request,
@@ -321,12 +334,46 @@ impl Proxy {
         self.config.access_log.enabled && self.config.access_log.format != crate::config::AccessLogFormat::Text
     }
 
-    async fn serve(&self, req: Request<Incoming>, ex: &mut Exchange) -> Response<BoxBody> {
+    async fn serve(&self, mut req: Request<Incoming>, ex: &mut Exchange) -> Response<BoxBody> {
+        // Ambiguous or oversized heads, and paths that do not normalise,
+        // never reach routing.
+        let checked = validate::request(&req, &self.config.server.limits).and_then(|()| {
+            match path::normalize(req.uri().path(), &self.config.server.paths) {
+                Ok(std::borrow::Cow::Borrowed(_)) => Ok(None),
+                Ok(std::borrow::Cow::Owned(normal)) => with_query(&normal, req.uri().query()).map(Some),
+                Err(e) => Err(ProxyError::BadRequest { reason: e.to_string() }),
+            }
+        });
+        match checked {
+            Ok(None) => {}
+            Ok(Some(normal)) => {
+                let mut uri = std::mem::take(req.uri_mut()).into_parts();
+                uri.path_and_query = Some(normal);
+                match Uri::from_parts(uri) {
+                    Ok(uri) => *req.uri_mut() = uri,
+                    Err(e) => {
+                        let err = ProxyError::BadRequest { reason: e.to_string() };
+                        return self.failed(None, None, err, ex).await;
+                    }
+                }
+            }
+            Err(err) => return self.failed(None, None, err, ex).await,
+        }
         let Some(route) = self.router.route(&req) else {
             return self.failed(None, None, ProxyError::NoRoute, ex).await;
         };
         ex.route = Some(Arc::clone(&route.name));
         ex.route_duration = Some(route.duration.clone());
+        if let Some(limiter) = &route.limiter
+            && let Err(retry_after) = limiter.check(ex.client.peer.ip(), req.headers())
+        {
+            let (mut parts, _body) = req.into_parts();
+            let err = ProxyError::RateLimited {
+                route: Arc::clone(&route.name),
+                retry_after,
+            };
+            return self.failed(Some(route), Some(&mut parts), err, ex).await;
+        }
         if route.has_plugins() {
             ex.client_ip = Some(ex.client.peer.ip().to_string().into());
         }
@@ -353,7 +400,11 @@ impl Proxy {
         if declared.is_some_and(|n| n > self.max_body.get()) {
             return Err(ProxyError::BodyTooLarge { limit: self.max_body });
         }
-        let mut body = ReqBody::Streaming(body);
+        // A client that stops sending its body mid-way is cut off (408).
+        let mut body = ReqBody::Streaming(crate::body::IdleTimeout::new(
+            body,
+            self.config.server.timeouts.body_idle.get(),
+        ));
         // A WebSocket handshake on a WebSocket route must be valid before any
         // plugin or upstream sees it.
         let upgrade = if route.websocket && websocket::is_upgrade(&parts.headers) {
@@ -364,6 +415,9 @@ impl Proxy {
             None
         };
 
+        // Plugins may change the path; what they leave is checked and
+        // normalised again before it goes anywhere.
+        let original = parts.uri.path_and_query().cloned();
         if let Some(plugin) = &route.rewrite
             && let Some(path) = guarded(plugin, ex, plugin.rewrite(parts, ex.call()).await)?.flatten()
         {
@@ -396,6 +450,15 @@ impl Proxy {
                     local = Some(resp);
                     break;
                 }
+            }
+        }
+
+        if parts.uri.path_and_query() != original.as_ref() {
+            let policy = &self.config.server.paths;
+            let normal = path::normalize_rewritten(parts.uri.path(), policy)
+                .map_err(|e| ProxyError::BadRequest { reason: e.to_string() })?;
+            if let std::borrow::Cow::Owned(normal) = normal {
+                set_path(parts, with_query(&normal, parts.uri.query())?)?;
             }
         }
 
@@ -489,7 +552,7 @@ impl Proxy {
         // The client's headers stay for an error plugin; retries resend a
         // copy of the prepared head instead.
         let mut head = upstream_head(parts, route.on_error.is_some());
-        self.prepare_head(&mut head, ex);
+        self.prepare_head(route, &mut head, ex);
         let key = upstream.hash_key(&head.headers, ex.client.peer.ip());
         let mut body = Some(body);
         // One snapshot of the endpoints for the whole request: indexes in
@@ -601,7 +664,7 @@ impl Proxy {
         };
 
         let mut head = upstream_head(parts, route.on_error.is_some());
-        self.prepare_head(&mut head, ex);
+        self.prepare_head(route, &mut head, ex);
         websocket::mark_upgrade(&mut head.headers);
         head.uri = head
             .uri
@@ -748,6 +811,9 @@ impl Proxy {
             PoolError::ConnectionTimeout => ProxyError::ConnectionTimeout { upstream, endpoint },
             PoolError::RequestBodyTooLarge => ProxyError::BodyTooLarge { limit: self.max_body },
             PoolError::RequestBody(reason) => ProxyError::ClientBody { reason },
+            PoolError::RequestBodyStalled => ProxyError::RequestTimeout {
+                idle: self.config.server.timeouts.body_idle,
+            },
             PoolError::Connect(reason) | PoolError::Protocol(reason) => ProxyError::UpstreamFailed {
                 upstream,
                 endpoint,
@@ -768,10 +834,16 @@ impl Proxy {
 
     /// The forwarding headers, once per request: hop-by-hop headers out,
     /// `X-Forwarded-*`, `Via`, `Host` and the request id in.
-    fn prepare_head(&self, out: &mut request::Parts, ex: &Exchange) {
+    fn prepare_head(&self, route: &Route, out: &mut request::Parts, ex: &Exchange) {
         let host = request_host(&out.uri, &out.headers).map(str::to_owned);
         headers::strip_hop_by_hop(&mut out.headers);
-        headers::set_forwarded(&mut out.headers, ex.client.peer.ip(), ex.client.proto, host.as_deref());
+        headers::strip_internal(&mut out.headers);
+        let peer = ex.client.peer.ip();
+        let trusted = self.config.server.trusted_proxies.iter().any(|net| net.contains(&peer));
+        headers::set_forwarded(&mut out.headers, peer, ex.client.proto, host.as_deref(), trusted);
+        for name in &route.strip_headers {
+            out.headers.remove(name);
+        }
         headers::append_via(&mut out.headers, out.version);
         // The upstream sees the Host the client asked for (HTTP/2 clients send
         // it as :authority, which HTTP/1.1 has no place for but Host).
@@ -839,6 +911,16 @@ impl Proxy {
             Ok(Err(err)) => return Err(self.upstream_error(err, upstream, endpoint)),
         };
         let (mut parts, body) = resp.into_parts();
+        // A response whose length could be read two ways is refused; its
+        // connection goes with the unread body instead of back to the pool.
+        if let Some(reason) = validate::framing(&parts.headers) {
+            let (upstream, endpoint) = names();
+            return Err(ProxyError::UpstreamFailed {
+                upstream,
+                endpoint,
+                reason: format!("ambiguous response: {reason}"),
+            });
+        }
         headers::strip_hop_by_hop_response(&mut parts.headers);
         headers::append_via(&mut parts.headers, parts.version);
         let body = crate::body::IdleTimeout::new(body, upstream.timeouts().idle.get());
@@ -874,7 +956,19 @@ impl Proxy {
                 request_id: Arc::clone(&ex.request_id),
             };
             match plugin.on_error(parts, &info, ex.call()).await {
-                Ok(resp) => return resp,
+                Ok(mut resp) => {
+                    // What the protocol needs stays, whatever the plugin made.
+                    let h = resp.headers_mut();
+                    if let ProxyError::RateLimited { retry_after, .. } = &err
+                        && !h.contains_key(header::RETRY_AFTER)
+                    {
+                        h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                    }
+                    if err.closes_connection() {
+                        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return resp;
+                }
                 Err(failure) => log_failure(plugin, &failure, ex),
             }
         }
@@ -890,6 +984,9 @@ impl Proxy {
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                     Err(ProxyError::BodyTooLarge { limit: self.max_body })
                 }
+                Err(e) if e.is::<crate::body::IdleTimedOut>() => Err(ProxyError::RequestTimeout {
+                    idle: self.config.server.timeouts.body_idle,
+                }),
                 Err(e) => Err(ProxyError::ClientBody { reason: e.to_string() }),
             },
         }
@@ -1026,6 +1123,15 @@ fn log_failure(plugin: &Plugin, failure: &Failure, ex: &Exchange) {
 }
 
 /// Points the request at a new path and query.
+/// `path` with `query` put back.
+fn with_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, ProxyError> {
+    let joined = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    PathAndQuery::try_from(joined).map_err(|e| ProxyError::BadRequest { reason: e.to_string() })
+}
+
 fn set_path(parts: &mut request::Parts, path: PathAndQuery) -> Result<(), ProxyError> {
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     uri.path_and_query = Some(path);

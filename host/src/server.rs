@@ -68,9 +68,16 @@ impl Serving {
             .header_read_timeout(config.server.timeouts.header_read.get())
             .max_buf_size(limits.max_header_bytes.as_usize())
             .max_headers(limits.max_headers);
+        let h2 = &config.server.http2;
+        let window = |size: crate::config::Size| u32::try_from(size.get()).unwrap_or(u32::MAX >> 1);
         http.http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes.get()).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(limits.max_header_bytes.get()).unwrap_or(u32::MAX))
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .initial_stream_window_size(window(h2.initial_stream_window))
+            .initial_connection_window_size(window(h2.initial_connection_window))
+            .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
+            .max_local_error_reset_streams(h2.max_local_error_reset_streams);
         Self { proxy, http }
     }
 }
@@ -322,12 +329,32 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         .metrics
         .connections
         .get_or_create_owned(&ConnectionLabels { kind: "client" });
+    // Connections beyond the limit are closed at once: refusing fast keeps
+    // the ones already open served, where queueing would slow them all.
+    let max = state.current().proxy.config().server.limits.max_connections;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let mut refused: u64 = 0;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        refused += 1;
+                        if refused.is_power_of_two() {
+                            tracing::warn!(%peer, max, refused, "connection limit reached; closing new connections");
+                        }
+                        drop(stream);
+                        continue;
+                    };
                     // Small writes (response heads) must not wait for Nagle.
                     let _ = stream.set_nodelay(true);
+                    let (stream, timeout_reply) = match Stalled::watch(stream) {
+                        Ok(pair) => pair,
+                        Err(err) => {
+                            tracing::debug!(%peer, error = %err, "cannot set up the connection");
+                            continue;
+                        }
+                    };
                     let client = Client { peer, proto: "http" };
                     let for_requests = Arc::clone(&state);
                     // Each request takes the config serving when it starts,
@@ -339,16 +366,18 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
                     let conn = state
                         .current()
                         .http
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(stream, service)
                         .into_owned();
                     let conn = graceful.watch(conn);
                     let open = open.clone();
                     open.inc();
                     tokio::spawn(async move {
                         if let Err(err) = conn.await {
+                            timeout_reply.after(&*err);
                             tracing::debug!(%peer, error = %err, "client connection ended with an error");
                         }
                         open.dec();
+                        drop(slot);
                     });
                 }
                 Err(err) => {
@@ -368,6 +397,115 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         tracing::info!(connections = open, "draining open connections");
     }
     graceful.shutdown().await;
+}
+
+/// A client connection, watched for the case hyper leaves silent: the
+/// header read timeout closes the connection without a word, where a
+/// client that sent part of a head should hear 408 (RFC 9110 §15.5.9).
+/// A second handle on the socket outlives hyper's, to write that answer.
+struct Stalled {
+    socket: std::net::TcpStream,
+    /// Bytes arrived since the proxy last wrote: a head was under way.
+    partial: Arc<AtomicBool>,
+}
+
+impl Stalled {
+    fn watch(stream: tokio::net::TcpStream) -> io::Result<(TokioIo<Watched>, Self)> {
+        let std = stream.into_std()?;
+        let socket = std.try_clone()?;
+        let stream = tokio::net::TcpStream::from_std(std)?;
+        let partial = Arc::new(AtomicBool::new(false));
+        let io = Watched {
+            io: stream,
+            partial: Arc::clone(&partial),
+        };
+        Ok((TokioIo::new(io), Self { socket, partial }))
+    }
+
+    /// Answers 408 if hyper gave up on a head the client had started.
+    fn after(self, err: &(dyn std::error::Error + 'static)) {
+        let timed_out = std::iter::successors(Some(err), |e| e.source())
+            .filter_map(|e| e.downcast_ref::<hyper::Error>())
+            .any(hyper::Error::is_timeout);
+        if timed_out && self.partial.load(Ordering::Relaxed) {
+            use std::io::Write as _;
+            // Non-blocking, like the socket: an empty send buffer takes it
+            // whole, and a client that cannot take 100 bytes loses nothing.
+            let _ = (&self.socket).write(
+                b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nproxy-status: plumeway; error=http_request_error\r\n\r\n",
+            );
+            let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The client's socket, noting whether bytes came in since the proxy
+    /// last wrote.
+    struct Watched {
+        #[pin]
+        io: tokio::net::TcpStream,
+        partial: Arc<AtomicBool>,
+    }
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.io.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.partial.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.io.poll_write(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.partial.store(false, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.io.poll_write_vectored(cx, bufs);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.partial.store(false, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
 }
 
 /// The SIGHUP stream, where there is one.

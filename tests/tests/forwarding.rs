@@ -36,8 +36,10 @@ async fn round_robin_alternates_between_two_backends() {
 #[tokio::test]
 async fn forwards_headers_like_a_proxy() {
     let backend = Backend::echo("only").await;
+    // The test client is a trusted proxy here, so its X-Forwarded-For is
+    // kept and appended to (untrusted peers: tests/tests/hardening.rs).
     let proxy = TestProxy::start(&format!(
-        "[upstreams.u]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"u\"\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[upstreams.u]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"u\"\n",
         backend.url()
     ))
     .await;

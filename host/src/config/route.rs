@@ -35,6 +35,34 @@ pub struct RouteConfig {
     /// upgrade headers removed.
     #[serde(default)]
     pub websocket: bool,
+    /// `strip_headers = ["authorization", "cookie"]`: request headers
+    /// removed before forwarding, for upstreams that must not see them.
+    #[serde(default)]
+    pub strip_headers: Vec<String>,
+    /// `rate_limit = { rate = 100, burst = 200, by = "client_ip" }`: a token
+    /// bucket per key; beyond it the client gets 429 with `Retry-After`.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A route's rate limit: `rate` requests per second on average, bursts of
+/// up to `burst`, counted per `by`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests per second refilled.
+    pub rate: f64,
+    /// Requests allowed at once (the bucket's size); defaults to `rate`.
+    pub burst: Option<u32>,
+    /// `"route"` (one bucket for everyone, the default), `"client_ip"`, or
+    /// `"header:NAME"` (one bucket per value, e.g. an API key; requests
+    /// without the header share one bucket).
+    #[serde(default = "by_route")]
+    pub by: String,
+}
+
+fn by_route() -> String {
+    "route".to_owned()
 }
 
 /// What a request must look like to take a route. Every condition given must
@@ -87,6 +115,38 @@ impl RouteConfig {
     }
 
     pub(super) fn validate(&self, i: usize, errors: &mut Vec<Invalid>) {
+        for (j, name) in self.strip_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                errors.push(Invalid::new(
+                    format!("routes[{i}].strip_headers[{j}]"),
+                    format!("invalid header name {name:?}"),
+                ));
+            }
+        }
+        if let Some(limit) = &self.rate_limit {
+            if !(limit.rate > 0.0 && limit.rate.is_finite()) {
+                errors.push(Invalid::new(
+                    format!("routes[{i}].rate_limit.rate"),
+                    "must be a positive number of requests per second",
+                ));
+            }
+            if limit.burst == Some(0) {
+                errors.push(Invalid::new(
+                    format!("routes[{i}].rate_limit.burst"),
+                    "must be at least 1",
+                ));
+            }
+            let by = limit.by.as_str();
+            let header_ok = by
+                .strip_prefix("header:")
+                .is_some_and(|h| http::HeaderName::from_bytes(h.as_bytes()).is_ok());
+            if !(by == "route" || by == "client_ip" || header_ok) {
+                errors.push(Invalid::new(
+                    format!("routes[{i}].rate_limit.by"),
+                    format!("{by:?}: use \"route\", \"client_ip\" or \"header:NAME\""),
+                ));
+            }
+        }
         let key = format!("routes[{i}].match");
         let m = &self.matcher;
         if !m.path_prefix.starts_with('/') {

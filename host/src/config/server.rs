@@ -17,6 +17,100 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// `timeouts = { header_read = "10s", shutdown = "30s" }`.
     pub timeouts: ServerTimeouts,
+    /// `paths = { merge_slashes = true, encoded_slash = "keep" }`: how
+    /// request paths are normalised before routing.
+    pub paths: PathPolicy,
+    /// `http2 = { max_concurrent_streams = 100, ... }`: HTTP/2 from clients.
+    pub http2: Http2Config,
+    /// `trusted_proxies = ["10.0.0.0/8"]`: peers whose `X-Forwarded-For`
+    /// and `Forwarded` headers are kept (and appended to); from any other
+    /// peer they are replaced, so a client cannot forge its address.
+    #[serde(deserialize_with = "cidrs", serialize_with = "display_all")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// How request paths are normalised. Routing and the forwarded path
+/// always see the same normalised path.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathPolicy {
+    /// Collapse `//` into `/`, as nginx's `merge_slashes`.
+    pub merge_slashes: bool,
+    /// What `%2F` (an encoded `/`) means: `"keep"` it encoded (not a
+    /// separator, the default), `"reject"` the request (400) or `"decode"`
+    /// it into a separator.
+    pub encoded_slash: EncodedSlash,
+}
+
+impl Default for PathPolicy {
+    fn default() -> Self {
+        Self {
+            merge_slashes: true,
+            encoded_slash: EncodedSlash::Keep,
+        }
+    }
+}
+
+/// The `%2F` policy.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodedSlash {
+    /// Left encoded: part of a segment, never a separator.
+    #[default]
+    Keep,
+    /// The request is refused with 400.
+    Reject,
+    /// Turned into `/` before routing.
+    Decode,
+}
+
+/// HTTP/2 limits towards clients (Envoy's edge defaults).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http2Config {
+    /// Streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Flow-control window of each stream.
+    pub initial_stream_window: Size,
+    /// Flow-control window of the whole connection.
+    pub initial_connection_window: Size,
+    /// Streams a client may open and reset before the proxy answers them
+    /// (rapid-reset, CVE-2023-44487); beyond it the connection is closed.
+    pub max_pending_reset_streams: usize,
+    /// Streams the proxy may have to reset because of the client's errors
+    /// before it closes the connection.
+    pub max_local_error_reset_streams: usize,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 100,
+            initial_stream_window: Size::kib(64),
+            initial_connection_window: Size::mib(1),
+            max_pending_reset_streams: 20,
+            max_local_error_reset_streams: 100,
+        }
+    }
+}
+
+fn cidrs<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    let list = Vec::<String>::deserialize(de)?;
+    list.iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "invalid network {s:?}; write an address or CIDR, e.g. \"10.0.0.0/8\" or \"127.0.0.1\""
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn display_all<S: serde::Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(nets.iter().map(ToString::to_string))
 }
 
 impl Default for ServerConfig {
@@ -25,6 +119,9 @@ impl Default for ServerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             limits: Limits::default(),
             timeouts: ServerTimeouts::default(),
+            paths: PathPolicy::default(),
+            http2: Http2Config::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -43,6 +140,12 @@ pub struct Limits {
     /// upstream is contacted, a larger streamed body is cut off with an error.
     /// `max_body = "10MiB"`.
     pub max_body: Size,
+    /// Bytes of request target (path and query) at most; beyond it the
+    /// client gets 414. `max_uri_bytes = "8KiB"`.
+    pub max_uri_bytes: Size,
+    /// Connections open at once per listener at most; beyond it new ones
+    /// are closed at once. `max_connections = 16384`.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +154,8 @@ impl Default for Limits {
             max_header_bytes: Size::kib(64),
             max_headers: 100,
             max_body: Size::mib(10),
+            max_uri_bytes: Size::kib(8),
+            max_connections: 16_384,
         }
     }
 }
@@ -64,6 +169,9 @@ pub struct ServerTimeouts {
     /// How long shutdown waits for in-flight requests before it gives up on
     /// them. `shutdown = "30s"`.
     pub shutdown: Duration,
+    /// Longest pause in a request body from the client; beyond it the
+    /// request fails with 408. `body_idle = "30s"`.
+    pub body_idle: Duration,
 }
 
 impl Default for ServerTimeouts {
@@ -71,6 +179,7 @@ impl Default for ServerTimeouts {
         Self {
             header_read: Duration::from_secs(10),
             shutdown: Duration::from_secs(30),
+            body_idle: Duration::from_secs(30),
         }
     }
 }
@@ -94,6 +203,27 @@ impl ServerConfig {
         }
         if self.limits.max_headers == 0 {
             errors.push(Invalid::new("server.limits.max_headers", "must be at least 1"));
+        }
+        if self.limits.max_connections == 0 {
+            errors.push(Invalid::new("server.limits.max_connections", "must be at least 1"));
+        }
+        if self.http2.max_concurrent_streams == 0 {
+            errors.push(Invalid::new(
+                "server.http2.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        // HTTP/2 windows are 31-bit and at least the 64 KiB default.
+        for (key, size) in [
+            ("initial_stream_window", self.http2.initial_stream_window),
+            ("initial_connection_window", self.http2.initial_connection_window),
+        ] {
+            if size < Size::kib(64) || size.get() > u64::from(u32::MAX >> 1) {
+                errors.push(Invalid::new(
+                    format!("server.http2.{key}"),
+                    "must be between 64KiB and 2GiB",
+                ));
+            }
         }
     }
 }

@@ -31,6 +31,26 @@ pub enum ProxyError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The request target is longer than the configured limit.
+    #[error("request target is longer than the limit of {limit}")]
+    UriTooLong {
+        /// The `server.limits.max_uri_bytes` in force.
+        limit: Size,
+    },
+    /// The client paused its request body for longer than allowed.
+    #[error("the request body stalled for {idle}")]
+    RequestTimeout {
+        /// The `server.timeouts.body_idle` in force.
+        idle: Duration,
+    },
+    /// The route's rate limit is spent for this client.
+    #[error("rate limit of route {route:?} exceeded")]
+    RateLimited {
+        /// The route's name.
+        route: Arc<str>,
+        /// Seconds until a token is back.
+        retry_after: u64,
+    },
     /// The client's request body broke while it was being forwarded.
     #[error("reading the request body failed: {reason}")]
     ClientBody {
@@ -127,8 +147,12 @@ impl ProxyError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::NoRoute => ErrorKind::DestinationNotFound,
-            Self::BodyTooLarge { .. } => ErrorKind::HttpRequestDenied,
-            Self::ClientBody { .. } | Self::BadRequest { .. } => ErrorKind::HttpRequestError,
+            Self::BodyTooLarge { .. } | Self::UriTooLong { .. } | Self::RateLimited { .. } => {
+                ErrorKind::HttpRequestDenied
+            }
+            Self::ClientBody { .. } | Self::BadRequest { .. } | Self::RequestTimeout { .. } => {
+                ErrorKind::HttpRequestError
+            }
             Self::NoHealthyEndpoint { .. } => ErrorKind::DestinationUnavailable,
             Self::ConnectionRefused { .. } => ErrorKind::ConnectionRefused,
             Self::ConnectionTimeout { .. } => ErrorKind::ConnectionTimeout,
@@ -140,6 +164,13 @@ impl ProxyError {
 
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UriTooLong { .. } => return StatusCode::URI_TOO_LONG,
+            Self::RequestTimeout { .. } => return StatusCode::REQUEST_TIMEOUT,
+            Self::RateLimited { .. } => return StatusCode::TOO_MANY_REQUESTS,
+            Self::BadRequest { .. } => return StatusCode::BAD_REQUEST,
+            _ => {}
+        }
         match self.kind() {
             ErrorKind::DestinationNotFound => StatusCode::NOT_FOUND,
             ErrorKind::HttpRequestDenied => StatusCode::PAYLOAD_TOO_LARGE,
@@ -185,7 +216,7 @@ impl ProxyError {
             "{} {}: {}\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
-            kind.describe()
+            self.describe()
         );
         let mut resp = Response::new(full(body));
         *resp.status_mut() = status;
@@ -196,7 +227,34 @@ impl ProxyError {
         );
         h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
         h.insert("proxy-status", kind.proxy_status());
+        if let Self::RateLimited { retry_after, .. } = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        if self.closes_connection() {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
+    }
+
+    /// Whether the client connection must not be reused after this answer:
+    /// after a malformed or stalled request, nothing later on the
+    /// connection can be trusted to start where the proxy thinks it does.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::BadRequest { .. } | Self::UriTooLong { .. } | Self::RequestTimeout { .. } | Self::ClientBody { .. }
+        )
+    }
+
+    /// One line for the client, saying what was wrong without internals.
+    fn describe(&self) -> &'static str {
+        match self {
+            Self::BadRequest { .. } => "the request is malformed",
+            Self::UriTooLong { .. } => "the request target is too long",
+            Self::RequestTimeout { .. } => "the request body stalled",
+            Self::RateLimited { .. } => "too many requests; retry later",
+            _ => self.kind().describe(),
+        }
     }
 }
 

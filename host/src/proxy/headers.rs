@@ -40,31 +40,106 @@ pub(super) fn strip_hop_by_hop_response(headers: &mut HeaderMap) {
     headers.remove(header::PROXY_AUTHENTICATE);
 }
 
-/// Tells the upstream who the client is: appends the client's address to
-/// `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub(super) fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&str>) {
+/// Tells the upstream who the client is. From a trusted proxy (one of
+/// `server.trusted_proxies`), what it says is kept and this hop appended:
+/// `X-Forwarded-For`, `Forwarded`, and its `X-Forwarded-Proto`/`-Host`.
+/// From anyone else those headers are replaced, so a client cannot forge
+/// its address or scheme; `X-Real-IP` is the peer's address then.
+pub(super) fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&str>,
+    trusted: bool,
+) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let prior: Vec<&str> = headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect();
-    let value = if prior.is_empty() {
-        client.to_string()
-    } else {
-        format!("{}, {client}", prior.join(", "))
+    let xfp = HeaderName::from_static("x-forwarded-proto");
+    let xfh = HeaderName::from_static("x-forwarded-host");
+    let real = HeaderName::from_static("x-real-ip");
+    let joined = |headers: &HeaderMap, name: &HeaderName| {
+        let prior: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        (!prior.is_empty()).then(|| prior.join(", "))
+    };
+    let prior_for = if trusted { joined(headers, &xff) } else { None };
+    let value = match prior_for {
+        Some(prior) => format!("{prior}, {client}"),
+        None => client.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(xff, v);
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(proto),
-    );
-    let xfh = HeaderName::from_static("x-forwarded-host");
-    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        Some(h) => {
-            headers.insert(xfh, h);
+
+    let element = forwarded_element(client, proto, host);
+    let prior_forwarded = if trusted {
+        joined(headers, &header::FORWARDED)
+    } else {
+        None
+    };
+    let forwarded = match prior_forwarded {
+        Some(prior) => format!("{prior}, {element}"),
+        None => element,
+    };
+    match HeaderValue::from_str(&forwarded) {
+        Ok(v) => {
+            headers.insert(header::FORWARDED, v);
         }
-        None => {
-            headers.remove(xfh);
+        Err(_) => {
+            headers.remove(header::FORWARDED);
         }
+    }
+
+    if !(trusted && headers.contains_key(&xfp)) {
+        headers.insert(xfp, HeaderValue::from_static(proto));
+    }
+    if !(trusted && headers.contains_key(&xfh)) {
+        match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            Some(h) => {
+                headers.insert(xfh, h);
+            }
+            None => {
+                headers.remove(xfh);
+            }
+        }
+    }
+    if !(trusted && headers.contains_key(&real))
+        && let Ok(v) = HeaderValue::from_str(&client.to_string())
+    {
+        headers.insert(real, v);
+    }
+}
+
+/// One `Forwarded` element (RFC 7239): `for=…;proto=…;host=…`, quoting
+/// what is not a token (IPv6 addresses, `host:port`).
+fn forwarded_element(client: IpAddr, proto: &str, host: Option<&str>) -> String {
+    let node = match client {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={node};proto={proto}");
+    if let Some(h) = host {
+        let token = h
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if token {
+            element.push_str(";host=");
+            element.push_str(h);
+        } else if !h.contains(['"', '\\']) {
+            element.push_str(&format!(";host=\"{h}\""));
+        }
+    }
+    element
+}
+
+/// Headers a client may not set: plumeway's own (`x-plumeway-*`), which
+/// upstreams may trust as coming from the proxy.
+pub(super) fn strip_internal(headers: &mut HeaderMap) {
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-plumeway-"))
+        .cloned()
+        .collect();
+    for name in internal {
+        headers.remove(name);
     }
 }
 
@@ -114,11 +189,34 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("via", HeaderValue::from_static("1.1 edge"));
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some("example.com"));
+        h.insert("forwarded", HeaderValue::from_static("for=203.0.113.1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let mut untrusted = h.clone();
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some("example.com"), true);
         append_via(&mut h, Version::HTTP_11);
         assert_eq!(h["x-forwarded-for"], "203.0.113.1, 10.0.0.1, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(
+            h["forwarded"],
+            "for=203.0.113.1, for=127.0.0.1;proto=http;host=example.com"
+        );
+        assert_eq!(h["x-forwarded-proto"], "https", "a trusted proxy's scheme is kept");
         assert_eq!(h["x-forwarded-host"], "example.com");
         assert_eq!(h["via"], "1.1 edge, 1.1 plumeway");
+
+        // The same headers from an untrusted client are replaced.
+        set_forwarded(
+            &mut untrusted,
+            "::1".parse().unwrap(),
+            "http",
+            Some("example.com:8080"),
+            false,
+        );
+        assert_eq!(untrusted["x-forwarded-for"], "::1");
+        assert_eq!(
+            untrusted["forwarded"],
+            "for=\"[::1]\";proto=http;host=\"example.com:8080\""
+        );
+        assert_eq!(untrusted["x-forwarded-proto"], "http");
+        assert_eq!(untrusted["x-real-ip"], "::1");
     }
 }

@@ -45,6 +45,9 @@ pub enum PoolError {
     /// The request body from the client failed while it was being sent.
     #[error("request body failed: {0}")]
     RequestBody(String),
+    /// The client stopped sending its request body for too long.
+    #[error("request body stalled")]
+    RequestBodyStalled,
     /// The connection broke or the upstream answered something that is not
     /// HTTP.
     #[error("upstream connection failed: {0}")]
@@ -94,6 +97,9 @@ fn classify(err: hyper_util::client::legacy::Error) -> PoolError {
     }
     if causes(&err).any(|e| e.is::<http_body_util::LengthLimitError>()) {
         return PoolError::RequestBodyTooLarge;
+    }
+    if causes(&err).any(|e| e.is::<crate::body::IdleTimedOut>()) {
+        return PoolError::RequestBodyStalled;
     }
     let body_failed = causes(&err)
         .filter_map(|e| e.downcast_ref::<hyper::Error>())
