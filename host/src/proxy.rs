@@ -898,8 +898,8 @@ impl Proxy {
         endpoint.dispatched();
         let timeout = upstream.timeouts().response_header;
         let sent = tokio::time::timeout(timeout.get(), upstream.pool().send(Request::from_parts(out, body))).await;
-        let resp = match sent {
-            Ok(Ok(resp)) => resp,
+        let (resp, connection) = match sent {
+            Ok(Ok(sent)) => sent,
             Err(_elapsed) => {
                 let (upstream, endpoint) = names();
                 return Err(ProxyError::ResponseTimeout {
@@ -914,6 +914,7 @@ impl Proxy {
         // A response whose length could be read two ways is refused; its
         // connection goes with the unread body instead of back to the pool.
         if let Some(reason) = validate::framing(&parts.headers) {
+            crate::upstream::Pool::poison(&connection);
             let (upstream, endpoint) = names();
             return Err(ProxyError::UpstreamFailed {
                 upstream,

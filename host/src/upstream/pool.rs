@@ -9,7 +9,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::{
+    CaptureConnection, Connected, Connection, HttpConnector, capture_connection,
+};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
@@ -80,9 +82,23 @@ impl Pool {
         Self { client }
     }
 
-    /// Sends `req` (whose URI names the endpoint) and waits for the response head.
-    pub async fn send(&self, req: http::Request<BoxBody>) -> Result<http::Response<Incoming>, PoolError> {
-        self.client.request(req).await.map_err(classify)
+    /// Sends `req` (whose URI names the endpoint) and waits for the response
+    /// head. The second value can [`Pool::poison`] the connection used.
+    pub async fn send(
+        &self,
+        mut req: http::Request<BoxBody>,
+    ) -> Result<(http::Response<Incoming>, CaptureConnection), PoolError> {
+        let capture = capture_connection(&mut req);
+        let response = self.client.request(req).await.map_err(classify)?;
+        Ok((response, capture))
+    }
+
+    /// Keeps the connection that carried a response out of the pool: after
+    /// a malformed response nothing later on it can be trusted.
+    pub fn poison(capture: &CaptureConnection) {
+        if let Some(connected) = capture.connection_metadata().as_ref() {
+            connected.poison();
+        }
     }
 }
 
