@@ -28,11 +28,11 @@ pub use error::{ConfigError, Invalid};
 pub use ops::{AccessLogConfig, AccessLogFormat, AdminConfig};
 pub use plugin::{Isolation, MAX_PLUGIN_MEMORY, OnFailure, PluginConfig, PluginLimits};
 pub use route::{MatchConfig, RateLimit, RouteConfig};
-pub use server::{EncodedSlash, Http2Config, Limits, PathPolicy, ServerConfig, ServerTimeouts};
+pub use server::{Certificate, EncodedSlash, Http2Config, Limits, PathPolicy, ServerConfig, ServerTimeouts, ServerTls};
 pub use size::Size;
 pub use upstream::{
     Balancer, CircuitBreakerConfig, HealthConfig, PassiveConfig, PoolConfig, RetryConfig, StatusRange, Target,
-    TargetUrl, UpstreamConfig, UpstreamTimeouts,
+    TargetUrl, UpstreamConfig, UpstreamTimeouts, UpstreamTls,
 };
 
 /// A whole plumeway configuration file.

@@ -16,4 +16,5 @@ pub mod plugin;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -149,7 +149,29 @@ impl Proxy {
                 ),
                 _ => None,
             };
-            let upstream = Arc::new(Upstream::new(name, u, balancer, metrics, before.map(|(_, old)| &**old)));
+            // TLS settings are built when https:// targets may come: listed,
+            // or from discovery, or asked for with a `tls` table.
+            let may_use_tls = u.discovery.is_some()
+                || u.tls != crate::config::UpstreamTls::default()
+                || u.targets.iter().any(|t| t.url.scheme == http::uri::Scheme::HTTPS);
+            let tls = if may_use_tls {
+                let client =
+                    crate::tls::client_config(&u.tls, &config.base_dir(), name).map_err(|i| config.locate(i))?;
+                Some(crate::upstream::UpstreamTls {
+                    connector: tokio_rustls::TlsConnector::from(client),
+                    sni: u.tls.sni.clone(),
+                })
+            } else {
+                None
+            };
+            let upstream = Arc::new(Upstream::new(
+                name,
+                u,
+                balancer,
+                metrics,
+                tls,
+                before.map(|(_, old)| &**old),
+            ));
             if let Some(discovery) = &u.discovery {
                 crate::discovery::start(&upstream, discovery, &config.base_dir())
                     .await
@@ -809,6 +831,12 @@ impl Proxy {
         match err {
             PoolError::ConnectionRefused => ProxyError::ConnectionRefused { upstream, endpoint },
             PoolError::ConnectionTimeout => ProxyError::ConnectionTimeout { upstream, endpoint },
+            PoolError::Tls { reason, certificate } => ProxyError::TlsFailed {
+                upstream,
+                endpoint,
+                reason,
+                certificate,
+            },
             PoolError::RequestBodyTooLarge => ProxyError::BodyTooLarge { limit: self.max_body },
             PoolError::RequestBody(reason) => ProxyError::ClientBody { reason },
             PoolError::RequestBodyStalled => ProxyError::RequestTimeout {

@@ -27,6 +27,7 @@ use crate::proxy::{Client, Proxy};
 #[derive(Debug)]
 pub struct Server {
     listeners: Vec<TcpListener>,
+    tls_listeners: Vec<TcpListener>,
     admin: Option<TcpListener>,
     state: Arc<State>,
 }
@@ -56,11 +57,17 @@ pub struct Serving {
     /// How client connections are spoken to (limits, timeouts); new
     /// connections take the current one.
     http: auto::Builder<TokioExecutor>,
+    /// The certificates TLS listeners present (reloaded with the config).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Serving {
-    fn new(proxy: Proxy) -> Self {
+    fn new(proxy: Proxy) -> Result<Self, ConfigError> {
         let config = Arc::clone(proxy.config());
+        let tls = match &config.server.tls {
+            Some(tls) => Some(crate::tls::server_config(tls, &config.base_dir()).map_err(|i| config.locate(i))?),
+            None => None,
+        };
         let limits = &config.server.limits;
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
@@ -78,7 +85,7 @@ impl Serving {
             .initial_connection_window_size(window(h2.initial_connection_window))
             .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
             .max_local_error_reset_streams(h2.max_local_error_reset_streams);
-        Self { proxy, http }
+        Ok(Self { proxy, http, tls })
     }
 }
 
@@ -174,6 +181,13 @@ impl State {
             .map(|o| o.file.clone())
             .ok_or("the running config was not read from a file")?;
         let mut config = Config::load(&path).map_err(|e| e.to_string())?;
+        let tls_listen = |c: &Config| c.server.tls.as_ref().map(|t| t.listen.clone()).unwrap_or_default();
+        if tls_listen(&config) != tls_listen(running) {
+            return Err(format!(
+                "{}: server.tls.listen changed; listeners change only with a restart",
+                path.display()
+            ));
+        }
         if config.server.listen != running.server.listen {
             return Err(format!(
                 "{}: server.listen changed ({:?} -> {:?}); listeners change only with a restart",
@@ -194,7 +208,7 @@ impl State {
         let proxy = Proxy::load(&config, &self.metrics, Some(&current.proxy))
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Serving::new(proxy))
+        Serving::new(proxy).map_err(|e| e.to_string())
     }
 }
 
@@ -211,6 +225,14 @@ impl Server {
                 .map_err(|source| StartError::Bind { addr, source })?;
             listeners.push(listener);
         }
+        let serving = Serving::new(proxy)?;
+        let mut tls_listeners = Vec::new();
+        for &addr in config.server.tls.iter().flat_map(|t| &t.listen) {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            tls_listeners.push(listener);
+        }
         let admin = match &config.admin {
             Some(a) => Some(
                 TcpListener::bind(a.listen)
@@ -221,9 +243,10 @@ impl Server {
         };
         Ok(Self {
             listeners,
+            tls_listeners,
             admin,
             state: Arc::new(State {
-                serving: ArcSwap::from_pointee(Serving::new(proxy)),
+                serving: ArcSwap::from_pointee(serving),
                 metrics,
                 reloading: tokio::sync::Mutex::new(()),
                 draining: AtomicBool::new(false),
@@ -235,6 +258,11 @@ impl Server {
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// The TLS listeners' addresses.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls_listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
     /// The admin listener's address, if there is one.
@@ -261,7 +289,13 @@ impl Server {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "listening");
             }
-            tasks.spawn(accept_loop(listener, Arc::clone(&self.state), stop_rx.clone()));
+            tasks.spawn(accept_loop(listener, Arc::clone(&self.state), stop_rx.clone(), false));
+        }
+        for listener in self.tls_listeners {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "listening (TLS)");
+            }
+            tasks.spawn(accept_loop(listener, Arc::clone(&self.state), stop_rx.clone(), true));
         }
         let mut helpers = JoinSet::new();
         if let Some(admin) = self.admin {
@@ -323,7 +357,7 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<()>) {
+async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<()>, tls: bool) {
     let graceful = GracefulShutdown::new();
     let open = state
         .metrics
@@ -348,34 +382,15 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
                     };
                     // Small writes (response heads) must not wait for Nagle.
                     let _ = stream.set_nodelay(true);
-                    let (stream, timeout_reply) = match Stalled::watch(stream) {
-                        Ok(pair) => pair,
-                        Err(err) => {
-                            tracing::debug!(%peer, error = %err, "cannot set up the connection");
-                            continue;
-                        }
-                    };
-                    let client = Client { peer, proto: "http" };
-                    let for_requests = Arc::clone(&state);
-                    // Each request takes the config serving when it starts,
-                    // so keep-alive connections follow reloads.
-                    let service = service_fn(move |req| {
-                        let serving = for_requests.current();
-                        async move { Ok::<_, Infallible>(serving.proxy.handle(req, client).await) }
-                    });
-                    let conn = state
-                        .current()
-                        .http
-                        .serve_connection_with_upgrades(stream, service)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
                     let open = open.clone();
                     open.inc();
+                    let task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = if tls {
+                        Box::pin(serve_tls(stream, peer, Arc::clone(&state), graceful.watcher()))
+                    } else {
+                        Box::pin(serve_plain(stream, peer, Arc::clone(&state), graceful.watcher()))
+                    };
                     tokio::spawn(async move {
-                        if let Err(err) = conn.await {
-                            timeout_reply.after(&*err);
-                            tracing::debug!(%peer, error = %err, "client connection ended with an error");
-                        }
+                        task.await;
                         open.dec();
                         drop(slot);
                     });
@@ -397,6 +412,86 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         tracing::info!(connections = open, "draining open connections");
     }
     graceful.shutdown().await;
+}
+
+/// The service for one client connection: each request takes the config
+/// serving when it starts, so keep-alive connections follow reloads.
+fn service(
+    state: Arc<State>,
+    client: Client,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::body::BoxBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<crate::body::BoxBody>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |req| {
+        let serving = state.current();
+        async move { Ok::<_, Infallible>(serving.proxy.handle(req, client).await) }
+    })
+}
+
+async fn serve_plain(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    graceful: hyper_util::server::graceful::Watcher,
+) {
+    let (stream, timeout_reply) = match Stalled::watch(stream) {
+        Ok(pair) => pair,
+        Err(err) => {
+            tracing::debug!(%peer, error = %err, "cannot set up the connection");
+            return;
+        }
+    };
+    let service = service(Arc::clone(&state), Client { peer, proto: "http" });
+    let conn = state
+        .current()
+        .http
+        .serve_connection_with_upgrades(stream, service)
+        .into_owned();
+    if let Err(err) = graceful.watch(conn).await {
+        timeout_reply.after(&*err);
+        tracing::debug!(%peer, error = %err, "client connection ended with an error");
+    }
+}
+
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    graceful: hyper_util::server::graceful::Watcher,
+) {
+    let serving = state.current();
+    let Some(acceptor) = serving.tls.clone().map(tokio_rustls::TlsAcceptor::from) else {
+        return;
+    };
+    // The handshake counts against the header read timeout: a client that
+    // opens and says nothing holds a slot no longer than a slow head would.
+    let limit = serving.proxy.config().server.timeouts.header_read.get();
+    drop(serving);
+    let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let service = service(Arc::clone(&state), Client { peer, proto: "https" });
+    let conn = state
+        .current()
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    if let Err(err) = graceful.watch(conn).await {
+        tracing::debug!(%peer, error = %err, "client connection ended with an error");
+    }
 }
 
 /// A client connection, watched for the case hyper leaves silent: the

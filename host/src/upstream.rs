@@ -25,7 +25,7 @@ pub use balance::{Balance, ConsistentHash, LeastConnections, Pick, RoundRobin, W
 pub use circuit::{Circuit, CircuitState};
 pub use endpoint::{Endpoint, InFlight};
 pub(crate) use pool::chain;
-pub use pool::{Pool, PoolError};
+pub use pool::{Pool, PoolError, UpstreamTls};
 pub use retry::RetryBudget;
 
 /// One upstream, built from its `[upstreams.NAME]` table.
@@ -54,6 +54,9 @@ pub struct Upstream {
     /// probes newcomers at once instead of at its next interval.
     changed: Arc<tokio::sync::Notify>,
     pool_config: PoolConfig,
+    tls_config: crate::config::UpstreamTls,
+    /// TLS settings, kept for the health checker's own connections.
+    tls: Option<pool::UpstreamTls>,
     metrics: Metrics,
 }
 
@@ -154,6 +157,7 @@ impl Upstream {
         config: &UpstreamConfig,
         balancer_plugin: Option<Arc<Plugin>>,
         metrics: &Metrics,
+        tls: Option<pool::UpstreamTls>,
         previous: Option<&Upstream>,
     ) -> Self {
         let circuit_config = config.circuit_breaker.clone();
@@ -174,14 +178,18 @@ impl Upstream {
             Balancer::HashCookie(c) => HashBy::Cookie(c.clone()),
             _ => HashBy::Nothing,
         };
+        let tls_for_probes = tls.clone();
         let pool = match previous {
-            Some(p) if p.pool_config == config.pool && p.timeouts == config.timeouts => p.pool.clone(),
+            Some(p) if p.pool_config == config.pool && p.timeouts == config.timeouts && p.tls_config == config.tls => {
+                p.pool.clone()
+            }
             _ => Pool::new(
                 &config.pool,
                 &config.timeouts,
                 metrics
                     .connections
                     .get_or_create_owned(&crate::metrics::ConnectionLabels { kind: "upstream" }),
+                tls,
             ),
         };
         let generation = previous_set.as_ref().map_or(0, |s| s.generation + 1);
@@ -194,6 +202,8 @@ impl Upstream {
             hash_by,
             pool,
             pool_config: config.pool.clone(),
+            tls_config: config.tls.clone(),
+            tls: tls_for_probes,
             timeouts: config.timeouts.clone(),
             retry: config.retry.clone(),
             budget: RetryBudget::new(config.retry.budget_percent),
@@ -262,7 +272,7 @@ impl Upstream {
     /// by itself when the upstream is dropped.
     pub fn start_health_checks(self: &Arc<Self>) {
         if let Some(config) = self.health.clone() {
-            tokio::spawn(health::run(Arc::downgrade(self), config));
+            tokio::spawn(health::run(Arc::downgrade(self), config, self.tls.clone()));
         }
     }
 
@@ -422,7 +432,7 @@ mod tests {
              [[routes]]\nupstream = \"u\"\n"
         );
         let config = Config::parse(Path::new("t.toml"), &toml).expect("config");
-        Upstream::new("u", &config.upstreams["u"], None, &Metrics::new(), None)
+        Upstream::new("u", &config.upstreams["u"], None, &Metrics::new(), None, None)
     }
 
     fn targets(toml: &str) -> Vec<Target> {

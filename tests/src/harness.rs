@@ -21,6 +21,8 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     /// Where its admin listener is, when the config has `[admin]`.
     pub admin: Option<SocketAddr>,
+    /// Its first TLS listener, when the config has `[server.tls]`.
+    pub tls: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -32,6 +34,9 @@ impl TestProxy {
         config.server.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
         if let Some(admin) = &mut config.admin {
             admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        }
+        if let Some(tls) = &mut config.server.tls {
+            tls.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
         }
         Self::serve(&config).await
     }
@@ -47,6 +52,7 @@ impl TestProxy {
         let server = Server::bind(config).await.unwrap_or_else(|e| panic!("bind proxy: {e}"));
         let addr = server.local_addrs()[0];
         let admin = server.admin_addr();
+        let tls = server.tls_addrs().first().copied();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(server.serve(async move {
             let _ = stopped.await;
@@ -54,6 +60,7 @@ impl TestProxy {
         Self {
             addr,
             admin,
+            tls,
             stop: Some(stop),
         }
     }

@@ -14,6 +14,7 @@ pub mod plugins {
 }
 pub mod client;
 pub mod harness;
+pub mod tls;
 
 pub use backend::{Backend, Echo};
 pub use client::{Client, Reply};

@@ -27,6 +27,35 @@ pub struct ServerConfig {
     /// peer they are replaced, so a client cannot forge its address.
     #[serde(deserialize_with = "cidrs", serialize_with = "display_all")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `tls = { listen = ["0.0.0.0:8443"], certificates = [...] }`: TLS
+    /// listeners (HTTP/1.1 and HTTP/2 by ALPN), beside the plain ones.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS termination.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// Where TLS connections are accepted.
+    #[serde(deserialize_with = "one_or_many")]
+    pub listen: Vec<SocketAddr>,
+    /// Certificates, picked by the SNI name the client sends; the first one
+    /// answers clients that send no name or one no certificate lists.
+    pub certificates: Vec<Certificate>,
+}
+
+/// One certificate and its key, PEM files relative to the config file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// The certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+    /// SNI names this certificate answers: `"api.example.com"` or
+    /// `"*.example.com"`.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 /// How request paths are normalised. Routing and the forwarded path
@@ -122,6 +151,7 @@ impl Default for ServerConfig {
             paths: PathPolicy::default(),
             http2: Http2Config::default(),
             trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -203,6 +233,28 @@ impl ServerConfig {
         }
         if self.limits.max_headers == 0 {
             errors.push(Invalid::new("server.limits.max_headers", "must be at least 1"));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.listen.is_empty() {
+                errors.push(Invalid::new(
+                    "server.tls.listen",
+                    "at least one listen address is needed",
+                ));
+            }
+            if tls.certificates.is_empty() {
+                errors.push(Invalid::new(
+                    "server.tls.certificates",
+                    "at least one certificate is needed, e.g. [{ cert = \"site.pem\", key = \"site.key\" }]",
+                ));
+            }
+            for addr in &tls.listen {
+                if self.listen.contains(addr) {
+                    errors.push(Invalid::new(
+                        "server.tls.listen",
+                        format!("{addr} is also a plain listener"),
+                    ));
+                }
+            }
         }
         if self.limits.max_connections == 0 {
             errors.push(Invalid::new("server.limits.max_connections", "must be at least 1"));

@@ -19,6 +19,10 @@ pub struct UpstreamConfig {
     /// endpoints come from when `targets` is not given.
     #[serde(default)]
     pub discovery: Option<DiscoveryConfig>,
+    /// `tls = { ca = "ca.pem", sni = "api.internal", client_cert = "c.pem", client_key = "c.key" }`:
+    /// how `https://` targets are verified and what the proxy presents.
+    #[serde(default)]
+    pub tls: UpstreamTls,
     /// `balancer = "round-robin"`.
     #[serde(default)]
     pub balancer: Balancer,
@@ -227,6 +231,25 @@ impl Serialize for StatusRange {
     }
 }
 
+/// TLS towards an upstream's `https://` targets. Certificates are verified
+/// against the system's roots (or `ca`) by default.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// A PEM file of CA certificates to trust instead of the system's.
+    pub ca: Option<std::path::PathBuf>,
+    /// The name sent as SNI and verified against the certificate; the
+    /// target's host by default.
+    pub sni: Option<String>,
+    /// A client certificate chain to present (mutual TLS), with its key.
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key.
+    pub client_key: Option<std::path::PathBuf>,
+    /// `insecure_skip_verify = true` accepts any certificate. Logged loudly:
+    /// it gives up what TLS is for.
+    pub insecure_skip_verify: bool,
+}
+
 /// One endpoint of an upstream: `"http://host:port"` or
 /// `{ url = "http://host:port", weight = 2, down = false }`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -243,7 +266,7 @@ pub struct Target {
 /// A target URL: `http://HOST:PORT` (the port defaults to 80).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetUrl {
-    /// The scheme; only `http` for now.
+    /// `http` or `https`.
     pub scheme: Scheme,
     /// Host and port, with the port always present.
     pub authority: Authority,
@@ -445,6 +468,12 @@ impl UpstreamConfig {
                 errors.push(Invalid::new(format!("{key}.health.interval"), "must be at least 10ms"));
             }
         }
+        if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
+            errors.push(Invalid::new(
+                format!("{key}.tls"),
+                "give client_cert and client_key together",
+            ));
+        }
         match (&self.discovery, self.targets.is_empty()) {
             (None, true) => errors.push(Invalid::new(
                 format!("{key}.targets"),
@@ -497,9 +526,9 @@ impl TargetUrl {
             .scheme()
             .cloned()
             .ok_or_else(|| format!("invalid target URL {s:?}: it needs a scheme, e.g. \"http://{s}\""))?;
-        if scheme != Scheme::HTTP {
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return Err(format!(
-                "invalid target URL {s:?}: scheme {scheme:?} is not supported; use http://"
+                "invalid target URL {s:?}: scheme {scheme:?} is not supported; use http:// or https://"
             ));
         }
         let authority = uri
@@ -516,7 +545,8 @@ impl TargetUrl {
         let authority = if authority.port_u16().is_some() {
             authority.clone()
         } else {
-            format!("{}:80", authority.host())
+            let port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+            format!("{}:{port}", authority.host())
                 .parse()
                 .map_err(|e| format!("invalid target URL {s:?}: {e}"))?
         };

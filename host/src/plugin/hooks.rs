@@ -261,6 +261,10 @@ impl Plugin {
             (ErrorKind::HttpProtocolError, _) => K::HttpProtocolError,
             (ErrorKind::HttpRequestDenied, _) => K::HttpRequestDenied,
             (ErrorKind::HttpRequestError, _) => K::HttpRequestError,
+            // Kinds newer than the contract travel by their RFC 9209 name.
+            (other @ (ErrorKind::TlsCertificateError | ErrorKind::TlsProtocolError), _) => {
+                K::Other(other.as_str().to_owned())
+            }
         };
         let record = error_handler::ProxyError {
             kind,

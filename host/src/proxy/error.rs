@@ -106,6 +106,18 @@ pub enum ProxyError {
         /// The plugin's `limits.body`.
         limit: Size,
     },
+    /// The TLS handshake with the endpoint failed.
+    #[error("TLS with {endpoint} (upstream {upstream:?}) failed: {reason}")]
+    TlsFailed {
+        /// The upstream's name.
+        upstream: Arc<str>,
+        /// The endpoint tried.
+        endpoint: Arc<str>,
+        /// What went wrong.
+        reason: String,
+        /// The endpoint's certificate did not verify.
+        certificate: bool,
+    },
     /// The connection failed or the endpoint did not speak valid HTTP.
     #[error("{endpoint} (upstream {upstream:?}) failed: {reason}")]
     UpstreamFailed {
@@ -140,6 +152,10 @@ pub enum ErrorKind {
     HttpProtocolError,
     /// `proxy_internal_error`: a plugin on the route failed.
     PluginFailed,
+    /// `tls_certificate_error`: the upstream's certificate did not verify.
+    TlsCertificateError,
+    /// `tls_protocol_error`: the TLS handshake with the upstream failed.
+    TlsProtocolError,
 }
 
 impl ProxyError {
@@ -159,6 +175,8 @@ impl ProxyError {
             Self::ResponseTimeout { .. } => ErrorKind::HttpResponseTimeout,
             Self::UpstreamFailed { .. } | Self::ResponseTooLarge { .. } => ErrorKind::HttpProtocolError,
             Self::PluginFailed { .. } => ErrorKind::PluginFailed,
+            Self::TlsFailed { certificate: true, .. } => ErrorKind::TlsCertificateError,
+            Self::TlsFailed { .. } => ErrorKind::TlsProtocolError,
         }
     }
 
@@ -176,7 +194,10 @@ impl ProxyError {
             ErrorKind::HttpRequestDenied => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::HttpRequestError => StatusCode::BAD_REQUEST,
             ErrorKind::DestinationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::ConnectionRefused | ErrorKind::HttpProtocolError => StatusCode::BAD_GATEWAY,
+            ErrorKind::ConnectionRefused
+            | ErrorKind::HttpProtocolError
+            | ErrorKind::TlsCertificateError
+            | ErrorKind::TlsProtocolError => StatusCode::BAD_GATEWAY,
             ErrorKind::ConnectionTimeout | ErrorKind::HttpResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::PluginFailed => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -197,7 +218,8 @@ impl ProxyError {
             Self::ConnectionRefused { upstream, endpoint }
             | Self::ConnectionTimeout { upstream, endpoint }
             | Self::ResponseTimeout { upstream, endpoint, .. }
-            | Self::UpstreamFailed { upstream, endpoint, .. } => (Some(upstream), Some(endpoint)),
+            | Self::UpstreamFailed { upstream, endpoint, .. }
+            | Self::TlsFailed { upstream, endpoint, .. } => (Some(upstream), Some(endpoint)),
             _ => (None, None),
         }
     }
@@ -271,6 +293,8 @@ impl ErrorKind {
             Self::HttpResponseTimeout => "http_response_timeout",
             Self::HttpProtocolError => "http_protocol_error",
             Self::PluginFailed => "proxy_internal_error",
+            Self::TlsCertificateError => "tls_certificate_error",
+            Self::TlsProtocolError => "tls_protocol_error",
         }
     }
 
@@ -285,6 +309,8 @@ impl ErrorKind {
             Self::HttpResponseTimeout => "the upstream did not answer in time",
             Self::HttpProtocolError => "the upstream connection failed",
             Self::PluginFailed => "a plugin on this route failed",
+            Self::TlsCertificateError => "the upstream's TLS certificate did not verify",
+            Self::TlsProtocolError => "TLS with the upstream failed",
         }
     }
 

@@ -5,24 +5,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
-
 use super::Upstream;
 use crate::config::HealthConfig;
 
 /// Probes the endpoints of `upstream` until it is dropped.
-pub(crate) async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.timeout.get()));
-    connector.set_nodelay(true);
+pub(crate) async fn run(upstream: Weak<Upstream>, config: HealthConfig, tls: Option<super::UpstreamTls>) {
     // Probes use their own connections, never the traffic pool, so a probe
     // sees what a new connection would.
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector);
+    let client = super::Pool::probe_client(config.timeout.get(), tls);
     let method = http::Method::from_bytes(config.method.as_bytes()).unwrap_or(http::Method::GET);
     // Keyed by endpoint, not position: the set of endpoints may change.
     let mut streaks: HashMap<Arc<str>, (bool, u32)> = HashMap::new();
@@ -39,7 +29,9 @@ pub(crate) async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
             let client = client.clone();
             let timeout = config.timeout.get();
             async move {
-                let Ok(req) = req.body(Empty::new()) else { return false };
+                let Ok(req) = req.body(crate::body::full(bytes::Bytes::new())) else {
+                    return false;
+                };
                 match tokio::time::timeout(timeout, client.request(req)).await {
                     Ok(Ok(resp)) => config.expected_status.contains(resp.status().as_u16()),
                     _ => false,

@@ -29,6 +29,23 @@ pub struct Pool {
     client: Client<Counted, BoxBody>,
 }
 
+/// TLS towards an upstream's `https://` endpoints.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// The handshake's settings (roots, client certificate).
+    pub connector: tokio_rustls::TlsConnector,
+    /// The name to send and verify instead of the target's host.
+    pub sni: Option<String>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("sni", &self.sni)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why a request to an upstream failed before its response head arrived.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -50,6 +67,15 @@ pub enum PoolError {
     /// The client stopped sending its request body for too long.
     #[error("request body stalled")]
     RequestBodyStalled,
+    /// The TLS handshake with the endpoint failed; `certificate` when it
+    /// was the endpoint's certificate that did not verify.
+    #[error("TLS handshake failed: {reason}")]
+    Tls {
+        /// What rustls said.
+        reason: String,
+        /// Whether the certificate was refused (else the protocol failed).
+        certificate: bool,
+    },
     /// The connection broke or the upstream answered something that is not
     /// HTTP.
     #[error("upstream connection failed: {0}")]
@@ -69,17 +95,38 @@ impl PoolError {
 
 impl Pool {
     /// A pool configured from an upstream's `pool` and `timeouts`.
-    pub fn new(pool: &PoolConfig, timeouts: &UpstreamTimeouts, open: Gauge) -> Self {
+    pub fn new(pool: &PoolConfig, timeouts: &UpstreamTimeouts, open: Gauge, tls: Option<UpstreamTls>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeouts.connect.get()));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
+        // https:// URIs reach `Counted`, which adds TLS.
+        connector.enforce_http(false);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(pool.idle_timeout.get())
             .pool_max_idle_per_host(pool.max_idle_per_endpoint)
             .pool_timer(TokioTimer::new())
-            .build(Counted { inner: connector, open });
+            .build(Counted {
+                inner: connector,
+                open,
+                tls,
+            });
         Self { client }
+    }
+
+    /// A client for health probes: the same connector (TLS included) but
+    /// no pooling, so a probe sees what a new connection would.
+    pub(super) fn probe_client(connect: std::time::Duration, tls: Option<UpstreamTls>) -> Client<Counted, BoxBody> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect));
+        connector.set_nodelay(true);
+        connector.enforce_http(false);
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(Counted {
+                inner: connector,
+                open: Gauge::default(),
+                tls,
+            })
     }
 
     /// Sends `req` (whose URI names the endpoint) and waits for the response
@@ -103,6 +150,21 @@ impl Pool {
 }
 
 fn classify(err: hyper_util::client::legacy::Error) -> PoolError {
+    // tokio-rustls wraps rustls' error in an io::Error, whose `source()`
+    // skips it: look inside io::Errors too.
+    let tls = causes(&err).find_map(|e| {
+        e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<io::Error>()
+                .and_then(io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        })
+    });
+    if let Some(tls) = tls {
+        return PoolError::Tls {
+            reason: tls.to_string(),
+            certificate: matches!(tls, rustls::Error::InvalidCertificate(_)),
+        };
+    }
     if err.is_connect() {
         let io = causes(&err).find_map(|e| e.downcast_ref::<io::Error>());
         return match io.map(PoolError::connect) {
@@ -126,31 +188,101 @@ fn classify(err: hyper_util::client::legacy::Error) -> PoolError {
     PoolError::Protocol(chain(&err))
 }
 
-/// hyper-util's connector, counting the connections it opened that are
-/// still open (`plumeway_open_connections{kind="upstream"}`).
+/// hyper-util's connector, with TLS for `https://` endpoints, counting
+/// the connections it opened that are still open
+/// (`plumeway_open_connections{kind="upstream"}`).
 #[derive(Clone, Debug)]
 pub(super) struct Counted {
     inner: HttpConnector,
     open: Gauge,
+    tls: Option<UpstreamTls>,
 }
 
 impl tower_service::Service<http::Uri> for Counted {
-    type Response = CountedIo<TokioIo<TcpStream>>;
-    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+    type Response = CountedIo<Conn>;
+    type Error = Box<dyn StdError + Send + Sync>;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let host = uri.host().unwrap_or_default().to_owned();
         let connecting = self.inner.call(uri);
         let open = self.open.clone();
+        let tls = self.tls.clone();
         Box::pin(async move {
-            let io = connecting.await?;
+            let tcp = connecting.await?;
+            let io = if https {
+                let tls = tls.ok_or("an https:// endpoint, but the upstream has no TLS settings")?;
+                let name = crate::tls::server_name(tls.sni.as_deref(), &host)?;
+                let stream = tls.connector.connect(name, tcp.into_inner()).await?;
+                Conn::Tls {
+                    io: TokioIo::new(stream),
+                }
+            } else {
+                Conn::Plain { io: tcp }
+            };
             open.inc();
             Ok(CountedIo { io, open })
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A plain or TLS connection to an endpoint.
+    #[project = ConnProj]
+    #[derive(Debug)]
+    pub(super) enum Conn {
+        Plain { #[pin] io: TokioIo<TcpStream> },
+        Tls { #[pin] io: TokioIo<tokio_rustls::client::TlsStream<TcpStream>> },
+    }
+}
+
+impl hyper::rt::Read for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.project() {
+            ConnProj::Plain { io } => io.poll_read(cx, buf),
+            ConnProj::Tls { io } => io.poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.project() {
+            ConnProj::Plain { io } => io.poll_write(cx, buf),
+            ConnProj::Tls { io } => io.poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.project() {
+            ConnProj::Plain { io } => io.poll_flush(cx),
+            ConnProj::Tls { io } => io.poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.project() {
+            ConnProj::Plain { io } => io.poll_shutdown(cx),
+            ConnProj::Tls { io } => io.poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        match self {
+            Self::Plain { io } => io.connected(),
+            Self::Tls { io } => io.inner().get_ref().0.connected(),
+        }
     }
 }
 
