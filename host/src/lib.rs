@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 mod demo;
 pub mod discovery;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;

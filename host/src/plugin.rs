@@ -46,6 +46,39 @@ pub enum Hook {
     Balancer,
 }
 
+/// Plugin output validation on arbitrary bytes, for the fuzz targets: the
+/// first byte splits the rest into a path and a response.
+#[doc(hidden)]
+pub fn validate_for_fuzzing(data: &[u8]) {
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let (a, b) = rest.split_at(usize::from(split).min(rest.len()));
+    if let Ok(path) = output::valid_path(&String::from_utf8_lossy(a)) {
+        assert!(path.as_str().starts_with('/'));
+    }
+    let mut headers = Vec::new();
+    for line in b.split(|&x| x == b'\n').take(16) {
+        let (name, value) = line.split_at(line.iter().position(|&x| x == b':').unwrap_or(line.len()));
+        headers.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+    }
+    let status = u16::from_le_bytes([a.first().copied().unwrap_or(0), b.first().copied().unwrap_or(0)]);
+    let response = bindings::plumeway::plugin::types::Response {
+        status,
+        headers,
+        body: b.to_vec(),
+    };
+    if let Ok(resp) = output::valid_response(response) {
+        assert!((200..=599).contains(&resp.status().as_u16()));
+        assert!(
+            !resp
+                .headers()
+                .keys()
+                .any(|k| host::MANAGED_HEADERS.contains(&k.as_str()))
+        );
+    }
+}
+
 /// Every plugin of a config, loaded.
 #[derive(Debug, Default)]
 pub struct Plugins {

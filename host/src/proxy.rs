@@ -1152,6 +1152,24 @@ fn log_failure(plugin: &Plugin, failure: &Failure, ex: &Exchange) {
 }
 
 /// Points the request at a new path and query.
+/// The forwarding-header handling, for the fuzz targets.
+#[doc(hidden)]
+pub fn sanitize_for_fuzzing(h: &mut http::HeaderMap, peer: std::net::IpAddr, trusted: bool) {
+    headers::strip_hop_by_hop(h);
+    headers::strip_internal(h);
+    headers::set_forwarded(h, peer, "http", Some("fuzz.example"), trusted);
+}
+
+/// The request checks and normalisation `serve` applies, for the fuzz
+/// targets: the normalised path, or the status of the refusal.
+#[doc(hidden)]
+pub fn check_for_fuzzing<B>(req: &Request<B>, limits: &crate::config::Limits) -> Result<String, u16> {
+    validate::request(req, limits).map_err(|e| e.status().as_u16())?;
+    path::normalize(req.uri().path(), &crate::config::PathPolicy::default())
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|_| 400)
+}
+
 /// `path` with `query` put back.
 fn with_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, ProxyError> {
     let joined = match query {
