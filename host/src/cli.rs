@@ -318,6 +318,25 @@ fn summary(path: &Path, config: &Config, proxy: &Proxy) -> String {
     let _ = writeln!(out, "{}: ok", path.display());
     let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
     let _ = writeln!(out, "listeners: {}", listen.join(", "));
+    if let Some(tls) = &config.server.tls {
+        let listen: Vec<String> = tls.listen.iter().map(ToString::to_string).collect();
+        let names: Vec<&str> = tls
+            .certificates
+            .iter()
+            .flat_map(|c| c.names.iter().map(String::as_str))
+            .collect();
+        let _ = writeln!(
+            out,
+            "tls listeners: {} ({} certificates; SNI names: {})",
+            listen.join(", "),
+            tls.certificates.len(),
+            if names.is_empty() {
+                "-".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
     match &config.admin {
         Some(a) => {
             let watch = if a.watch_config {
