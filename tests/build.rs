@@ -48,4 +48,13 @@ fn main() {
     );
     let out = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("test_plugins.rs");
     std::fs::write(out, code).expect("write test_plugins.rs");
+
+    // The gRPC test service, compiled without protoc (protox is a
+    // protobuf compiler in Rust), so a fresh machine needs nothing more.
+    let proto = manifest.join("proto/echo.proto");
+    println!("cargo:rerun-if-changed={}", proto.display());
+    let descriptors = protox::compile([&proto], [manifest.join("proto")]).expect("compile echo.proto");
+    tonic_prost_build::configure()
+        .compile_fds(descriptors)
+        .expect("generate the gRPC code");
 }

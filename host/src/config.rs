@@ -32,7 +32,7 @@ pub use server::{Certificate, EncodedSlash, Http2Config, Limits, PathPolicy, Ser
 pub use size::Size;
 pub use upstream::{
     Balancer, CircuitBreakerConfig, HealthConfig, PassiveConfig, PoolConfig, RetryConfig, StatusRange, Target,
-    TargetUrl, UpstreamConfig, UpstreamTimeouts, UpstreamTls,
+    TargetUrl, UpstreamConfig, UpstreamProtocol, UpstreamTimeouts, UpstreamTls,
 };
 
 /// A whole plumeway configuration file.

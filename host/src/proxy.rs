@@ -9,6 +9,7 @@
 
 mod access;
 mod error;
+mod grpc;
 mod headers;
 mod limit;
 pub mod path;
@@ -102,6 +103,8 @@ struct Exchange {
     upstream_time: std::time::Duration,
     /// The matched route's latency histogram.
     route_duration: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// A gRPC call: failures are answered the way gRPC clients read them.
+    grpc: bool,
     /// What each request filter left for its own `on_response`.
     stashes: Vec<(Arc<str>, Vec<u8>)>,
 }
@@ -155,8 +158,8 @@ impl Proxy {
                 || u.tls != crate::config::UpstreamTls::default()
                 || u.targets.iter().any(|t| t.url.scheme == http::uri::Scheme::HTTPS);
             let tls = if may_use_tls {
-                let client =
-                    crate::tls::client_config(&u.tls, &config.base_dir(), name).map_err(|i| config.locate(i))?;
+                let client = crate::tls::client_config(&u.tls, u.protocol, &config.base_dir(), name)
+                    .map_err(|i| config.locate(i))?;
                 Some(crate::upstream::UpstreamTls {
                     connector: tokio_rustls::TlsConnector::from(client),
                     sni: u.tls.sni.clone(),
@@ -318,6 +321,7 @@ impl Proxy {
             attempts: 0,
             upstream_time: std::time::Duration::ZERO,
             route_duration: None,
+            grpc: grpc::is_grpc(req.headers()),
             stashes: Vec::new(),
         };
         let mut resp = self.serve(req, &mut ex).await;
@@ -563,7 +567,11 @@ impl Proxy {
         let upstream = &route.upstream;
         ex.upstream = Some(Arc::clone(upstream.name()));
         upstream.budget().deposit();
-        let total = upstream.timeouts().request;
+        // A gRPC client's own deadline (`grpc-timeout`) shortens ours.
+        let total = match parts.headers.get("grpc-timeout").and_then(grpc::timeout) {
+            Some(grpc) if grpc < upstream.timeouts().request.get() => crate::config::Duration::from(grpc),
+            _ => upstream.timeouts().request,
+        };
         let deadline = tokio::time::Instant::now() + total.get();
         // A body can be sent again only if we hold it whole, or it is empty.
         let replay = match &body {
@@ -864,7 +872,13 @@ impl Proxy {
     /// `X-Forwarded-*`, `Via`, `Host` and the request id in.
     fn prepare_head(&self, route: &Route, out: &mut request::Parts, ex: &Exchange) {
         let host = request_host(&out.uri, &out.headers).map(str::to_owned);
+        // `TE: trailers` says the client takes trailers (gRPC needs them);
+        // it is hop-by-hop, so it is said again for the next hop.
+        let trailers = headers::accepts_trailers(&out.headers);
         headers::strip_hop_by_hop(&mut out.headers);
+        if trailers {
+            out.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         headers::strip_internal(&mut out.headers);
         let peer = ex.client.peer.ip();
         let trusted = self.config.server.trusted_proxies.iter().any(|net| net.contains(&peer));
@@ -912,7 +926,11 @@ impl Proxy {
                     reason: e.to_string(),
                 }
             })?;
-        out.version = Version::HTTP_11;
+        out.version = if upstream.protocol().is_h2_only() {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
         let body = match body {
             ReqBody::Streaming(b) => boxed(Limited::new(b, self.max_body.as_usize())),
             ReqBody::Whole(b) => {
@@ -1000,6 +1018,9 @@ impl Proxy {
                 }
                 Err(failure) => log_failure(plugin, &failure, ex),
             }
+        }
+        if ex.grpc {
+            return grpc::error_response(&err);
         }
         err.to_response()
     }

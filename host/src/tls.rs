@@ -81,7 +81,12 @@ impl ResolvesServerCert for BySni {
 }
 
 /// The client side for one upstream.
-pub fn client_config(tls: &UpstreamTls, base_dir: &Path, upstream: &str) -> Result<Arc<rustls::ClientConfig>, Invalid> {
+pub fn client_config(
+    tls: &UpstreamTls,
+    protocol: crate::config::UpstreamProtocol,
+    base_dir: &Path,
+    upstream: &str,
+) -> Result<Arc<rustls::ClientConfig>, Invalid> {
     let key = format!("upstreams.{upstream}.tls");
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
@@ -133,8 +138,12 @@ pub fn client_config(tls: &UpstreamTls, base_dir: &Path, upstream: &str) -> Resu
             .map_err(|e| Invalid::new(format!("{key}.client_key"), e.to_string()))?,
         _ => builder.with_no_client_auth(),
     };
-    // The pool speaks HTTP/1.1 to upstreams.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    use crate::config::UpstreamProtocol as P;
+    config.alpn_protocols = match protocol {
+        P::Http1 => vec![b"http/1.1".to_vec()],
+        P::H2 | P::H2c => vec![b"h2".to_vec()],
+        P::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    };
     Ok(Arc::new(config))
 }
 

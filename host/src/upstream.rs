@@ -57,6 +57,7 @@ pub struct Upstream {
     tls_config: crate::config::UpstreamTls,
     /// TLS settings, kept for the health checker's own connections.
     tls: Option<pool::UpstreamTls>,
+    protocol: crate::config::UpstreamProtocol,
     metrics: Metrics,
 }
 
@@ -180,7 +181,12 @@ impl Upstream {
         };
         let tls_for_probes = tls.clone();
         let pool = match previous {
-            Some(p) if p.pool_config == config.pool && p.timeouts == config.timeouts && p.tls_config == config.tls => {
+            Some(p)
+                if p.pool_config == config.pool
+                    && p.timeouts == config.timeouts
+                    && p.tls_config == config.tls
+                    && p.protocol == config.protocol =>
+            {
                 p.pool.clone()
             }
             _ => Pool::new(
@@ -190,6 +196,7 @@ impl Upstream {
                     .connections
                     .get_or_create_owned(&crate::metrics::ConnectionLabels { kind: "upstream" }),
                 tls,
+                config.protocol,
             ),
         };
         let generation = previous_set.as_ref().map_or(0, |s| s.generation + 1);
@@ -204,6 +211,7 @@ impl Upstream {
             pool_config: config.pool.clone(),
             tls_config: config.tls.clone(),
             tls: tls_for_probes,
+            protocol: config.protocol,
             timeouts: config.timeouts.clone(),
             retry: config.retry.clone(),
             budget: RetryBudget::new(config.retry.budget_percent),
@@ -272,7 +280,12 @@ impl Upstream {
     /// by itself when the upstream is dropped.
     pub fn start_health_checks(self: &Arc<Self>) {
         if let Some(config) = self.health.clone() {
-            tokio::spawn(health::run(Arc::downgrade(self), config, self.tls.clone()));
+            tokio::spawn(health::run(
+                Arc::downgrade(self),
+                config,
+                self.tls.clone(),
+                self.protocol,
+            ));
         }
     }
 
@@ -327,6 +340,11 @@ impl Upstream {
     /// Whether a response with `status` should be retried for `method`.
     pub fn retries_status(&self, method: &Method, status: StatusCode) -> bool {
         is_idempotent(method) && self.retry.retry_on.contains(&status.as_u16())
+    }
+
+    /// The protocol spoken to the endpoints.
+    pub fn protocol(&self) -> crate::config::UpstreamProtocol {
+        self.protocol
     }
 
     /// The retry budget.

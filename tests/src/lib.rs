@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod consul;
 pub mod dns;
 pub mod etcd;
+pub mod grpc;
 /// Paths of the compiled test plugins, and `foreach_test_plugin!`.
 pub mod plugins {
     include!(concat!(env!("OUT_DIR"), "/test_plugins.rs"));

@@ -31,6 +31,12 @@ impl Duration {
     }
 }
 
+impl From<StdDuration> for Duration {
+    fn from(d: StdDuration) -> Self {
+        Self(d)
+    }
+}
+
 impl From<Duration> for StdDuration {
     fn from(d: Duration) -> Self {
         d.0

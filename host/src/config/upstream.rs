@@ -23,6 +23,12 @@ pub struct UpstreamConfig {
     /// how `https://` targets are verified and what the proxy presents.
     #[serde(default)]
     pub tls: UpstreamTls,
+    /// `protocol = "http1" | "h2c" | "h2" | "auto"`: how the proxy speaks to
+    /// the endpoints. `h2c` is HTTP/2 with prior knowledge on plain TCP,
+    /// `h2` is HTTP/2 over TLS, `auto` takes what TLS's ALPN agrees (HTTP/1.1
+    /// on plain TCP).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
     /// `balancer = "round-robin"`.
     #[serde(default)]
     pub balancer: Balancer,
@@ -228,6 +234,28 @@ impl<'de> Deserialize<'de> for StatusRange {
 impl Serialize for StatusRange {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&format_args!("{}-{}", self.min, self.max))
+    }
+}
+
+/// The protocol spoken to an upstream's endpoints.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP, streams multiplexed.
+    H2c,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+    /// HTTP/2 when ALPN agrees on it, else HTTP/1.1.
+    Auto,
+}
+
+impl UpstreamProtocol {
+    /// Whether every request goes out as HTTP/2.
+    pub fn is_h2_only(self) -> bool {
+        matches!(self, Self::H2c | Self::H2)
     }
 }
 

@@ -33,6 +33,16 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the client's `TE` includes `trailers`.
+pub(super) fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
 /// Removes hop-by-hop headers from an upstream's response; a response also
 /// carries `Proxy-Authenticate` for this hop only.
 pub(super) fn strip_hop_by_hop_response(headers: &mut HeaderMap) {

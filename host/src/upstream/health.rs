@@ -9,10 +9,15 @@ use super::Upstream;
 use crate::config::HealthConfig;
 
 /// Probes the endpoints of `upstream` until it is dropped.
-pub(crate) async fn run(upstream: Weak<Upstream>, config: HealthConfig, tls: Option<super::UpstreamTls>) {
+pub(crate) async fn run(
+    upstream: Weak<Upstream>,
+    config: HealthConfig,
+    tls: Option<super::UpstreamTls>,
+    protocol: crate::config::UpstreamProtocol,
+) {
     // Probes use their own connections, never the traffic pool, so a probe
     // sees what a new connection would.
-    let client = super::Pool::probe_client(config.timeout.get(), tls);
+    let client = super::Pool::probe_client(config.timeout.get(), tls, protocol);
     let method = http::Method::from_bytes(config.method.as_bytes()).unwrap_or(http::Method::GET);
     // Keyed by endpoint, not position: the set of endpoints may change.
     let mut streaks: HashMap<Arc<str>, (bool, u32)> = HashMap::new();

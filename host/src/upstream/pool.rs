@@ -95,16 +95,27 @@ impl PoolError {
 
 impl Pool {
     /// A pool configured from an upstream's `pool` and `timeouts`.
-    pub fn new(pool: &PoolConfig, timeouts: &UpstreamTimeouts, open: Gauge, tls: Option<UpstreamTls>) -> Self {
+    pub fn new(
+        pool: &PoolConfig,
+        timeouts: &UpstreamTimeouts,
+        open: Gauge,
+        tls: Option<UpstreamTls>,
+        protocol: crate::config::UpstreamProtocol,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeouts.connect.get()));
         connector.set_nodelay(true);
         // https:// URIs reach `Counted`, which adds TLS.
         connector.enforce_http(false);
+        // HTTP/2 connections are shared by many streams; the pool keeps
+        // one per endpoint and hyper multiplexes requests onto it.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(pool.idle_timeout.get())
             .pool_max_idle_per_host(pool.max_idle_per_endpoint)
             .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(protocol.is_h2_only())
+            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
             .build(Counted {
                 inner: connector,
                 open,
@@ -115,13 +126,18 @@ impl Pool {
 
     /// A client for health probes: the same connector (TLS included) but
     /// no pooling, so a probe sees what a new connection would.
-    pub(super) fn probe_client(connect: std::time::Duration, tls: Option<UpstreamTls>) -> Client<Counted, BoxBody> {
+    pub(super) fn probe_client(
+        connect: std::time::Duration,
+        tls: Option<UpstreamTls>,
+        protocol: crate::config::UpstreamProtocol,
+    ) -> Client<Counted, BoxBody> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect));
         connector.set_nodelay(true);
         connector.enforce_http(false);
         Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
+            .http2_only(protocol.is_h2_only())
             .build(Counted {
                 inner: connector,
                 open: Gauge::default(),
@@ -281,7 +297,16 @@ impl Connection for Conn {
     fn connected(&self) -> Connected {
         match self {
             Self::Plain { io } => io.connected(),
-            Self::Tls { io } => io.inner().get_ref().0.connected(),
+            Self::Tls { io } => {
+                let (tcp, session) = io.inner().get_ref();
+                let connected = tcp.connected();
+                // ALPN's answer decides the protocol for `auto`.
+                if session.alpn_protocol() == Some(b"h2") {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
         }
     }
 }
