@@ -10,7 +10,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// The generated messages, client and server.
 pub mod proto {
-    #![allow(clippy::allow_attributes, missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+    #![allow(
+        clippy::allow_attributes,
+        missing_docs,
+        unreachable_pub,
+        clippy::all,
+        clippy::pedantic
+    )]
     tonic::include_proto!("plumeway.test");
 }
 
