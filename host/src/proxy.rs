@@ -573,6 +573,14 @@ impl Proxy {
             _ => upstream.timeouts().request,
         };
         let deadline = tokio::time::Instant::now() + total.get();
+        let safe = upstream.is_safe(&parts.method, parts.uri.path());
+        // A request marked safe by path keeps its body so a retry can
+        // resend it (an idempotent method's body is usually empty).
+        let body = if upstream.attempts() > 1 && upstream.is_safe_path(parts.uri.path()) {
+            self.read_whole(body).await?
+        } else {
+            body
+        };
         // A body can be sent again only if we hold it whole, or it is empty.
         let replay = match &body {
             ReqBody::Whole(b) => Some(b.clone()),
@@ -634,12 +642,12 @@ impl Proxy {
                     let status = resp.status();
                     upstream.record(endpoint, !status.is_server_error());
                     upstream
-                        .retries_status(&parts.method, status)
+                        .retries_status(safe, status)
                         .then(|| format!("status {}", status.as_u16()))
                 }
                 Err(err) => {
                     upstream.record(endpoint, false);
-                    self.retryable(err, &parts.method).then(|| err.to_string())
+                    Self::retryable(err, safe).then(|| err.to_string())
                 }
             };
             match retry_reason {
@@ -860,10 +868,12 @@ impl Proxy {
 
     /// Whether a failed attempt may be tried again elsewhere: a connection
     /// that never carried the request, or an idempotent request.
-    fn retryable(&self, err: &ProxyError, method: &http::Method) -> bool {
+    fn retryable(err: &ProxyError, safe: bool) -> bool {
         match err {
-            ProxyError::ConnectionRefused { .. } | ProxyError::ConnectionTimeout { .. } => true,
-            ProxyError::UpstreamFailed { .. } => crate::upstream::is_idempotent(method),
+            ProxyError::ConnectionRefused { .. }
+            | ProxyError::ConnectionTimeout { .. }
+            | ProxyError::TlsFailed { .. } => true,
+            ProxyError::UpstreamFailed { .. } => safe,
             _ => false,
         }
     }

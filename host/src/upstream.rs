@@ -337,9 +337,21 @@ impl Upstream {
         self.retry.attempts
     }
 
-    /// Whether a response with `status` should be retried for `method`.
-    pub fn retries_status(&self, method: &Method, status: StatusCode) -> bool {
-        is_idempotent(method) && self.retry.retry_on.contains(&status.as_u16())
+    /// Whether a response with `status` should be retried for a request
+    /// that is safe to repeat.
+    pub fn retries_status(&self, safe: bool, status: StatusCode) -> bool {
+        safe && self.retry.retry_on.contains(&status.as_u16())
+    }
+
+    /// Whether a request may be sent twice: an idempotent method, or a path
+    /// the config marks safe (`retry.safe_paths`).
+    pub fn is_safe(&self, method: &Method, path: &str) -> bool {
+        is_idempotent(method) || self.is_safe_path(path)
+    }
+
+    /// Whether `path` is under one of `retry.safe_paths`.
+    pub fn is_safe_path(&self, path: &str) -> bool {
+        self.retry.safe_paths.iter().any(|p| path.starts_with(p.as_str()))
     }
 
     /// The protocol spoken to the endpoints.

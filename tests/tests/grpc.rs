@@ -165,3 +165,39 @@ async fn raw_unary(addr: std::net::SocketAddr, text: &str, timeout: &str) -> (u1
     }
     (status, headers)
 }
+
+#[tokio::test]
+async fn only_rpcs_marked_safe_are_retried() {
+    let a = GrpcServer::start("a").await;
+    let gone = GrpcServer::start("gone").await;
+    let gone_url = gone.url();
+    drop(gone);
+    let targets = [a.url(), gone_url];
+    // Passive ejection off, so every other call meets the dead endpoint.
+    let passive = "passive = { failures = 0 }";
+
+    let unsafe_proxy = TestProxy::start(&config(&targets, passive)).await;
+    let mut c = client(unsafe_proxy.addr).await;
+    let mut failed = 0;
+    for i in 0..6 {
+        match c.unary(msg(&i.to_string())).await {
+            Ok(reply) => assert_eq!(reply.into_inner().server, "a"),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable);
+                failed += 1;
+            }
+        }
+    }
+    assert_eq!(
+        failed, 3,
+        "a call not marked safe was retried (or never met the dead endpoint)"
+    );
+
+    let safe = format!("{passive}\nretry = {{ attempts = 2, safe_paths = [\"/plumeway.test.Echo/Unary\"] }}");
+    let safe_proxy = TestProxy::start(&config(&targets, &safe)).await;
+    let mut c = client(safe_proxy.addr).await;
+    for i in 0..6 {
+        let reply = c.unary(msg(&i.to_string())).await.unwrap().into_inner();
+        assert_eq!((reply.text, reply.server), (i.to_string(), "a".to_owned()));
+    }
+}

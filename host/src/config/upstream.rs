@@ -102,6 +102,11 @@ pub struct RetryConfig {
     /// Also retry idempotent requests answered with these statuses
     /// (502, 503 and 504 only).
     pub retry_on: Vec<u16>,
+    /// Path prefixes whose requests are safe to repeat whatever their
+    /// method, e.g. gRPC methods that only read: `["/shop.Catalog/Get"]`.
+    /// Their bodies are held (up to `server.limits.max_body`) so that a
+    /// retry can send them again; list unary calls only.
+    pub safe_paths: Vec<String>,
 }
 
 impl Default for RetryConfig {
@@ -110,6 +115,7 @@ impl Default for RetryConfig {
             attempts: 2,
             budget_percent: 20,
             retry_on: Vec::new(),
+            safe_paths: Vec::new(),
         }
     }
 }
@@ -447,6 +453,14 @@ impl UpstreamConfig {
         }
         if self.retry.budget_percent > 100 {
             errors.push(Invalid::new(format!("{key}.retry.budget_percent"), "must be 0 to 100"));
+        }
+        for (i, path) in self.retry.safe_paths.iter().enumerate() {
+            if !path.starts_with('/') {
+                errors.push(Invalid::new(
+                    format!("{key}.retry.safe_paths[{i}]"),
+                    format!("a path prefix starts with \"/\", e.g. \"/{path}\""),
+                ));
+            }
         }
         for (i, status) in self.retry.retry_on.iter().enumerate() {
             if !matches!(status, 502..=504) {

@@ -20,6 +20,13 @@ impl Balance for RoundRobin {
         if count == 0 {
             return None;
         }
+        // A retry takes the next endpoint after the one that failed, without
+        // a turn of its own: were it to take one, every request would use two
+        // turns and, with two endpoints, always start on the same one.
+        if let Some(&last) = pick.tried.last() {
+            let n = endpoints.len();
+            return (1..=n).map(|k| (last + k) % n).find(|&i| eligible(endpoints, i, pick));
+        }
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % count;
         (0..endpoints.len()).filter(|&i| eligible(endpoints, i, pick)).nth(turn)
     }
@@ -49,5 +56,16 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn a_retry_does_not_take_a_turn() {
+        let eps = endpoints(&[1, 1]);
+        let rr = RoundRobin::default();
+        let retry = Pick { tried: &[0], key: None };
+        assert_eq!(rr.pick(&eps, &Pick::default()), Some(0));
+        assert_eq!(rr.pick(&eps, &retry), Some(1));
+        // The next request still gets its own turn: endpoint 1.
+        assert_eq!(rr.pick(&eps, &Pick::default()), Some(1));
     }
 }
