@@ -58,6 +58,7 @@ pub struct Upstream {
     /// TLS settings, kept for the health checker's own connections.
     tls: Option<pool::UpstreamTls>,
     protocol: crate::config::UpstreamProtocol,
+    http2_config: Option<crate::config::Http2Config>,
     metrics: Metrics,
 }
 
@@ -185,7 +186,8 @@ impl Upstream {
                 if p.pool_config == config.pool
                     && p.timeouts == config.timeouts
                     && p.tls_config == config.tls
-                    && p.protocol == config.protocol =>
+                    && p.protocol == config.protocol
+                    && p.http2_config == config.http2 =>
             {
                 p.pool.clone()
             }
@@ -197,6 +199,7 @@ impl Upstream {
                     .get_or_create_owned(&crate::metrics::ConnectionLabels { kind: "upstream" }),
                 tls,
                 config.protocol,
+                config.http2.as_ref(),
             ),
         };
         let generation = previous_set.as_ref().map_or(0, |s| s.generation + 1);
@@ -212,6 +215,7 @@ impl Upstream {
             tls_config: config.tls.clone(),
             tls: tls_for_probes,
             protocol: config.protocol,
+            http2_config: config.http2.clone(),
             timeouts: config.timeouts.clone(),
             retry: config.retry.clone(),
             budget: RetryBudget::new(config.retry.budget_percent),

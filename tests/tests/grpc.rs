@@ -201,3 +201,20 @@ async fn only_rpcs_marked_safe_are_retried() {
         assert_eq!((reply.text, reply.server), (i.to_string(), "a".to_owned()));
     }
 }
+
+#[tokio::test]
+async fn small_upstream_flow_control_windows_still_carry_large_streams() {
+    let server = GrpcServer::start("s").await;
+    let proxy = TestProxy::start(&config(
+        &[server.url()],
+        "http2 = { initial_stream_window = \"64KiB\", initial_connection_window = \"64KiB\" }",
+    ))
+    .await;
+    let mut c = client(proxy.addr).await;
+    // 100 messages of 4 KiB up, 400 KiB joined back down: several windows
+    // each way.
+    let chunk = "x".repeat(4096);
+    let outbound = futures_util::stream::iter((0..100).map(move |_| msg(&chunk)));
+    let joined = c.client_stream(outbound).await.unwrap().into_inner();
+    assert_eq!(joined.text.len(), 100 * 4096 + 99);
+}

@@ -29,6 +29,13 @@ pub struct UpstreamConfig {
     /// on plain TCP).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// `http2 = { initial_stream_window = "1MiB", initial_connection_window = "4MiB",
+    /// max_local_error_reset_streams = 100 }`: flow control and reset limits
+    /// on HTTP/2 connections to the endpoints, as `[server.http2]` sets them
+    /// towards clients (its other keys apply to servers only). hyper's
+    /// defaults (2 MiB stream, 5 MiB connection windows) when absent.
+    #[serde(default)]
+    pub http2: Option<super::Http2Config>,
     /// `balancer = "round-robin"`.
     #[serde(default)]
     pub balancer: Balancer,
@@ -508,6 +515,19 @@ impl UpstreamConfig {
             }
             if h.interval < Duration::from_millis(10) {
                 errors.push(Invalid::new(format!("{key}.health.interval"), "must be at least 10ms"));
+            }
+        }
+        for (name, size) in self.http2.iter().flat_map(|h| {
+            [
+                ("initial_stream_window", h.initial_stream_window),
+                ("initial_connection_window", h.initial_connection_window),
+            ]
+        }) {
+            if size < super::Size::kib(64) || size.get() > u64::from(u32::MAX >> 1) {
+                errors.push(Invalid::new(
+                    format!("{key}.http2.{name}"),
+                    "must be between 64KiB and 2GiB",
+                ));
             }
         }
         if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {

@@ -46,6 +46,11 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
+/// An HTTP/2 window size as the protocol's 31-bit value.
+fn window(size: crate::config::Size) -> u32 {
+    u32::try_from(size.get()).unwrap_or(u32::MAX >> 1).min(u32::MAX >> 1)
+}
+
 /// Why a request to an upstream failed before its response head arrived.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -101,6 +106,7 @@ impl Pool {
         open: Gauge,
         tls: Option<UpstreamTls>,
         protocol: crate::config::UpstreamProtocol,
+        http2: Option<&crate::config::Http2Config>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeouts.connect.get()));
@@ -109,7 +115,14 @@ impl Pool {
         connector.enforce_http(false);
         // HTTP/2 connections are shared by many streams; the pool keeps
         // one per endpoint and hyper multiplexes requests onto it.
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        if let Some(h2) = http2 {
+            builder
+                .http2_initial_stream_window_size(window(h2.initial_stream_window))
+                .http2_initial_connection_window_size(window(h2.initial_connection_window))
+                .http2_max_concurrent_reset_streams(h2.max_local_error_reset_streams);
+        }
+        let client = builder
             .pool_idle_timeout(pool.idle_timeout.get())
             .pool_max_idle_per_host(pool.max_idle_per_endpoint)
             .pool_timer(TokioTimer::new())
