@@ -220,15 +220,7 @@ fn one() -> u32 {
 
 impl Record {
     fn target(&self) -> Result<Target, String> {
-        let url = TargetUrl::parse(&self.url)?;
-        if self.weight == 0 {
-            return Err("weight must be at least 1".to_owned());
-        }
-        Ok(Target {
-            url,
-            weight: self.weight,
-            down: self.down,
-        })
+        Target::new(&self.url, self.weight, self.down)
     }
 
     fn of(instance: &Registration) -> Self {

@@ -76,13 +76,12 @@ impl Serving {
             .max_buf_size(limits.max_header_bytes.as_usize())
             .max_headers(limits.max_headers);
         let h2 = &config.server.http2;
-        let window = |size: crate::config::Size| u32::try_from(size.get()).unwrap_or(u32::MAX >> 1);
         http.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes.get()).unwrap_or(u32::MAX))
             .max_concurrent_streams(h2.max_concurrent_streams)
-            .initial_stream_window_size(window(h2.initial_stream_window))
-            .initial_connection_window_size(window(h2.initial_connection_window))
+            .initial_stream_window_size(h2.stream_window())
+            .initial_connection_window_size(h2.connection_window())
             .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
             .max_local_error_reset_streams(h2.max_local_error_reset_streams);
         Ok(Self { proxy, http, tls })
@@ -333,16 +332,13 @@ impl Server {
         );
         drop(stop_tx);
         let proxy = self.state.current();
-        let drained = tokio::time::timeout(
-            self.state.current().proxy.config().server.timeouts.shutdown.get(),
-            async {
-                // HTTP connections drain by themselves; WebSockets are told.
-                tokio::join!(
-                    async { while tasks.join_next().await.is_some() {} },
-                    proxy.proxy.close_websockets(),
-                );
-            },
-        )
+        let drained = tokio::time::timeout(proxy.proxy.config().server.timeouts.shutdown.get(), async {
+            // HTTP connections drain by themselves; WebSockets are told.
+            tokio::join!(
+                async { while tasks.join_next().await.is_some() {} },
+                proxy.proxy.close_websockets(),
+            );
+        })
         .await;
         helpers.abort_all();
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -265,19 +265,41 @@ impl ServerConfig {
                 "must be at least 1",
             ));
         }
-        // HTTP/2 windows are 31-bit and at least the 64 KiB default.
-        for (key, size) in [
-            ("initial_stream_window", self.http2.initial_stream_window),
-            ("initial_connection_window", self.http2.initial_connection_window),
+        self.http2.validate_windows("server.http2", errors);
+    }
+}
+
+/// The largest HTTP/2 flow-control window: the protocol's 31-bit limit.
+const MAX_WINDOW: u32 = u32::MAX >> 1;
+
+impl Http2Config {
+    /// Checks the windows: at least the protocol's 64 KiB default, at most
+    /// its 31-bit limit. `key` is the table they sit in.
+    pub(super) fn validate_windows(&self, key: &str, errors: &mut Vec<Invalid>) {
+        for (name, size) in [
+            ("initial_stream_window", self.initial_stream_window),
+            ("initial_connection_window", self.initial_connection_window),
         ] {
-            if size < Size::kib(64) || size.get() > u64::from(u32::MAX >> 1) {
-                errors.push(Invalid::new(
-                    format!("server.http2.{key}"),
-                    "must be between 64KiB and 2GiB",
-                ));
+            if size < Size::kib(64) || size.get() > u64::from(MAX_WINDOW) {
+                errors.push(Invalid::new(format!("{key}.{name}"), "must be between 64KiB and 2GiB"));
             }
         }
     }
+
+    /// The stream window as HTTP/2 carries it.
+    pub fn stream_window(&self) -> u32 {
+        window(self.initial_stream_window)
+    }
+
+    /// The connection window as HTTP/2 carries it.
+    pub fn connection_window(&self) -> u32 {
+        window(self.initial_connection_window)
+    }
+}
+
+/// A validated window as a `u32` (clamped, should validation be skipped).
+fn window(size: Size) -> u32 {
+    u32::try_from(size.get()).unwrap_or(MAX_WINDOW).min(MAX_WINDOW)
 }
 
 /// Accepts `"addr"` or `["addr", ...]`.

@@ -517,18 +517,8 @@ impl UpstreamConfig {
                 errors.push(Invalid::new(format!("{key}.health.interval"), "must be at least 10ms"));
             }
         }
-        for (name, size) in self.http2.iter().flat_map(|h| {
-            [
-                ("initial_stream_window", h.initial_stream_window),
-                ("initial_connection_window", h.initial_connection_window),
-            ]
-        }) {
-            if size < super::Size::kib(64) || size.get() > u64::from(u32::MAX >> 1) {
-                errors.push(Invalid::new(
-                    format!("{key}.http2.{name}"),
-                    "must be between 64KiB and 2GiB",
-                ));
-            }
+        if let Some(h2) = &self.http2 {
+            h2.validate_windows(&format!("{key}.http2"), errors);
         }
         if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
             errors.push(Invalid::new(
@@ -622,6 +612,21 @@ impl fmt::Display for TargetUrl {
     }
 }
 
+impl Target {
+    /// A target from its parts, as a config table or a discovery record
+    /// gives them: a weight of at least 1 and a valid URL.
+    pub fn new(url: &str, weight: u32, down: bool) -> Result<Self, String> {
+        if weight == 0 {
+            return Err("weight must be at least 1; use down = true to send a target nothing".to_owned());
+        }
+        Ok(Self {
+            url: TargetUrl::parse(url)?,
+            weight,
+            down,
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Target {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -653,17 +658,7 @@ impl<'de> Deserialize<'de> for Target {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Target, A::Error> {
                 let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                if t.weight == 0 {
-                    return Err(serde::de::Error::custom(
-                        "weight must be at least 1; use down = true to send a target nothing",
-                    ));
-                }
-                let url = TargetUrl::parse(&t.url).map_err(serde::de::Error::custom)?;
-                Ok(Target {
-                    url,
-                    weight: t.weight,
-                    down: t.down,
-                })
+                Target::new(&t.url, t.weight, t.down).map_err(serde::de::Error::custom)
             }
         }
         de.deserialize_any(Visitor)

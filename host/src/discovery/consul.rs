@@ -148,12 +148,9 @@ impl Consul {
         } else {
             host.clone()
         };
-        match TargetUrl::parse(&format!("http://{host}:{}", s.port)) {
-            Ok(url) => Some(Target {
-                url,
-                weight: s.weights.as_ref().map_or(1, |w| w.passing.max(1)),
-                down: false,
-            }),
+        let weight = s.weights.as_ref().map_or(1, |w| w.passing.max(1));
+        match Target::new(&format!("http://{host}:{}", s.port), weight, false) {
+            Ok(target) => Some(target),
             Err(err) => {
                 tracing::warn!(service = %s.id, error = %err, "Consul instance has no usable address; skipped");
                 None

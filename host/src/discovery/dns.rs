@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{Discovery, Error, canonical};
-use crate::config::{DnsDiscovery, DnsRecord, Target, TargetUrl};
+use crate::config::{DnsDiscovery, DnsRecord, Target};
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
@@ -98,7 +98,7 @@ async fn resolve(resolver: &TokioResolver, config: &DnsDiscovery) -> Result<(Vec
             let lookup = resolver.ipv4_lookup(name).await.map_err(|e| format!("{name}: {e}"))?;
             let targets = lookup
                 .iter()
-                .map(|a| target(&format!("http://{}:{port}", a.0), 1))
+                .map(|a| Target::new(&format!("http://{}:{port}", a.0), 1, false))
                 .collect::<Result<Vec<_>, _>>()?;
             (targets, lookup.as_lookup().valid_until())
         }
@@ -112,9 +112,10 @@ async fn resolve(resolver: &TokioResolver, config: &DnsDiscovery) -> Result<(Vec
                     .await
                     .map_err(|e| format!("{host}: {e}"))?;
                 for a in addrs.iter() {
-                    targets.push(target(
+                    targets.push(Target::new(
                         &format!("http://{}:{}", a.0, srv.port()),
                         u32::from(srv.weight()).max(1),
+                        false,
                     )?);
                 }
             }
@@ -125,12 +126,4 @@ async fn resolve(resolver: &TokioResolver, config: &DnsDiscovery) -> Result<(Vec
         .saturating_duration_since(std::time::Instant::now())
         .clamp(MIN_REFRESH, MAX_REFRESH);
     Ok((canonical(targets), ttl))
-}
-
-fn target(url: &str, weight: u32) -> Result<Target, String> {
-    Ok(Target {
-        url: TargetUrl::parse(url)?,
-        weight,
-        down: false,
-    })
 }

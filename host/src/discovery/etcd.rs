@@ -10,6 +10,7 @@
 //! that revision away meanwhile, the prefix is read again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -312,28 +313,21 @@ struct Api {
 }
 
 impl Api {
-    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> Result<T, String> {
-        let body = serde_json::to_vec(&body).expect("JSON encodes");
+    /// Tries each endpoint in turn, starting with the one that answered
+    /// last, until `attempt` gets an answer from one (`Ok`, which may itself
+    /// be an error the server gave); `Err` moves on to the next endpoint.
+    async fn first_answer<T, Fut>(&self, attempt: impl Fn(TargetUrl) -> Fut) -> Result<T, String>
+    where
+        Fut: Future<Output = Result<Result<T, String>, String>>,
+    {
         let first = self.preferred.load(Ordering::Relaxed);
         let mut errors = Vec::new();
         for i in 0..self.endpoints.len() {
             let at = (first + i) % self.endpoints.len();
-            let reply = self
-                .client
-                .call(
-                    Method::POST,
-                    &self.endpoints[at],
-                    path,
-                    Some(body.clone()),
-                    self.timeout,
-                )
-                .await;
-            match reply {
-                Ok(reply) => {
+            match attempt(self.endpoints[at].clone()).await {
+                Ok(answer) => {
                     self.preferred.store(at, Ordering::Relaxed);
-                    let reply = reply.success(&Method::POST, &self.endpoints[at], path)?;
-                    return serde_json::from_slice(&reply.body)
-                        .map_err(|e| format!("POST {}{path}: unexpected answer: {e}", self.endpoints[at]));
+                    return answer;
                 }
                 Err(err) => errors.push(err),
             }
@@ -341,30 +335,44 @@ impl Api {
         Err(errors.join("; "))
     }
 
+    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> Result<T, String> {
+        let body = serde_json::to_vec(&body).expect("JSON encodes");
+        self.first_answer(|server| {
+            let body = body.clone();
+            async move {
+                let reply = self
+                    .client
+                    .call(Method::POST, &server, path, Some(body), self.timeout)
+                    .await?;
+                // An answer, even an error, is etcd's word: no other endpoint.
+                Ok(reply.success(&Method::POST, &server, path).and_then(|reply| {
+                    serde_json::from_slice(&reply.body)
+                        .map_err(|e| format!("POST {server}{path}: unexpected answer: {e}"))
+                }))
+            }
+        })
+        .await
+    }
+
     async fn open_watch(&self, body: serde_json::Value) -> Result<WatchStream, String> {
         let body = serde_json::to_vec(&body).expect("JSON encodes");
-        let first = self.preferred.load(Ordering::Relaxed);
-        let mut errors = Vec::new();
-        for i in 0..self.endpoints.len() {
-            let at = (first + i) % self.endpoints.len();
-            let server = &self.endpoints[at];
-            match self
-                .client
-                .open(Method::POST, server, "/v3/watch", Some(body.clone()), self.timeout)
-                .await
-            {
-                Ok(response) if response.status().is_success() => {
-                    self.preferred.store(at, Ordering::Relaxed);
-                    return Ok(WatchStream {
-                        body: response.into_body(),
-                        buffer: BytesMut::new(),
-                    });
+        self.first_answer(|server| {
+            let body = body.clone();
+            async move {
+                let response = self
+                    .client
+                    .open(Method::POST, &server, "/v3/watch", Some(body), self.timeout)
+                    .await?;
+                if !response.status().is_success() {
+                    return Err(format!("POST {server}/v3/watch: {}", response.status()));
                 }
-                Ok(response) => errors.push(format!("POST {server}/v3/watch: {}", response.status())),
-                Err(err) => errors.push(err),
+                Ok(Ok(WatchStream {
+                    body: response.into_body(),
+                    buffer: BytesMut::new(),
+                }))
             }
-        }
-        Err(errors.join("; "))
+        })
+        .await
     }
 
     async fn grant(&self, ttl: Duration) -> Result<i64, String> {

@@ -46,11 +46,6 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
-/// An HTTP/2 window size as the protocol's 31-bit value.
-fn window(size: crate::config::Size) -> u32 {
-    u32::try_from(size.get()).unwrap_or(u32::MAX >> 1).min(u32::MAX >> 1)
-}
-
 /// Why a request to an upstream failed before its response head arrived.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -118,8 +113,8 @@ impl Pool {
         let mut builder = Client::builder(TokioExecutor::new());
         if let Some(h2) = http2 {
             builder
-                .http2_initial_stream_window_size(window(h2.initial_stream_window))
-                .http2_initial_connection_window_size(window(h2.initial_connection_window))
+                .http2_initial_stream_window_size(h2.stream_window())
+                .http2_initial_connection_window_size(h2.connection_window())
                 .http2_max_concurrent_reset_streams(h2.max_local_error_reset_streams);
         }
         let client = builder
