@@ -50,8 +50,9 @@ pub fn path(data: &[u8]) {
 }
 
 /// Forwarding header handling: from any client headers, the upstream gets
-/// no hop-by-hop or internal header, and an `X-Forwarded-For` that ends
-/// with the peer (and is only the peer when it is not trusted).
+/// no hop-by-hop header (but `TE: trailers` when the client accepts them)
+/// or internal header, and an `X-Forwarded-For` that ends with the peer
+/// (and is only the peer when it is not trusted).
 pub fn headers(data: &[u8]) {
     let mut headers = HeaderMap::new();
     for line in data.split(|&b| b == b'\n') {
@@ -73,13 +74,14 @@ pub fn headers(data: &[u8]) {
         for hop in [
             "connection",
             "keep-alive",
-            "te",
             "transfer-encoding",
             "upgrade",
             "proxy-authorization",
         ] {
             assert!(!h.contains_key(hop), "{hop} survived");
         }
+        let te: Vec<_> = h.get_all("te").iter().collect();
+        assert!(te.is_empty() || te == ["trailers"], "TE survived as {te:?}");
         assert!(!h.keys().any(|k| k.as_str().starts_with("x-plumeway-")));
         let xff = h
             .get("x-forwarded-for")
@@ -119,8 +121,9 @@ pub fn request_head(data: &[u8]) {
         rt.block_on(async move {
             let (mut client, server) = tokio::io::duplex(1 << 16);
             let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                let limits = crate::config::Limits::default();
-                let status = match crate::proxy::check_for_fuzzing(&req, &limits) {
+                let mut req = req;
+                let server = crate::config::ServerConfig::default();
+                let status = match crate::proxy::check_for_fuzzing(&mut req, &server) {
                     Ok(path) => {
                         assert!(path.starts_with('/'));
                         200

@@ -361,29 +361,8 @@ impl Proxy {
     }
 
     async fn serve(&self, mut req: Request<Incoming>, ex: &mut Exchange) -> Response<BoxBody> {
-        // Ambiguous or oversized heads, and paths that do not normalise,
-        // never reach routing.
-        let checked = validate::request(&req, &self.config.server.limits).and_then(|()| {
-            match path::normalize(req.uri().path(), &self.config.server.paths) {
-                Ok(std::borrow::Cow::Borrowed(_)) => Ok(None),
-                Ok(std::borrow::Cow::Owned(normal)) => with_query(&normal, req.uri().query()).map(Some),
-                Err(e) => Err(ProxyError::BadRequest { reason: e.to_string() }),
-            }
-        });
-        match checked {
-            Ok(None) => {}
-            Ok(Some(normal)) => {
-                let mut uri = std::mem::take(req.uri_mut()).into_parts();
-                uri.path_and_query = Some(normal);
-                match Uri::from_parts(uri) {
-                    Ok(uri) => *req.uri_mut() = uri,
-                    Err(e) => {
-                        let err = ProxyError::BadRequest { reason: e.to_string() };
-                        return self.failed(None, None, err, ex).await;
-                    }
-                }
-            }
-            Err(err) => return self.failed(None, None, err, ex).await,
+        if let Err(err) = check_head(&mut req, &self.config.server) {
+            return self.failed(None, None, err, ex).await;
         }
         let Some(route) = self.router.route(&req) else {
             return self.failed(None, None, ProxyError::NoRoute, ex).await;
@@ -447,7 +426,7 @@ impl Proxy {
         if let Some(plugin) = &route.rewrite
             && let Some(path) = guarded(plugin, ex, plugin.rewrite(parts, ex.call()).await)?.flatten()
         {
-            set_path(parts, path)?;
+            set_path(&mut parts.uri, path)?;
         }
 
         let mut local = None;
@@ -484,7 +463,8 @@ impl Proxy {
             let normal = path::normalize_rewritten(parts.uri.path(), policy)
                 .map_err(|e| ProxyError::BadRequest { reason: e.to_string() })?;
             if let std::borrow::Cow::Owned(normal) = normal {
-                set_path(parts, with_query(&normal, parts.uri.query())?)?;
+                let normal = with_query(&normal, parts.uri.query())?;
+                set_path(&mut parts.uri, normal)?;
             }
         }
 
@@ -882,17 +862,9 @@ impl Proxy {
     /// `X-Forwarded-*`, `Via`, `Host` and the request id in.
     fn prepare_head(&self, route: &Route, out: &mut request::Parts, ex: &Exchange) {
         let host = request_host(&out.uri, &out.headers).map(str::to_owned);
-        // `TE: trailers` says the client takes trailers (gRPC needs them);
-        // it is hop-by-hop, so it is said again for the next hop.
-        let trailers = headers::accepts_trailers(&out.headers);
-        headers::strip_hop_by_hop(&mut out.headers);
-        if trailers {
-            out.headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        headers::strip_internal(&mut out.headers);
         let peer = ex.client.peer.ip();
         let trusted = self.config.server.trusted_proxies.iter().any(|net| net.contains(&peer));
-        headers::set_forwarded(&mut out.headers, peer, ex.client.proto, host.as_deref(), trusted);
+        headers::sanitize(&mut out.headers, peer, ex.client.proto, host.as_deref(), trusted);
         for name in &route.strip_headers {
             out.headers.remove(name);
         }
@@ -1183,22 +1155,32 @@ fn log_failure(plugin: &Plugin, failure: &Failure, ex: &Exchange) {
 }
 
 /// Points the request at a new path and query.
-/// The forwarding-header handling, for the fuzz targets.
+/// The client headers `prepare_head` cleans, for the fuzz targets.
 #[doc(hidden)]
 pub fn sanitize_for_fuzzing(h: &mut http::HeaderMap, peer: std::net::IpAddr, trusted: bool) {
-    headers::strip_hop_by_hop(h);
-    headers::strip_internal(h);
-    headers::set_forwarded(h, peer, "http", Some("fuzz.example"), trusted);
+    headers::sanitize(h, peer, "http", Some("fuzz.example"), trusted);
 }
 
-/// The request checks and normalisation `serve` applies, for the fuzz
-/// targets: the normalised path, or the status of the refusal.
+/// The head checks `serve` applies, for the fuzz targets: the normalised
+/// path, or the status of the refusal.
 #[doc(hidden)]
-pub fn check_for_fuzzing<B>(req: &Request<B>, limits: &crate::config::Limits) -> Result<String, u16> {
-    validate::request(req, limits).map_err(|e| e.status().as_u16())?;
-    path::normalize(req.uri().path(), &crate::config::PathPolicy::default())
-        .map(std::borrow::Cow::into_owned)
-        .map_err(|_| 400)
+pub fn check_for_fuzzing<B>(req: &mut Request<B>, server: &crate::config::ServerConfig) -> Result<String, u16> {
+    check_head(req, server).map_err(|e| e.status().as_u16())?;
+    Ok(req.uri().path().to_owned())
+}
+
+/// Refuses ambiguous or oversized heads and paths that do not normalise,
+/// and puts the normalised path into the request, before any routing.
+fn check_head<B>(req: &mut Request<B>, server: &crate::config::ServerConfig) -> Result<(), ProxyError> {
+    validate::request(req, &server.limits)?;
+    match path::normalize(req.uri().path(), &server.paths) {
+        Ok(std::borrow::Cow::Borrowed(_)) => Ok(()),
+        Ok(std::borrow::Cow::Owned(normal)) => {
+            let normal = with_query(&normal, req.uri().query())?;
+            set_path(req.uri_mut(), normal)
+        }
+        Err(e) => Err(ProxyError::BadRequest { reason: e.to_string() }),
+    }
 }
 
 /// `path` with `query` put back.
@@ -1210,10 +1192,11 @@ fn with_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, ProxyErro
     PathAndQuery::try_from(joined).map_err(|e| ProxyError::BadRequest { reason: e.to_string() })
 }
 
-fn set_path(parts: &mut request::Parts, path: PathAndQuery) -> Result<(), ProxyError> {
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    uri.path_and_query = Some(path);
-    parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::ClientBody { reason: e.to_string() })?;
+/// Replaces the path and query of `uri`, keeping its scheme and authority.
+fn set_path(uri: &mut Uri, path: PathAndQuery) -> Result<(), ProxyError> {
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(path);
+    *uri = Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest { reason: e.to_string() })?;
     Ok(())
 }
 

@@ -50,6 +50,25 @@ pub(super) fn strip_hop_by_hop_response(headers: &mut HeaderMap) {
     headers.remove(header::PROXY_AUTHENTICATE);
 }
 
+/// Cleans a client's request headers for the upstream: hop-by-hop headers
+/// out (`TE: trailers` said again, since gRPC needs it on the next hop
+/// too), plumeway's internal headers out, forwarding headers set.
+pub(super) fn sanitize(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&str>,
+    trusted: bool,
+) {
+    let trailers = accepts_trailers(headers);
+    strip_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    strip_internal(headers);
+    set_forwarded(headers, client, proto, host, trusted);
+}
+
 /// Tells the upstream who the client is. From a trusted proxy (one of
 /// `server.trusted_proxies`), what it says is kept and this hop appended:
 /// `X-Forwarded-For`, `Forwarded`, and its `X-Forwarded-Proto`/`-Host`.
