@@ -80,8 +80,11 @@ pin_project_lite::pin_project! {
     pub struct IdleTimeout<B> {
         #[pin]
         body: B,
+        // Armed only while the body is waiting: most bodies are ready
+        // whenever they are polled (small ones arrive with their head), and
+        // a timer per body costs a clock read and a timer-wheel entry.
         #[pin]
-        timer: tokio::time::Sleep,
+        timer: Option<tokio::time::Sleep>,
         idle: std::time::Duration,
     }
 }
@@ -92,11 +95,11 @@ pin_project_lite::pin_project! {
 pub struct IdleTimedOut(pub std::time::Duration);
 
 impl<B> IdleTimeout<B> {
-    /// Wraps `body`; the clock starts now.
+    /// Wraps `body`; the clock runs whenever the body has nothing to give.
     pub fn new(body: B, idle: std::time::Duration) -> Self {
         Self {
             body,
-            timer: tokio::time::sleep(idle),
+            timer: None,
             idle,
         }
     }
@@ -114,14 +117,19 @@ where
         let mut this = self.project();
         match this.body.poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + *this.idle;
-                this.timer.as_mut().reset(deadline);
+                // Progress: the next wait starts a fresh clock.
+                this.timer.set(None);
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.timer.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimedOut(*this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if this.timer.is_none() {
+                    this.timer.set(Some(tokio::time::sleep(*this.idle)));
+                }
+                match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(IdleTimedOut(*this.idle))))),
+                    _ => Poll::Pending,
+                }
+            }
         }
     }
 

@@ -173,7 +173,7 @@ fn registration(
 
 fn register(discovery: &crate::config::DiscoveryConfig, instance: &crate::discovery::Registration) -> ExitCode {
     use crate::config::DiscoveryConfig;
-    let runtime = match runtime(false) {
+    let runtime = match runtime(1) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -209,7 +209,11 @@ async fn stay_registered<D: crate::discovery::Discovery>(
 }
 
 fn run(config: Config, demo: Option<(SocketAddr, SocketAddr)>) -> ExitCode {
-    let runtime = match runtime(true) {
+    let workers = config
+        .server
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let runtime = match runtime(workers) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -239,7 +243,7 @@ fn run(config: Config, demo: Option<(SocketAddr, SocketAddr)>) -> ExitCode {
 /// `plumeway check`: everything `run` does before it listens, plugins
 /// compiled and initialised included, then a summary.
 fn check(path: &Path, config: Config) -> ExitCode {
-    let runtime = match runtime(false) {
+    let runtime = match runtime(1) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -252,10 +256,14 @@ fn check(path: &Path, config: Config) -> ExitCode {
     }
 }
 
-/// A tokio runtime: several threads for serving, one for short commands.
-fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
-    let mut builder = if multi_thread {
-        tokio::runtime::Builder::new_multi_thread()
+/// A tokio runtime with `workers` threads. One is a current-thread
+/// runtime: no work stealing and no wake-ups across threads, which is what
+/// one core can use best.
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = if workers > 1 {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
     } else {
         tokio::runtime::Builder::new_current_thread()
     };
@@ -318,6 +326,11 @@ fn summary(path: &Path, config: &Config, proxy: &Proxy) -> String {
     let _ = writeln!(out, "{}: ok", path.display());
     let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
     let _ = writeln!(out, "listeners: {}", listen.join(", "));
+    let _ = match config.server.workers {
+        Some(1) => writeln!(out, "workers: 1 (one thread)"),
+        Some(n) => writeln!(out, "workers: {n} threads"),
+        None => writeln!(out, "workers: one thread per CPU"),
+    };
     if let Some(tls) = &config.server.tls {
         let listen: Vec<String> = tls.listen.iter().map(ToString::to_string).collect();
         let names: Vec<&str> = tls

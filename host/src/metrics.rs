@@ -16,25 +16,55 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// A label value that is shared, not copied, per request.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct Label(pub Arc<str>);
+/// A label value that is shared or static, never copied, per request.
+#[derive(Clone, Debug)]
+pub enum Label {
+    /// A fixed value (`-`, a method).
+    Static(&'static str),
+    /// A name from the config (route, upstream, endpoint).
+    Shared(Arc<str>),
+}
+
+impl Label {
+    /// The value.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Static(s) => s,
+            Self::Shared(s) => s,
+        }
+    }
+}
+
+// Equal values are one series however they are held.
+impl PartialEq for Label {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Label {}
+
+impl std::hash::Hash for Label {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
 
 impl EncodeLabelValue for Label {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(&self.0)
+        encoder.write_str(self.as_str())
     }
 }
 
 impl From<&Arc<str>> for Label {
     fn from(s: &Arc<str>) -> Self {
-        Self(Arc::clone(s))
+        Self::Shared(Arc::clone(s))
     }
 }
 
 impl From<&str> for Label {
     fn from(s: &str) -> Self {
-        Self(s.into())
+        Self::Shared(s.into())
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Request, Response, Version, header, request};
+use http::{HeaderName, HeaderValue, Request, Response, Version, header, request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
@@ -95,6 +95,8 @@ struct Exchange {
     /// when the route has plugins).
     client_ip: Option<Arc<str>>,
     request_id: Arc<str>,
+    /// The same id as a header value, for the upstream and the response.
+    request_id_header: HeaderValue,
     route: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
     endpoint: Option<Arc<str>>,
@@ -299,9 +301,19 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, client: Client) -> Response<BoxBody> {
         let start = Instant::now();
         let counted = access::InFlight::new(&self.metrics);
-        let wall = std::time::SystemTime::now();
+        // What only the access log needs is taken only when it is on.
+        let logging = self.config.access_log.enabled;
+        let wall = if logging {
+            std::time::SystemTime::now()
+        } else {
+            std::time::UNIX_EPOCH
+        };
         let method = req.method().clone();
-        let path: Box<str> = req.uri().path_and_query().map_or("/", PathAndQuery::as_str).into();
+        let path: Box<str> = if logging {
+            req.uri().path_and_query().map_or("/", PathAndQuery::as_str).into()
+        } else {
+            Box::default()
+        };
         let version = req.version();
         let (user_agent, referer) = if self.access_log_wants_agent() {
             (
@@ -311,10 +323,12 @@ impl Proxy {
         } else {
             (None, None)
         };
+        let (request_id, request_id_header) = request_id::request_id(req.headers());
         let mut ex = Exchange {
             client,
             client_ip: None,
-            request_id: request_id::request_id(req.headers()),
+            request_id,
+            request_id_header,
             route: None,
             upstream: None,
             endpoint: None,
@@ -326,9 +340,8 @@ impl Proxy {
         };
         let mut resp = self.serve(req, &mut ex).await;
         *resp.version_mut() = version;
-        if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
-            resp.headers_mut().insert("x-request-id", id);
-        }
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), ex.request_id_header.clone());
         let finished = access::Finished {
             metrics: Arc::clone(&self.metrics),
             route_duration: ex.route_duration.take(),
@@ -553,10 +566,11 @@ impl Proxy {
             _ => upstream.timeouts().request,
         };
         let deadline = tokio::time::Instant::now() + total.get();
-        let safe = upstream.is_safe(&parts.method, parts.uri.path());
+        let safe_path = upstream.is_safe_path(parts.uri.path());
+        let safe = crate::upstream::is_idempotent(&parts.method) || safe_path;
         // A request marked safe by path keeps its body so a retry can
         // resend it (an idempotent method's body is usually empty).
-        let body = if upstream.attempts() > 1 && upstream.is_safe_path(parts.uri.path()) {
+        let body = if upstream.attempts() > 1 && safe_path {
             self.read_whole(body).await?
         } else {
             body
@@ -592,7 +606,10 @@ impl Proxy {
             if ex.attempts > 1 {
                 upstream.record_retry();
             }
-            let last = tried.len() >= upstream.attempts() as usize || replay.is_none();
+            // The last attempt needs no copy of the head: no attempts left,
+            // a body that cannot be sent again, or no endpoint left to try.
+            let last =
+                tried.len() >= upstream.attempts() as usize || replay.is_none() || tried.len() >= set.endpoints().len();
             let attempt_head = upstream_head(&mut head, !last);
             let attempt_body = match (body.take(), &replay) {
                 (Some(b), _) => b,
@@ -600,8 +617,15 @@ impl Proxy {
                 (None, None) => unreachable!("a body that cannot be replayed is never retried"),
             };
             let sent_at = Instant::now();
-            let sent =
-                tokio::time::timeout_at(deadline, self.send(upstream, endpoint, attempt_head, attempt_body)).await;
+            // One timer per attempt: the response head must come within
+            // `response_header`, and within what is left of the request's
+            // own deadline.
+            let header = upstream.timeouts().response_header;
+            let (until, timeout) = match tokio::time::Instant::from_std(sent_at) + header.get() {
+                by_header if by_header < deadline => (by_header, header),
+                _ => (deadline, total),
+            };
+            let sent = tokio::time::timeout_at(until, self.send(upstream, endpoint, attempt_head, attempt_body)).await;
             let took = sent_at.elapsed();
             upstream.record_latency(endpoint, took);
             ex.upstream_time += took;
@@ -612,7 +636,7 @@ impl Proxy {
                     return Err(ProxyError::ResponseTimeout {
                         upstream: upstream_name,
                         endpoint: endpoint_name,
-                        timeout: total,
+                        timeout,
                     });
                 }
                 Ok(outcome) => outcome,
@@ -847,7 +871,8 @@ impl Proxy {
     }
 
     /// Whether a failed attempt may be tried again elsewhere: a connection
-    /// that never carried the request, or an idempotent request.
+    /// or TLS handshake that never carried the request, or a request that
+    /// is safe to repeat (idempotent, or on a `retry.safe_paths` path).
     fn retryable(err: &ProxyError, safe: bool) -> bool {
         match err {
             ProxyError::ConnectionRefused { .. }
@@ -874,13 +899,12 @@ impl Proxy {
         if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
             out.headers.insert(header::HOST, h);
         }
-        if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
-            out.headers.insert("x-request-id", id);
-        }
+        out.headers
+            .insert(HeaderName::from_static("x-request-id"), ex.request_id_header.clone());
     }
 
-    /// One attempt on one endpoint, up to the response head (bounded by
-    /// `timeouts.response_header`). The response body carries the endpoint's
+    /// One attempt on one endpoint, up to the response head (the caller
+    /// bounds it in time). The response body carries the endpoint's
     /// in-flight guard.
     async fn send(
         &self,
@@ -924,25 +948,15 @@ impl Proxy {
         };
         let guard = endpoint.begin();
         endpoint.dispatched();
-        let timeout = upstream.timeouts().response_header;
-        let sent = tokio::time::timeout(timeout.get(), upstream.pool().send(Request::from_parts(out, body))).await;
-        let (resp, connection) = match sent {
-            Ok(Ok(sent)) => sent,
-            Err(_elapsed) => {
-                let (upstream, endpoint) = names();
-                return Err(ProxyError::ResponseTimeout {
-                    upstream,
-                    endpoint,
-                    timeout,
-                });
-            }
-            Ok(Err(err)) => return Err(self.upstream_error(err, upstream, endpoint)),
+        let (resp, connection) = match upstream.pool().send(Request::from_parts(out, body)).await {
+            Ok(sent) => sent,
+            Err(err) => return Err(self.upstream_error(err, upstream, endpoint)),
         };
         let (mut parts, body) = resp.into_parts();
         // A response whose length could be read two ways is refused; its
         // connection goes with the unread body instead of back to the pool.
         if let Some(reason) = validate::framing(&parts.headers) {
-            crate::upstream::Pool::poison(&connection);
+            connection.poison();
             let (upstream, endpoint) = names();
             return Err(ProxyError::UpstreamFailed {
                 upstream,
@@ -953,7 +967,9 @@ impl Proxy {
         headers::strip_hop_by_hop_response(&mut parts.headers);
         headers::append_via(&mut parts.headers, parts.version);
         let body = crate::body::IdleTimeout::new(body, upstream.timeouts().idle.get());
-        let body = crate::body::Guarded::new(body, guard);
+        // The HTTP/2 stream counts against its connection's cap until the
+        // body is over.
+        let body = crate::body::Guarded::new(body, (guard, connection));
         Ok(Response::from_parts(parts, boxed(body)))
     }
 
@@ -1154,7 +1170,6 @@ fn log_failure(plugin: &Plugin, failure: &Failure, ex: &Exchange) {
     );
 }
 
-/// Points the request at a new path and query.
 /// The client headers `prepare_head` cleans, for the fuzz targets.
 #[doc(hidden)]
 pub fn sanitize_for_fuzzing(h: &mut http::HeaderMap, peer: std::net::IpAddr, trusted: bool) {

@@ -195,6 +195,12 @@ impl State {
                 config.server.listen
             ));
         }
+        if config.server.workers != running.server.workers {
+            return Err(format!(
+                "{}: server.workers changed; the worker threads change only with a restart",
+                path.display()
+            ));
+        }
         if config.admin != running.admin {
             return Err(format!(
                 "{}: [admin] changed; the admin listener changes only with a restart",
@@ -493,21 +499,20 @@ async fn serve_tls(
 /// A client connection, watched for the case hyper leaves silent: the
 /// header read timeout closes the connection without a word, where a
 /// client that sent part of a head should hear 408 (RFC 9110 §15.5.9).
-/// A second handle on the socket outlives hyper's, to write that answer.
+/// It shares the socket with hyper's side, so it can still write that
+/// answer after hyper has let go, without a second file descriptor.
 struct Stalled {
-    socket: std::net::TcpStream,
+    socket: Arc<tokio::net::TcpStream>,
     /// Bytes arrived since the proxy last wrote: a head was under way.
     partial: Arc<AtomicBool>,
 }
 
 impl Stalled {
     fn watch(stream: tokio::net::TcpStream) -> io::Result<(TokioIo<Watched>, Self)> {
-        let std = stream.into_std()?;
-        let socket = std.try_clone()?;
-        let stream = tokio::net::TcpStream::from_std(std)?;
+        let socket = Arc::new(stream);
         let partial = Arc::new(AtomicBool::new(false));
         let io = Watched {
-            io: stream,
+            io: Arc::clone(&socket),
             partial: Arc::clone(&partial),
         };
         Ok((TokioIo::new(io), Self { socket, partial }))
@@ -519,24 +524,46 @@ impl Stalled {
             .filter_map(|e| e.downcast_ref::<hyper::Error>())
             .any(hyper::Error::is_timeout);
         if timed_out && self.partial.load(Ordering::Relaxed) {
-            use std::io::Write as _;
-            // Non-blocking, like the socket: an empty send buffer takes it
-            // whole, and a client that cannot take 100 bytes loses nothing.
-            let _ = (&self.socket).write(
+            // Non-blocking: an empty send buffer takes it whole, and a
+            // client that cannot take 100 bytes loses nothing.
+            let _ = self.socket.try_write(
                 b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nproxy-status: plumeway; error=http_request_error\r\n\r\n",
             );
-            let _ = self.socket.shutdown(std::net::Shutdown::Both);
+            let _ = socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Both);
         }
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The client's socket, noting whether bytes came in since the proxy
-    /// last wrote.
-    struct Watched {
-        #[pin]
-        io: tokio::net::TcpStream,
-        partial: Arc<AtomicBool>,
+/// The client's socket, noting whether bytes came in since the proxy last
+/// wrote. It reads and writes through `&TcpStream` (readiness, then a
+/// non-blocking call), as tokio's own `TcpStream` does.
+struct Watched {
+    io: Arc<tokio::net::TcpStream>,
+    partial: Arc<AtomicBool>,
+}
+
+impl Watched {
+    /// Polls `op` until it stops saying `WouldBlock`; tokio clears the
+    /// readiness it found stale.
+    fn poll_io<T>(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        ready: fn(&tokio::net::TcpStream, &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>>,
+        mut op: impl FnMut(&tokio::net::TcpStream) -> io::Result<T>,
+    ) -> std::task::Poll<io::Result<T>> {
+        loop {
+            std::task::ready!(ready(&self.io, cx))?;
+            match op(&self.io) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return std::task::Poll::Ready(other),
+            }
+        }
+    }
+
+    fn wrote(&self, polled: &std::task::Poll<io::Result<usize>>) {
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if *n > 0) {
+            self.partial.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -546,13 +573,11 @@ impl tokio::io::AsyncRead for Watched {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let polled = this.io.poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.partial.store(true, Ordering::Relaxed);
+        let polled = self.poll_io(cx, tokio::net::TcpStream::poll_read_ready, |s| s.try_read_buf(buf));
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.partial.store(true, Ordering::Relaxed);
         }
-        polled
+        polled.map_ok(|_| ())
     }
 }
 
@@ -562,11 +587,8 @@ impl tokio::io::AsyncWrite for Watched {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.io.poll_write(cx, buf);
-        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            this.partial.store(false, Ordering::Relaxed);
-        }
+        let polled = self.poll_io(cx, tokio::net::TcpStream::poll_write_ready, |s| s.try_write(buf));
+        self.wrote(&polled);
         polled
     }
 
@@ -575,27 +597,27 @@ impl tokio::io::AsyncWrite for Watched {
         cx: &mut std::task::Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> std::task::Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.io.poll_write_vectored(cx, bufs);
-        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            this.partial.store(false, Ordering::Relaxed);
-        }
+        let polled = self.poll_io(cx, tokio::net::TcpStream::poll_write_ready, |s| {
+            s.try_write_vectored(bufs)
+        });
+        self.wrote(&polled);
         polled
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        true
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        // Writes go straight to the socket: nothing is buffered here.
+        std::task::Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(
         self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        std::task::Poll::Ready(socket2::SockRef::from(&*self.io).shutdown(std::net::Shutdown::Write))
     }
 }
 

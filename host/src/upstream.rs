@@ -347,12 +347,6 @@ impl Upstream {
         safe && self.retry.retry_on.contains(&status.as_u16())
     }
 
-    /// Whether a request may be sent twice: an idempotent method, or a path
-    /// the config marks safe (`retry.safe_paths`).
-    pub fn is_safe(&self, method: &Method, path: &str) -> bool {
-        is_idempotent(method) || self.is_safe_path(path)
-    }
-
     /// Whether `path` is under one of `retry.safe_paths`.
     pub fn is_safe_path(&self, path: &str) -> bool {
         self.retry.safe_paths.iter().any(|p| path.starts_with(p.as_str()))

@@ -128,6 +128,11 @@ impl Backend {
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
+
+    /// How many connections this backend has accepted.
+    pub fn accepted(&self) -> usize {
+        self.connections.lock().expect("connections").len()
+    }
 }
 
 impl Drop for Backend {

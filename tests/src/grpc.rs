@@ -98,6 +98,7 @@ impl Echo for Service {
 pub struct GrpcServer {
     /// Where it listens (h2c).
     pub addr: SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -110,6 +111,8 @@ impl GrpcServer {
         let addr = listener.local_addr().expect("addr");
         let service = EchoServer::new(Service { name: name.to_owned() });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&accepted);
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -117,7 +120,9 @@ impl GrpcServer {
                 .expect("runtime");
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).inspect(move |_| {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                });
                 let serving = tonic::transport::Server::builder()
                     .add_service(service)
                     .serve_with_incoming(incoming);
@@ -130,9 +135,15 @@ impl GrpcServer {
         });
         Self {
             addr,
+            accepted,
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    /// How many connections it has accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `http://ADDR`, for a config's targets.

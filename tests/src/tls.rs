@@ -164,7 +164,8 @@ pub async fn get(tls: tokio_rustls::client::TlsStream<TcpStream>, path: &str, ho
 }
 
 /// A TLS backend answering every request with the request's
-/// `x-forwarded-proto` and `:path`; requires a client certificate from
+/// `:path`, `x-forwarded-proto` and HTTP version (ALPN offers h2 and
+/// http/1.1); requires a client certificate from
 /// `client_ca` when given.
 pub async fn backend(
     cert: &Issued,
@@ -185,9 +186,10 @@ pub async fn backend(
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder
+    let mut config = builder
         .with_single_cert(load_certs(&cert.cert), load_key(&cert.key))
         .expect("server cert");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -206,14 +208,22 @@ pub async fn backend(
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-")
                         .to_owned();
-                    let body = format!("tls backend: {} {proto}", req.uri().path());
+                    let body = format!("tls backend: {} {proto} {:?}", req.uri().path(), req.version());
                     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
                         bytes::Bytes::from(body),
                     )))
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let io = hyper_util::rt::TokioIo::new(tls);
+                let _ = if h2 {
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await
+                } else {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await
+                };
             });
         }
     });

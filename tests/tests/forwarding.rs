@@ -216,3 +216,36 @@ async fn unmatched_request_gets_a_short_404() {
     assert_eq!(reply.headers["proxy-status"], "plumeway; error=destination_not_found");
     assert_eq!(backend.hits(), 0);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_reused_and_closed_when_idle() {
+    let backend = Backend::echo("a").await;
+    let proxy = TestProxy::start(&format!(
+        "[upstreams.u]\ntargets = [\"{}\"]\npool = {{ idle_timeout = \"500ms\", max_idle_per_endpoint = 2 }}\n[[routes]]\nupstream = \"u\"\n",
+        backend.url()
+    ))
+    .await;
+    let client = proxy.client();
+    for _ in 0..20 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    assert_eq!(backend.accepted(), 1, "sequential requests share one connection");
+
+    // Ten at once need ten connections; two of them stay idle afterwards.
+    let calls = (0..10).map(|_| {
+        let client = proxy.client();
+        async move { client.get("/").await.status }
+    });
+    assert!(futures_util::future::join_all(calls).await.iter().all(|s| *s == 200));
+    let after_burst = backend.accepted();
+    assert!(after_burst >= 2, "{after_burst}");
+    for _ in 0..5 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    assert_eq!(backend.accepted(), after_burst, "an idle connection was reused");
+
+    // Past the idle timeout they are closed: the next request connects.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(client.get("/").await.status, 200);
+    assert_eq!(backend.accepted(), after_burst + 1);
+}

@@ -218,3 +218,41 @@ async fn small_upstream_flow_control_windows_still_carry_large_streams() {
     let joined = c.client_stream(outbound).await.unwrap().into_inner();
     assert_eq!(joined.text.len(), 100 * 4096 + 99);
 }
+
+#[tokio::test]
+async fn streams_past_the_per_connection_cap_open_more_upstream_connections() {
+    let server = GrpcServer::start("s").await;
+    let proxy = TestProxy::start(&config(
+        &[server.url()],
+        "http2 = { max_concurrent_streams = 10 }\npool = { idle_timeout = \"500ms\" }",
+    ))
+    .await;
+    let c = client(proxy.addr).await;
+    let batch = |n: usize| {
+        let calls = (0..n).map(|i| {
+            let mut c = c.clone();
+            async move { c.unary(msg("sleep:300")).await.map_err(|e| format!("call {i}: {e:?}")) }
+        });
+        futures_util::future::join_all(calls)
+    };
+    // 100 calls held 300 ms each, at most 10 per upstream connection.
+    for reply in batch(100).await {
+        reply.unwrap();
+    }
+    assert_eq!(server.connections(), 10, "100 streams at 10 per connection");
+    // The connections stay open for the next calls.
+    for reply in batch(25).await {
+        reply.unwrap();
+    }
+    assert_eq!(server.connections(), 10, "the open connections were reused");
+    // Idle past the pool's timeout, they close; the next calls open anew.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for reply in batch(5).await {
+        reply.unwrap();
+    }
+    assert_eq!(
+        server.connections(),
+        11,
+        "idle connections were closed, then one opened"
+    );
+}

@@ -130,3 +130,58 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
         proxy.logs()
     );
 }
+
+#[tokio::test]
+async fn one_worker_thread_serves_many_connections_plugins_included() {
+    let backend = Backend::start(|_req| async { http::Response::new(full("ok")) }).await;
+    let config = |workers: usize| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {workers}\n[upstreams.u]\ntargets = [\"{}\"]\n[plugins.h]\nbuiltin = \"headers\"\nconfig = {{ set = {{ \"x-chain\" = \"yes\" }} }}\n[[routes]]\nupstream = \"u\"\nresponse = [\"h\"]\n",
+            backend.url()
+        )
+    };
+    // `workers = 1` is a current-thread runtime: everything on one thread.
+    let one = BinaryProxy::start(&config(1)).await;
+    let calls = (0..200).map(|i| {
+        let client = one.client();
+        async move { (i, client.get(&format!("/{i}")).await) }
+    });
+    for (i, reply) in futures_util::future::join_all(calls).await {
+        assert_eq!(reply.status, 200, "request {i}");
+        assert_eq!(reply.headers["x-chain"], "yes", "request {i}");
+    }
+}
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir").count()
+}
+
+#[tokio::test]
+async fn a_client_connection_costs_one_file_descriptor() {
+    let backend = Backend::start(|_req| async { http::Response::new(full("ok")) }).await;
+    let proxy = BinaryProxy::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.u]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"u\"\n",
+        backend.url()
+    ))
+    .await;
+    let before = open_fds(proxy.pid());
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        clients.push(tokio::net::TcpStream::connect(proxy.addr).await.expect("connect"));
+    }
+    // Accepted in the background: wait until all are in.
+    let mut now = open_fds(proxy.pid());
+    for _ in 0..100 {
+        if now >= before + 100 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        now = open_fds(proxy.pid());
+    }
+    // The 408 for a stalled head is written through the same descriptor
+    // hyper uses, not a duplicate (which would halve the connections a
+    // file-descriptor limit allows).
+    assert_eq!(now - before, 100, "descriptors for 100 idle client connections");
+    drop(clients);
+}

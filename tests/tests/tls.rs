@@ -84,7 +84,7 @@ async fn https_upstreams_are_verified_unless_told_otherwise() {
     let proxy = TestProxy::start(&upstream(&target, &format!("{ca}, sni = \"backend.test\""))).await;
     let reply = proxy.client().get("/x").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(reply.text(), "tls backend: /x http");
+    assert_eq!(reply.text(), "tls backend: /x http HTTP/1.1");
 
     // The system roots do not know this CA: 502, said to be the certificate.
     let proxy = TestProxy::start(&upstream(&target, "sni = \"backend.test\"")).await;
@@ -101,6 +101,24 @@ async fn https_upstreams_are_verified_unless_told_otherwise() {
     // Verification off (and logged loudly): it goes through.
     let proxy = TestProxy::start(&upstream(&target, "insecure_skip_verify = true")).await;
     assert_eq!(proxy.client().get("/").await.status, 200);
+}
+
+#[tokio::test]
+async fn the_upstream_protocol_decides_http2_over_tls() {
+    let pki = Pki::new();
+    let good = pki.issue("backend", &["backend.test"], false);
+    let (addr, _task) = backend(&good, None).await;
+    let ca = format!("ca = {:?}, sni = \"backend.test\"", pki.ca.display().to_string());
+    for (protocol, version) in [("http1", "HTTP/1.1"), ("h2", "HTTP/2.0"), ("auto", "HTTP/2.0")] {
+        let config = upstream(&format!("https://{addr}"), &ca)
+            .replace("[[routes]]", &format!("protocol = \"{protocol}\"\n[[routes]]"));
+        let proxy = TestProxy::start(&config).await;
+        for _ in 0..3 {
+            let reply = proxy.client().get("/v").await;
+            assert_eq!(reply.status, 200, "{protocol}: {}", reply.text());
+            assert_eq!(reply.text(), format!("tls backend: /v http {version}"), "{protocol}");
+        }
+    }
 }
 
 #[tokio::test]

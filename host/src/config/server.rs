@@ -30,6 +30,10 @@ pub struct ServerConfig {
     /// `tls = { listen = ["0.0.0.0:8443"], certificates = [...] }`: TLS
     /// listeners (HTTP/1.1 and HTTP/2 by ALPN), beside the plain ones.
     pub tls: Option<ServerTls>,
+    /// `workers = 1`: threads serving requests. One runs everything on a
+    /// single thread, the cheapest per request when the proxy has one core
+    /// to itself; when absent, one per CPU.
+    pub workers: Option<usize>,
 }
 
 /// TLS termination.
@@ -152,6 +156,7 @@ impl Default for ServerConfig {
             http2: Http2Config::default(),
             trusted_proxies: Vec::new(),
             tls: None,
+            workers: None,
         }
     }
 }
@@ -259,13 +264,10 @@ impl ServerConfig {
         if self.limits.max_connections == 0 {
             errors.push(Invalid::new("server.limits.max_connections", "must be at least 1"));
         }
-        if self.http2.max_concurrent_streams == 0 {
-            errors.push(Invalid::new(
-                "server.http2.max_concurrent_streams",
-                "must be at least 1",
-            ));
+        self.http2.validate("server.http2", errors);
+        if self.workers == Some(0) {
+            errors.push(Invalid::new("server.workers", "must be at least 1"));
         }
-        self.http2.validate_windows("server.http2", errors);
     }
 }
 
@@ -273,9 +275,16 @@ impl ServerConfig {
 const MAX_WINDOW: u32 = u32::MAX >> 1;
 
 impl Http2Config {
-    /// Checks the windows: at least the protocol's 64 KiB default, at most
-    /// its 31-bit limit. `key` is the table they sit in.
-    pub(super) fn validate_windows(&self, key: &str, errors: &mut Vec<Invalid>) {
+    /// Checks the stream cap (at least 1) and the windows: at least the
+    /// protocol's 64 KiB default, at most its 31-bit limit. `key` is the
+    /// table they sit in.
+    pub(super) fn validate(&self, key: &str, errors: &mut Vec<Invalid>) {
+        if self.max_concurrent_streams == 0 {
+            errors.push(Invalid::new(
+                format!("{key}.max_concurrent_streams"),
+                "must be at least 1",
+            ));
+        }
         for (name, size) in [
             ("initial_stream_window", self.initial_stream_window),
             ("initial_connection_window", self.initial_connection_window),

@@ -29,11 +29,13 @@ pub struct UpstreamConfig {
     /// on plain TCP).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
-    /// `http2 = { initial_stream_window = "1MiB", initial_connection_window = "4MiB",
-    /// max_local_error_reset_streams = 100 }`: flow control and reset limits
-    /// on HTTP/2 connections to the endpoints, as `[server.http2]` sets them
-    /// towards clients (its other keys apply to servers only). hyper's
-    /// defaults (2 MiB stream, 5 MiB connection windows) when absent.
+    /// `http2 = { max_concurrent_streams = 100, initial_stream_window = "1MiB",
+    /// initial_connection_window = "4MiB", max_local_error_reset_streams = 100 }`:
+    /// streams per connection (another connection opens when all are full;
+    /// `h2c` and `h2`), flow control and reset limits on HTTP/2 connections
+    /// to the endpoints, as `[server.http2]` sets them towards clients
+    /// (`max_pending_reset_streams` applies to servers only). When absent:
+    /// 100 streams, hyper's windows (2 MiB stream, 5 MiB connection).
     #[serde(default)]
     pub http2: Option<super::Http2Config>,
     /// `balancer = "round-robin"`.
@@ -518,7 +520,7 @@ impl UpstreamConfig {
             }
         }
         if let Some(h2) = &self.http2 {
-            h2.validate_windows(&format!("{key}.http2"), errors);
+            h2.validate(&format!("{key}.http2"), errors);
         }
         if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
             errors.push(Invalid::new(

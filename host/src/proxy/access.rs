@@ -171,12 +171,12 @@ impl Done for Finished {
     fn done(self, bytes: u64, complete: bool) {
         let took = self.entry.start.elapsed();
         let e = &self.entry;
-        let dash = || Label("-".into());
+        let dash = || Label::Static("-");
         let labels = RequestLabels {
             route: e.route.as_ref().map_or_else(dash, Label::from),
             upstream: e.upstream.as_ref().map_or_else(dash, Label::from),
             endpoint: e.endpoint.as_ref().map_or_else(dash, Label::from),
-            method: Label(method_label(&e.method).into()),
+            method: Label::Static(method_label(&e.method)),
             status: status_class(e.status),
         };
         self.metrics.request(&labels, self.route_duration.as_ref(), took);

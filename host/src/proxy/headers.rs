@@ -89,16 +89,19 @@ pub(super) fn set_forwarded(
         let prior: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
         (!prior.is_empty()).then(|| prior.join(", "))
     };
+    // The address is written once and shared by the headers that carry it.
+    let ip = client.to_string();
+    let ip_value = HeaderValue::from_str(&ip).ok();
     let prior_for = if trusted { joined(headers, &xff) } else { None };
     let value = match prior_for {
-        Some(prior) => format!("{prior}, {client}"),
-        None => client.to_string(),
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")).ok(),
+        None => ip_value.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(xff, v);
     }
 
-    let element = forwarded_element(client, proto, host);
+    let element = forwarded_element(client, &ip, proto, host);
     let prior_forwarded = if trusted {
         joined(headers, &header::FORWARDED)
     } else {
@@ -131,7 +134,7 @@ pub(super) fn set_forwarded(
         }
     }
     if !(trusted && headers.contains_key(&real))
-        && let Ok(v) = HeaderValue::from_str(&client.to_string())
+        && let Some(v) = ip_value
     {
         headers.insert(real, v);
     }
@@ -139,12 +142,18 @@ pub(super) fn set_forwarded(
 
 /// One `Forwarded` element (RFC 7239): `for=…;proto=…;host=…`, quoting
 /// what is not a token (IPv6 addresses, `host:port`).
-fn forwarded_element(client: IpAddr, proto: &str, host: Option<&str>) -> String {
-    let node = match client {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
+fn forwarded_element(client: IpAddr, ip: &str, proto: &str, host: Option<&str>) -> String {
+    let mut element = String::with_capacity(64);
+    element.push_str("for=");
+    if client.is_ipv6() {
+        element.push_str("\"[");
+        element.push_str(ip);
+        element.push_str("]\"");
+    } else {
+        element.push_str(ip);
+    }
+    element.push_str(";proto=");
+    element.push_str(proto);
     if let Some(h) = host {
         let token = h
             .bytes()

@@ -3,18 +3,20 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 /// The id of a request: taken from a well-formed `X-Request-Id`, or made
 /// up. Made-up ids are unique within the process and hard to guess across
-/// restarts (a random seed mixed with a counter).
-pub(crate) fn request_id(headers: &HeaderMap) -> Arc<str> {
-    if let Some(given) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+/// restarts (a random seed mixed with a counter). The header value comes
+/// with it, made once for the upstream request and the response.
+pub(crate) fn request_id(headers: &HeaderMap) -> (Arc<str>, HeaderValue) {
+    if let Some(value) = headers.get("x-request-id")
+        && let Ok(given) = value.to_str()
         && !given.is_empty()
         && given.len() <= 128
         && given.bytes().all(|b| b.is_ascii_graphic())
     {
-        return given.into();
+        return (given.into(), value.clone());
     }
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -28,5 +30,13 @@ pub(crate) fn request_id(headers: &HeaderMap) -> Arc<str> {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
-    format!("{z:016x}").into()
+    // Sixteen hex digits, written without the formatting machinery.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    let text = std::str::from_utf8(&digits).unwrap_or_default();
+    let value = HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    (text.into(), value)
 }

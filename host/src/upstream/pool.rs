@@ -6,6 +6,7 @@ use std::io;
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper_util::client::legacy::Client;
@@ -19,14 +20,57 @@ use tokio::net::TcpStream;
 use crate::body::BoxBody;
 use crate::config::{PoolConfig, UpstreamTimeouts};
 
-/// A pool of keep-alive HTTP/1.1 connections, keyed by endpoint.
-///
-/// hyper-util's pooled client does the bookkeeping (idle timeout, idle
-/// connections per host, retrying a request whose pooled connection turned
-/// out to be closed before anything was sent).
+mod keepalive;
+mod streams;
+
+/// Keep-alive connections to an upstream's endpoints.
 #[derive(Debug, Clone)]
-pub struct Pool {
-    client: Client<Counted, BoxBody>,
+pub struct Pool(Kind);
+
+#[derive(Debug, Clone)]
+enum Kind {
+    /// HTTP/1.1 (`http1`): keep-alive connections, one request at a time.
+    KeepAlive(keepalive::KeepAlive),
+    /// Whatever ALPN picks (`auto`): hyper-util's pooled client does the
+    /// bookkeeping (idle timeout, idle connections per host, retrying a
+    /// request whose pooled connection turned out to be closed before
+    /// anything was sent), HTTP/1.1 and HTTP/2 alike.
+    Pooled(Box<Client<Counted, BoxBody>>),
+    /// HTTP/2 only (`h2c`, `h2`): connections with a cap on their streams.
+    Streams(streams::Streams),
+}
+
+/// What carried a request: keep it with the response body.
+#[derive(Debug)]
+pub struct Sent(Carrier);
+
+#[derive(Debug)]
+enum Carrier {
+    /// A keep-alive connection, back in the pool when this is dropped
+    /// unless [`Sent::poison`] was called.
+    Lease(keepalive::Lease),
+    /// A pooled connection, which [`Sent::poison`] keeps out of the pool.
+    Pooled(CaptureConnection),
+    /// A stream on an HTTP/2 connection, counted until this is dropped.
+    Stream { _held: streams::StreamGuard },
+}
+
+impl Sent {
+    /// Keeps the connection that carried a response out of the pool: after
+    /// a malformed response nothing later on it can be trusted. An HTTP/2
+    /// stream is reset when its body is dropped, and the connection's
+    /// other streams are unaffected.
+    pub fn poison(&self) {
+        match &self.0 {
+            Carrier::Lease(lease) => lease.poison(),
+            Carrier::Pooled(capture) => {
+                if let Some(connected) = capture.connection_metadata().as_ref() {
+                    connected.poison();
+                }
+            }
+            Carrier::Stream { .. } => {}
+        }
+    }
 }
 
 /// TLS towards an upstream's `https://` endpoints.
@@ -47,7 +91,7 @@ impl std::fmt::Debug for UpstreamTls {
 }
 
 /// Why a request to an upstream failed before its response head arrived.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PoolError {
     /// The endpoint refused the TCP connection.
     #[error("connection refused")]
@@ -103,13 +147,38 @@ impl Pool {
         protocol: crate::config::UpstreamProtocol,
         http2: Option<&crate::config::Http2Config>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeouts.connect.get()));
-        connector.set_nodelay(true);
-        // https:// URIs reach `Counted`, which adds TLS.
-        connector.enforce_http(false);
-        // HTTP/2 connections are shared by many streams; the pool keeps
-        // one per endpoint and hyper multiplexes requests onto it.
+        let connector = Counted {
+            inner: connector(timeouts.connect.get()),
+            open,
+            tls,
+        };
+        let keep_alive = std::time::Duration::from_secs(30);
+        if protocol.is_h2_only() {
+            let defaults = crate::config::Http2Config::default();
+            let h2 = http2.unwrap_or(&defaults);
+            let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(keep_alive)
+                .initial_stream_window_size(h2.stream_window())
+                .initial_connection_window_size(h2.connection_window())
+                .max_concurrent_reset_streams(h2.max_local_error_reset_streams);
+            return Self(Kind::Streams(streams::Streams::new(
+                connector,
+                builder,
+                h2.max_concurrent_streams as usize,
+                pool.idle_timeout.get(),
+                pool.max_idle_per_endpoint,
+            )));
+        }
+        if protocol == crate::config::UpstreamProtocol::Http1 {
+            return Self(Kind::KeepAlive(keepalive::KeepAlive::new(
+                connector,
+                hyper::client::conn::http1::Builder::new(),
+                pool.idle_timeout.get(),
+                pool.max_idle_per_endpoint,
+            )));
+        }
         let mut builder = Client::builder(TokioExecutor::new());
         if let Some(h2) = http2 {
             builder
@@ -122,14 +191,9 @@ impl Pool {
             .pool_max_idle_per_host(pool.max_idle_per_endpoint)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .http2_only(protocol.is_h2_only())
-            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-            .build(Counted {
-                inner: connector,
-                open,
-                tls,
-            });
-        Self { client }
+            .http2_keep_alive_interval(keep_alive)
+            .build(connector);
+        Self(Kind::Pooled(Box::new(client)))
     }
 
     /// A client for health probes: the same connector (TLS included) but
@@ -139,44 +203,109 @@ impl Pool {
         tls: Option<UpstreamTls>,
         protocol: crate::config::UpstreamProtocol,
     ) -> Client<Counted, BoxBody> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect));
-        connector.set_nodelay(true);
-        connector.enforce_http(false);
         Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .http2_only(protocol.is_h2_only())
             .build(Counted {
-                inner: connector,
+                inner: connector(connect),
                 open: Gauge::default(),
                 tls,
             })
     }
 
     /// Sends `req` (whose URI names the endpoint) and waits for the response
-    /// head. The second value can [`Pool::poison`] the connection used.
-    pub async fn send(
-        &self,
-        mut req: http::Request<BoxBody>,
-    ) -> Result<(http::Response<Incoming>, CaptureConnection), PoolError> {
-        let capture = capture_connection(&mut req);
-        let response = self.client.request(req).await.map_err(classify)?;
-        Ok((response, capture))
-    }
-
-    /// Keeps the connection that carried a response out of the pool: after
-    /// a malformed response nothing later on it can be trusted.
-    pub fn poison(capture: &CaptureConnection) {
-        if let Some(connected) = capture.connection_metadata().as_ref() {
-            connected.poison();
+    /// head. Keep the second value with the response body.
+    pub async fn send(&self, mut req: http::Request<BoxBody>) -> Result<(http::Response<Incoming>, Sent), PoolError> {
+        match &self.0 {
+            Kind::KeepAlive(pool) => {
+                let (response, lease) = pool.send(req).await?;
+                Ok((response, Sent(Carrier::Lease(lease))))
+            }
+            Kind::Pooled(client) => {
+                let capture = capture_connection(&mut req);
+                let response = client
+                    .request(req)
+                    .await
+                    .map_err(|e| classify_error(&e, e.is_connect()))?;
+                Ok((response, Sent(Carrier::Pooled(capture))))
+            }
+            Kind::Streams(streams) => {
+                let (response, stream) = streams.send(req).await?;
+                Ok((response, Sent(Carrier::Stream { _held: stream })))
+            }
         }
     }
 }
 
-fn classify(err: hyper_util::client::legacy::Error) -> PoolError {
+/// Where a connection goes: scheme and authority of the endpoint.
+type Key = (http::uri::Scheme, http::uri::Authority);
+
+/// The scheme and authority of an absolute URI.
+fn key(uri: &http::Uri) -> Result<Key, PoolError> {
+    match (uri.scheme(), uri.authority()) {
+        (Some(scheme), Some(authority)) => Ok((scheme.clone(), authority.clone())),
+        _ => Err(PoolError::Connect(format!("not an absolute URI: {uri}"))),
+    }
+}
+
+/// Opens a connection (TLS included for `https`) to `key`.
+async fn open(mut connector: Counted, key: &Key) -> Result<CountedIo<Conn>, PoolError> {
+    let uri = http::Uri::builder()
+        .scheme(key.0.clone())
+        .authority(key.1.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|e| PoolError::Connect(e.to_string()))?;
+    tower_service::Service::call(&mut connector, uri)
+        .await
+        .map_err(|e| classify_error(&*e, true))
+}
+
+/// Runs a connection's driver in a task of its own until it ends.
+fn drive(connection: impl Future<Output = Result<(), hyper::Error>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %chain(&err), "upstream connection ended");
+        }
+    });
+}
+
+/// Calls `sweep` on the pool every half `idle_timeout` (at least every
+/// 250 ms) until the pool is gone: connections nobody uses any more are
+/// closed even when no request comes to notice.
+fn sweep_while_alive<T: Send + Sync + 'static>(pool: &Arc<T>, idle_timeout: std::time::Duration, sweep: fn(&T)) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let pool = Arc::downgrade(pool);
+    let period = (idle_timeout / 2).max(std::time::Duration::from_millis(250));
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(pool) = pool.upgrade() else { return };
+            sweep(&pool);
+        }
+    });
+}
+
+/// hyper-util's TCP connector with the settings every upstream uses.
+fn connector(connect_timeout: std::time::Duration) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    // https:// URIs reach `Counted`, which adds TLS.
+    connector.enforce_http(false);
+    connector
+}
+
+/// What went wrong, from an error and its causes; `connect` when it
+/// happened while opening the connection.
+fn classify_error(err: &(dyn StdError + 'static), connect: bool) -> PoolError {
     // tokio-rustls wraps rustls' error in an io::Error, whose `source()`
     // skips it: look inside io::Errors too.
-    let tls = causes(&err).find_map(|e| {
+    let tls = causes(err).find_map(|e| {
         e.downcast_ref::<rustls::Error>().or_else(|| {
             e.downcast_ref::<io::Error>()
                 .and_then(io::Error::get_ref)
@@ -189,27 +318,27 @@ fn classify(err: hyper_util::client::legacy::Error) -> PoolError {
             certificate: matches!(tls, rustls::Error::InvalidCertificate(_)),
         };
     }
-    if err.is_connect() {
-        let io = causes(&err).find_map(|e| e.downcast_ref::<io::Error>());
+    if connect {
+        let io = causes(err).find_map(|e| e.downcast_ref::<io::Error>());
         return match io.map(PoolError::connect) {
             Some(e @ (PoolError::ConnectionRefused | PoolError::ConnectionTimeout)) => e,
             // The whole chain says more than the innermost I/O error.
-            _ => PoolError::Connect(chain(&err)),
+            _ => PoolError::Connect(chain(err)),
         };
     }
-    if causes(&err).any(|e| e.is::<http_body_util::LengthLimitError>()) {
+    if causes(err).any(|e| e.is::<http_body_util::LengthLimitError>()) {
         return PoolError::RequestBodyTooLarge;
     }
-    if causes(&err).any(|e| e.is::<crate::body::IdleTimedOut>()) {
+    if causes(err).any(|e| e.is::<crate::body::IdleTimedOut>()) {
         return PoolError::RequestBodyStalled;
     }
-    let body_failed = causes(&err)
+    let body_failed = causes(err)
         .filter_map(|e| e.downcast_ref::<hyper::Error>())
         .any(|h| h.is_user() || h.is_body_write_aborted());
     if body_failed {
-        return PoolError::RequestBody(chain(&err));
+        return PoolError::RequestBody(chain(err));
     }
-    PoolError::Protocol(chain(&err))
+    PoolError::Protocol(chain(err))
 }
 
 /// hyper-util's connector, with TLS for `https://` endpoints, counting
