@@ -45,12 +45,20 @@ pub fn ensure_installed(binary: &str, packages: &[&str]) {
             .map_err(|e| e.to_string())
             .and_then(|s| if s.success() { Ok(()) } else { Err(s.to_string()) })
     };
+    // Tests run in parallel and apt allows one install at a time: installs
+    // from this process take turns, and apt waits for a lock held elsewhere
+    // instead of failing at once.
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = APT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Err(first) = runs(binary) else { return };
+    const WAIT_FOR_LOCK: [&str; 2] = ["-o", "DPkg::Lock::Timeout=300"];
     let _ = std::process::Command::new("apt-get")
+        .args(WAIT_FOR_LOCK)
         .arg("update")
         .stdout(std::process::Stdio::null())
         .status();
     let installed = std::process::Command::new("apt-get")
+        .args(WAIT_FOR_LOCK)
         .args(["install", "-y"])
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive")

@@ -2,7 +2,7 @@
 //!
 //! Each `tests/config/invalid/NAME.toml` has a `NAME.err` beside it holding
 //! the exact message. After an intended wording change, regenerate them with
-//! `PLUMEWAY_BLESS=1 cargo test -p plumeway-tests --test config_errors` and
+//! `PLUMEWAY_BLESS=1 cargo test -p plumeway-tests --test e2e config_errors::` and
 //! review the diff.
 
 use std::path::{Path, PathBuf};

@@ -37,7 +37,7 @@ async fn round_robin_alternates_between_two_backends() {
 async fn forwards_headers_like_a_proxy() {
     let backend = Backend::echo("only").await;
     // The test client is a trusted proxy here, so its X-Forwarded-For is
-    // kept and appended to (untrusted peers: tests/tests/hardening.rs).
+    // kept and appended to (untrusted peers: tests/tests/e2e/hardening.rs).
     let proxy = TestProxy::start(&format!(
         "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[upstreams.u]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"u\"\n",
         backend.url()
