@@ -78,6 +78,14 @@ enum Command {
         #[arg(long = "meta", value_name = "KEY=VALUE")]
         meta: Vec<String>,
     },
+    /// Compiles one plugin component from stdin to stdout: plumeway runs
+    /// this in a child process for every plugin it loads.
+    #[command(name = "compile-plugin", hide = true)]
+    CompilePlugin {
+        /// For the engine that meters fuel.
+        #[arg(long)]
+        fuel: bool,
+    },
 }
 
 /// Runs the command line; the `plumeway` binary is just this.
@@ -92,7 +100,13 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(command, Command::CompilePlugin { .. })
+        && let Ok(exe) = std::env::current_exe()
+    {
+        crate::plugin::compile_in_child_processes(exe);
+    }
     match command {
+        Command::CompilePlugin { fuel } => crate::plugin::compile_command(fuel),
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => check(&config, cfg),
             Err(err) => config_failed(&err),

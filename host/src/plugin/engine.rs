@@ -2,6 +2,7 @@
 //! with the pooling allocator and an epoch ticker.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -69,11 +70,133 @@ pub(crate) fn compile(engine: &Engine, fuel: bool, wasm: &[u8]) -> Result<Compon
     if let Some(c) = CACHE.lock().ok().and_then(|c| c.as_ref()?.get(&key).cloned()) {
         return Ok(c);
     }
-    let component = Component::new(engine, wasm).map_err(|e| format!("{e:#}"))?;
+    let component = match COMPILER.get() {
+        Some(exe) => match in_child(exe, engine, fuel, wasm) {
+            Ok(component) => component,
+            Err(Child::Rejected(message)) => return Err(message),
+            Err(Child::Broken(why)) => {
+                tracing::warn!("compiling a plugin in a child process failed ({why}); compiling it in this one");
+                Component::new(engine, wasm).map_err(|e| format!("{e:#}"))?
+            }
+        },
+        None => Component::new(engine, wasm).map_err(|e| format!("{e:#}"))?,
+    };
     if let Ok(mut cache) = CACHE.lock() {
         cache.get_or_insert_with(HashMap::new).insert(key, component.clone());
     }
     Ok(component)
+}
+
+/// The executable that compiles plugins for this process, when set.
+static COMPILER: OnceLock<PathBuf> = OnceLock::new();
+
+/// The hidden subcommand of the `plumeway` binary (cli.rs) that compiles one
+/// plugin: the component on stdin, wasmtime's precompiled artifact on stdout.
+const COMPILE_COMMAND: &str = "compile-plugin";
+
+/// Exit code of `compile-plugin` for bytes that are not a valid
+/// component; stderr then holds the reason.
+const REJECTED: i32 = 3;
+
+/// From now on, compile plugins in a child process running `exe` (the
+/// running `plumeway` binary) with its hidden `compile-plugin` subcommand.
+///
+/// Why: Cranelift is most of what a plugin costs a long-running proxy in
+/// memory. Compiling in this process touches ~9 MiB of the binary's
+/// compiler code and leaves several MiB of compiler scratch on the heap
+/// (wasmtime keeps its compiler contexts), all resident for the life of
+/// the process; a child takes that with it when it exits. A compiler crash
+/// on a hostile component also ends the child, not the proxy.
+pub fn compile_in_child_processes(exe: PathBuf) {
+    let _ = COMPILER.set(exe);
+}
+
+/// Why a child compile gave no component.
+enum Child {
+    /// The component is invalid: the compiler's message.
+    Rejected(String),
+    /// The child could not do its job (not started, killed, incompatible
+    /// output); compiling in-process still can.
+    Broken(String),
+}
+
+fn in_child(exe: &Path, engine: &Engine, fuel: bool, wasm: &[u8]) -> Result<Component, Child> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(exe);
+    command.arg(COMPILE_COMMAND);
+    if fuel {
+        command.arg("--fuel");
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Child::Broken(format!("cannot start {}: {e}", exe.display())))?;
+    let mut stdin = child.stdin.take().ok_or_else(|| Child::Broken("no stdin".into()))?;
+    // Written from another thread while this one drains stdout and stderr,
+    // so neither side can block the other on a full pipe.
+    let output = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || stdin.write_all(wasm));
+        let output = child.wait_with_output();
+        (writer.join(), output)
+    });
+    let output = match output {
+        (_, Err(e)) => return Err(Child::Broken(format!("waiting for it: {e}"))),
+        (_, Ok(output)) => output,
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    match output.status.code() {
+        Some(0) => {}
+        Some(REJECTED) => return Err(Child::Rejected(stderr)),
+        _ => return Err(Child::Broken(format!("{}: {stderr}", output.status))),
+    }
+    deserialize(engine, &output.stdout).map_err(|e| Child::Broken(format!("{e:#}")))
+}
+
+#[expect(unsafe_code, reason = "the one place a precompiled plugin is loaded")]
+fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: wasmtime requires the bytes to come from its own
+    // `precompile_component` and not to have been tampered with. They come
+    // straight from the pipe of a child running this same executable's
+    // `compile-plugin` (`precompile` below), never from a file or the
+    // network; wasmtime also checks its version and the engine settings
+    // and refuses an artifact made for another build or configuration.
+    unsafe { Component::deserialize(engine, artifact) }
+}
+
+/// The body of the hidden `compile-plugin` subcommand: the component on stdin is compiled with
+/// the engine this process would use and written to stdout. Exit code 0,
+/// 3 with the reason on stderr, or 1 when stdin or stdout
+/// fails.
+pub fn compile_command(fuel: bool) -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    let mut wasm = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut wasm) {
+        eprintln!("cannot read the plugin from stdin: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let engine = match engine(fuel) {
+        Ok(engine) => engine,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match engine.precompile_component(&wasm).map_err(|e| format!("{e:#}")) {
+        Ok(bytes) => match std::io::stdout().lock().write_all(&bytes) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cannot write the compiled plugin: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Err(message) => {
+            eprint!("{message}");
+            std::process::ExitCode::from(REJECTED as u8)
+        }
+    }
 }
 
 fn hash(bytes: &[u8]) -> u64 {

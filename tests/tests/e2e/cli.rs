@@ -118,3 +118,58 @@ fn register_refuses_an_upstream_without_a_registry() {
         "{stderr}"
     );
 }
+
+/// Runs `plumeway compile-plugin` with `input` on stdin.
+fn compile_plugin(input: &[u8]) -> (i32, Vec<u8>, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plumeway-e2e"))
+        .arg("compile-plugin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run plumeway compile-plugin");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plugins_compile_in_a_child_that_tells_a_bad_component_apart() {
+    // The contract between the proxy and the child it compiles plugins in:
+    // a component gives wasmtime's precompiled artifact (an ELF image), an
+    // invalid one exit code 3 and the compiler's reason.
+    let wasm = std::fs::read(plumeway_tests::plugins::CHAOS).unwrap();
+    let (code, artifact, stderr) = compile_plugin(&wasm);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        artifact.starts_with(b"\x7fELF"),
+        "not an artifact: {} bytes",
+        artifact.len()
+    );
+    let (code, artifact, stderr) = compile_plugin(b"not wasm at all");
+    assert_eq!(code, 3, "{stderr}");
+    assert!(artifact.is_empty());
+    assert!(stderr.contains("magic header not detected"), "{stderr}");
+
+    // Through `check`: the child's reason, with the config's place.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.wasm"), b"not wasm at all").unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[upstreams.b]\ntargets = [\"http://127.0.0.1:9\"]\n[plugins.bad]\npath = \"bad.wasm\"\n[[routes]]\nupstream = \"b\"\nrequest = [\"bad\"]\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = plumeway(&["check", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stdout}");
+    assert!(
+        stderr.contains("bad.toml:3:10: plugins.bad: not a valid plugin component: failed to parse WebAssembly module: magic header not detected"),
+        "{stderr}"
+    );
+}
