@@ -2,7 +2,10 @@
 //! call (`isolation = "per-request"`), through the same host API the proxy
 //! uses (headers lent as a resource, one header read and one set).
 //!
-//! `cargo run --release -p plumeway-bench --bin plugin-overhead`
+//! `cargo run --release -p plumeway-bench --bin plugin-overhead [CALLS] [pooled|fresh]`
+//!
+//! CALLS (default 20,000) per round; naming one isolation measures only it,
+//! for a profiler (`perf record -g`) to see one kind of call.
 
 use std::path::Path;
 use std::time::Instant;
@@ -33,21 +36,30 @@ request = ["pooled", "fresh"]
 "#,
     )?;
     let proxy = Proxy::build(&config).await?;
-    println!("plugin call overhead ({CALLS} calls each, 10 request headers, interleaved rounds)");
+    let mut args = std::env::args().skip(1);
+    let calls: u32 = match args.next() {
+        Some(n) => n.parse()?,
+        None => CALLS,
+    };
+    let only = args.next();
+    println!("plugin call overhead ({calls} calls each, 10 request headers, interleaved rounds)");
     println!("{:<24} {:>12}", "isolation", "µs per call");
     let mut results: Vec<(String, Vec<f64>)> = Vec::new();
     for round in 0..3 {
         for (name, plugin) in proxy.plugins().iter() {
+            if only.as_deref().is_some_and(|o| o != name) {
+                continue;
+            }
             let (mut parts, ()) = request_with_headers().into_parts();
             // Warm up: the first calls fault in pages and fill the pool.
             for _ in 0..200 {
                 plugin.on_request(&mut parts, None, CallInfo::default()).await?;
             }
             let start = Instant::now();
-            for _ in 0..CALLS {
+            for _ in 0..calls {
                 plugin.on_request(&mut parts, None, CallInfo::default()).await?;
             }
-            let per_call = start.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS);
+            let per_call = start.elapsed().as_secs_f64() * 1e6 / f64::from(calls);
             match results.iter_mut().find(|(n, _)| n == name) {
                 Some((_, v)) => v.push(per_call),
                 None => results.push((name.to_owned(), vec![per_call])),
