@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::plugin::{
     CallInfo, EndpointView, ErrorInfo, Failure, Hook, PickInput, Plugin, Plugins, RequestOutcome, ResponseOutcome,
 };
-use crate::router::{Router, request_host};
+use crate::router::Router;
 use crate::upstream::{EndpointSet, Pick, PoolError, Upstream};
 
 pub use access::AccessLog;
@@ -79,12 +79,31 @@ struct Route {
 }
 
 /// The connection a request arrived on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Client {
     /// The peer's address.
     pub peer: SocketAddr,
     /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
     pub proto: &'static str,
+    /// The peer's IP as text, made once per connection: every request on
+    /// it shares this in its forwarding headers and plugin calls.
+    pub ip: Arc<str>,
+    /// The same, as a header value.
+    pub ip_header: HeaderValue,
+}
+
+impl Client {
+    /// The connection from `peer`, over `proto` (`"http"` or `"https"`).
+    pub fn new(peer: SocketAddr, proto: &'static str) -> Self {
+        let ip: Arc<str> = peer.ip().to_string().into();
+        Self {
+            peer,
+            proto,
+            // An IP address in text is always a valid header value.
+            ip_header: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            ip,
+        }
+    }
 }
 
 /// One request's state as it moves through the pipeline.
@@ -324,6 +343,7 @@ impl Proxy {
             (None, None)
         };
         let (request_id, request_id_header) = request_id::request_id(req.headers());
+        let peer = client.peer.ip();
         let mut ex = Exchange {
             client,
             client_ip: None,
@@ -349,7 +369,7 @@ impl Proxy {
             entry: access::Entry {
                 start,
                 wall,
-                client: client.peer.ip(),
+                client: peer,
                 method,
                 path,
                 version,
@@ -393,7 +413,7 @@ impl Proxy {
             return self.failed(Some(route), Some(&mut parts), err, ex).await;
         }
         if route.has_plugins() {
-            ex.client_ip = Some(ex.client.peer.ip().to_string().into());
+            ex.client_ip = Some(Arc::clone(&ex.client.ip));
         }
         let (mut parts, body) = req.into_parts();
         match self.run(route, &mut parts, body, ex).await {
@@ -886,17 +906,23 @@ impl Proxy {
     /// The forwarding headers, once per request: hop-by-hop headers out,
     /// `X-Forwarded-*`, `Via`, `Host` and the request id in.
     fn prepare_head(&self, route: &Route, out: &mut request::Parts, ex: &Exchange) {
-        let host = request_host(&out.uri, &out.headers).map(str::to_owned);
+        // The Host the client asked for: HTTP/2 clients (and absolute-form
+        // requests) name it in the URI, HTTP/1.1 clients in a Host header,
+        // whose value is shared rather than copied.
+        let host = match out.uri.authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => out.headers.get(header::HOST).cloned(),
+        };
         let peer = ex.client.peer.ip();
         let trusted = self.config.server.trusted_proxies.iter().any(|net| net.contains(&peer));
-        headers::sanitize(&mut out.headers, peer, ex.client.proto, host.as_deref(), trusted);
+        headers::sanitize(&mut out.headers, &ex.client, host.as_ref(), trusted);
         for name in &route.strip_headers {
             out.headers.remove(name);
         }
         headers::append_via(&mut out.headers, out.version);
-        // The upstream sees the Host the client asked for (HTTP/2 clients send
-        // it as :authority, which HTTP/1.1 has no place for but Host).
-        if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        // The upstream sees that Host (HTTP/1.1 has no place for :authority
+        // but Host).
+        if let Some(h) = host {
             out.headers.insert(header::HOST, h);
         }
         out.headers
@@ -1173,7 +1199,8 @@ fn log_failure(plugin: &Plugin, failure: &Failure, ex: &Exchange) {
 /// The client headers `prepare_head` cleans, for the fuzz targets.
 #[doc(hidden)]
 pub fn sanitize_for_fuzzing(h: &mut http::HeaderMap, peer: std::net::IpAddr, trusted: bool) {
-    headers::sanitize(h, peer, "http", Some("fuzz.example"), trusted);
+    let client = Client::new(SocketAddr::new(peer, 0), "http");
+    headers::sanitize(h, &client, Some(&HeaderValue::from_static("fuzz.example")), trusted);
 }
 
 /// The head checks `serve` applies, for the fuzz targets: the normalised

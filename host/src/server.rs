@@ -431,6 +431,7 @@ fn service(
 + 'static {
     service_fn(move |req| {
         let serving = state.current();
+        let client = client.clone();
         async move { Ok::<_, Infallible>(serving.proxy.handle(req, client).await) }
     })
 }
@@ -448,7 +449,7 @@ async fn serve_plain(
             return;
         }
     };
-    let service = service(Arc::clone(&state), Client { peer, proto: "http" });
+    let service = service(Arc::clone(&state), Client::new(peer, "http"));
     let conn = state
         .current()
         .http
@@ -485,7 +486,7 @@ async fn serve_tls(
             return;
         }
     };
-    let service = service(Arc::clone(&state), Client { peer, proto: "https" });
+    let service = service(Arc::clone(&state), Client::new(peer, "https"));
     let conn = state
         .current()
         .http

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::Client;
+
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1),
 /// plus the legacy ones that proxies have long treated the same way.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -53,20 +55,14 @@ pub(super) fn strip_hop_by_hop_response(headers: &mut HeaderMap) {
 /// Cleans a client's request headers for the upstream: hop-by-hop headers
 /// out (`TE: trailers` said again, since gRPC needs it on the next hop
 /// too), plumeway's internal headers out, forwarding headers set.
-pub(super) fn sanitize(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    proto: &'static str,
-    host: Option<&str>,
-    trusted: bool,
-) {
+pub(super) fn sanitize(headers: &mut HeaderMap, client: &Client, host: Option<&HeaderValue>, trusted: bool) {
     let trailers = accepts_trailers(headers);
     strip_hop_by_hop(headers);
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     strip_internal(headers);
-    set_forwarded(headers, client, proto, host, trusted);
+    set_forwarded(headers, client, host, trusted);
 }
 
 /// Tells the upstream who the client is. From a trusted proxy (one of
@@ -74,13 +70,7 @@ pub(super) fn sanitize(
 /// `X-Forwarded-For`, `Forwarded`, and its `X-Forwarded-Proto`/`-Host`.
 /// From anyone else those headers are replaced, so a client cannot forge
 /// its address or scheme; `X-Real-IP` is the peer's address then.
-pub(super) fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    proto: &'static str,
-    host: Option<&str>,
-    trusted: bool,
-) {
+pub(super) fn set_forwarded(headers: &mut HeaderMap, client: &Client, host: Option<&HeaderValue>, trusted: bool) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let xfp = HeaderName::from_static("x-forwarded-proto");
     let xfh = HeaderName::from_static("x-forwarded-host");
@@ -89,19 +79,20 @@ pub(super) fn set_forwarded(
         let prior: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
         (!prior.is_empty()).then(|| prior.join(", "))
     };
-    // The address is written once and shared by the headers that carry it.
-    let ip = client.to_string();
-    let ip_value = HeaderValue::from_str(&ip).ok();
+    // The address was written once for the connection; its header value is
+    // shared, not copied.
+    let ip = &*client.ip;
     let prior_for = if trusted { joined(headers, &xff) } else { None };
     let value = match prior_for {
         Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")).ok(),
-        None => ip_value.clone(),
+        None => Some(client.ip_header.clone()),
     };
     if let Some(v) = value {
         headers.insert(xff, v);
     }
 
-    let element = forwarded_element(client, &ip, proto, host);
+    let host_text = host.and_then(|h| h.to_str().ok());
+    let element = forwarded_element(client.peer.ip(), ip, client.proto, host_text);
     let prior_forwarded = if trusted {
         joined(headers, &header::FORWARDED)
     } else {
@@ -121,22 +112,20 @@ pub(super) fn set_forwarded(
     }
 
     if !(trusted && headers.contains_key(&xfp)) {
-        headers.insert(xfp, HeaderValue::from_static(proto));
+        headers.insert(xfp, HeaderValue::from_static(client.proto));
     }
     if !(trusted && headers.contains_key(&xfh)) {
-        match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        match host {
             Some(h) => {
-                headers.insert(xfh, h);
+                headers.insert(xfh, h.clone());
             }
             None => {
                 headers.remove(xfh);
             }
         }
     }
-    if !(trusted && headers.contains_key(&real))
-        && let Some(v) = ip_value
-    {
-        headers.insert(real, v);
+    if !(trusted && headers.contains_key(&real)) {
+        headers.insert(real, client.ip_header.clone());
     }
 }
 
@@ -230,7 +219,8 @@ mod tests {
         h.insert("forwarded", HeaderValue::from_static("for=203.0.113.1"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let mut untrusted = h.clone();
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some("example.com"), true);
+        let local = Client::new("127.0.0.1:40000".parse().unwrap(), "http");
+        set_forwarded(&mut h, &local, Some(&HeaderValue::from_static("example.com")), true);
         append_via(&mut h, Version::HTTP_11);
         assert_eq!(h["x-forwarded-for"], "203.0.113.1, 10.0.0.1, 127.0.0.1");
         assert_eq!(
@@ -242,11 +232,11 @@ mod tests {
         assert_eq!(h["via"], "1.1 edge, 1.1 plumeway");
 
         // The same headers from an untrusted client are replaced.
+        let v6 = Client::new("[::1]:40000".parse().unwrap(), "http");
         set_forwarded(
             &mut untrusted,
-            "::1".parse().unwrap(),
-            "http",
-            Some("example.com:8080"),
+            &v6,
+            Some(&HeaderValue::from_static("example.com:8080")),
             false,
         );
         assert_eq!(untrusted["x-forwarded-for"], "::1");
