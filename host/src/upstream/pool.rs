@@ -153,47 +153,54 @@ impl Pool {
             tls,
         };
         let keep_alive = std::time::Duration::from_secs(30);
-        if protocol.is_h2_only() {
-            let defaults = crate::config::Http2Config::default();
-            let h2 = http2.unwrap_or(&defaults);
-            let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .keep_alive_interval(keep_alive)
-                .initial_stream_window_size(h2.stream_window())
-                .initial_connection_window_size(h2.connection_window())
-                .max_concurrent_reset_streams(h2.max_local_error_reset_streams);
-            return Self(Kind::Streams(streams::Streams::new(
-                connector,
-                builder,
-                h2.max_concurrent_streams as usize,
-                pool.idle_timeout.get(),
-                pool.max_idle_per_endpoint,
-            )));
-        }
-        if protocol == crate::config::UpstreamProtocol::Http1 {
-            return Self(Kind::KeepAlive(keepalive::KeepAlive::new(
+        use crate::config::UpstreamProtocol as P;
+        let kind = match protocol {
+            P::Http1 => Kind::KeepAlive(keepalive::KeepAlive::new(
                 connector,
                 hyper::client::conn::http1::Builder::new(),
                 pool.idle_timeout.get(),
                 pool.max_idle_per_endpoint,
-            )));
-        }
-        let mut builder = Client::builder(TokioExecutor::new());
-        if let Some(h2) = http2 {
-            builder
-                .http2_initial_stream_window_size(h2.stream_window())
-                .http2_initial_connection_window_size(h2.connection_window())
-                .http2_max_concurrent_reset_streams(h2.max_local_error_reset_streams);
-        }
-        let client = builder
-            .pool_idle_timeout(pool.idle_timeout.get())
-            .pool_max_idle_per_host(pool.max_idle_per_endpoint)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_keep_alive_interval(keep_alive)
-            .build(connector);
-        Self(Kind::Pooled(Box::new(client)))
+            )),
+            P::H2c | P::H2 => {
+                let defaults = crate::config::Http2Config::default();
+                let h2 = http2.unwrap_or(&defaults);
+                let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(keep_alive)
+                    .initial_stream_window_size(h2.stream_window())
+                    .initial_connection_window_size(h2.connection_window())
+                    .max_concurrent_reset_streams(h2.max_local_error_reset_streams);
+                Kind::Streams(streams::Streams::new(
+                    connector,
+                    builder,
+                    h2.max_concurrent_streams as usize,
+                    pool.idle_timeout.get(),
+                    pool.max_idle_per_endpoint,
+                ))
+            }
+            // The protocol is known only after ALPN, per connection:
+            // hyper-util's client handles both (no stream cap, see
+            // docs/grpc.md).
+            P::Auto => {
+                let mut builder = Client::builder(TokioExecutor::new());
+                if let Some(h2) = http2 {
+                    builder
+                        .http2_initial_stream_window_size(h2.stream_window())
+                        .http2_initial_connection_window_size(h2.connection_window())
+                        .http2_max_concurrent_reset_streams(h2.max_local_error_reset_streams);
+                }
+                let client = builder
+                    .pool_idle_timeout(pool.idle_timeout.get())
+                    .pool_max_idle_per_host(pool.max_idle_per_endpoint)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .http2_keep_alive_interval(keep_alive)
+                    .build(connector);
+                Kind::Pooled(Box::new(client))
+            }
+        };
+        Self(kind)
     }
 
     /// A client for health probes: the same connector (TLS included) but
