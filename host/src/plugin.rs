@@ -167,6 +167,8 @@ struct Indices {
 struct Instance {
     store: Store<HostState>,
     hooks: Hooks,
+    /// The request head shown to the plugin, refilled for each call.
+    head: bindings::plumeway::plugin::types::RequestHead,
     /// When the current call checked the instance out.
     since: std::time::Instant,
 }
@@ -419,6 +421,7 @@ impl Plugin {
             Instance {
                 store,
                 hooks,
+                head: hooks::empty_head(),
                 since: std::time::Instant::now(),
             },
             needs,

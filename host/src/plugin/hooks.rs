@@ -94,11 +94,31 @@ pub struct EndpointView {
     pub in_flight: u32,
 }
 
-fn head(parts: &request::Parts) -> types::RequestHead {
+/// Writes the request head into an instance's own `RequestHead`, whose
+/// strings keep their capacity from call to call: a warm call allocates
+/// nothing for the head it shows the plugin.
+fn fill(head: &mut types::RequestHead, parts: &request::Parts) {
+    fn set(s: &mut String, value: &str) {
+        s.clear();
+        s.push_str(value);
+    }
+    set(&mut head.method, parts.method.as_str());
+    set(
+        &mut head.path_with_query,
+        parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
+    );
+    match request_host(&parts.uri, &parts.headers) {
+        Some(host) => set(head.authority.get_or_insert_with(String::new), host),
+        None => head.authority = None,
+    }
+}
+
+/// An empty head, for a new instance to fill.
+pub(super) fn empty_head() -> types::RequestHead {
     types::RequestHead {
-        method: parts.method.as_str().to_owned(),
-        path_with_query: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str).to_owned(),
-        authority: request_host(&parts.uri, &parts.headers).map(str::to_owned),
+        method: String::new(),
+        path_with_query: String::new(),
+        authority: None,
     }
 }
 
@@ -155,10 +175,10 @@ impl Plugin {
     /// The `rewrite` hook: a new path and query, or `None` to keep it.
     pub async fn rewrite(&self, parts: &mut request::Parts, call: CallInfo) -> Result<Option<PathAndQuery>, Failure> {
         let mut instance = self.checkout(call).await?;
-        let h = head(parts);
+        fill(&mut instance.head, parts);
         let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
         let result = match &instance.hooks.rewrite {
-            Some(g) => g.call_rewrite(&mut instance.store, &h, lent.borrow()).await,
+            Some(g) => g.call_rewrite(&mut instance.store, &instance.head, lent.borrow()).await,
             None => Err(not_exported("rewrite")),
         };
         lent.give_back(&mut instance, &mut parts.headers);
@@ -174,11 +194,11 @@ impl Plugin {
         call: CallInfo,
     ) -> Result<RequestOutcome, Failure> {
         let mut instance = self.checkout(call).await?;
-        let h = head(parts);
+        fill(&mut instance.head, parts);
         let lent = Lent::new(&mut instance, &mut parts.headers, true)?;
         let result = match &instance.hooks.request {
             Some(g) => {
-                g.call_on_request(&mut instance.store, &h, lent.borrow(), body.map(|b| &b[..]))
+                g.call_on_request(&mut instance.store, &instance.head, lent.borrow(), body.map(|b| &b[..]))
                     .await
             }
             None => Err(not_exported("request-filter")),
@@ -215,13 +235,13 @@ impl Plugin {
         call: CallInfo,
     ) -> Result<ResponseOutcome, Failure> {
         let mut instance = self.checkout(call).await?;
-        let h = head(request);
+        fill(&mut instance.head, request);
         let status = parts.status.as_u16();
         let lent = Lent::new(&mut instance, &mut parts.headers, true)?;
         let result = match &instance.hooks.response {
             Some(g) => {
                 let body = body.map(|b| &b[..]);
-                g.call_on_response(&mut instance.store, &h, status, lent.borrow(), body, stash)
+                g.call_on_response(&mut instance.store, &instance.head, status, lent.borrow(), body, stash)
                     .await
             }
             None => Err(not_exported("response-filter")),
@@ -275,10 +295,13 @@ impl Plugin {
             request_id: err.request_id.to_string(),
         };
         let mut instance = self.checkout(call).await?;
-        let h = head(parts);
+        fill(&mut instance.head, parts);
         let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
         let result = match &instance.hooks.error {
-            Some(g) => g.call_on_error(&mut instance.store, &h, lent.borrow(), &record).await,
+            Some(g) => {
+                g.call_on_error(&mut instance.store, &instance.head, lent.borrow(), &record)
+                    .await
+            }
             None => Err(not_exported("error-handler")),
         };
         lent.give_back(&mut instance, &mut parts.headers);
@@ -309,10 +332,13 @@ impl Plugin {
         };
         call.endpoint_urls = input.endpoints.iter().map(|e| Arc::clone(&e.url)).collect();
         let mut instance = self.checkout(call).await?;
-        let h = head(parts);
+        fill(&mut instance.head, parts);
         let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
         let result = match &instance.hooks.balancer {
-            Some(g) => g.call_pick(&mut instance.store, &h, lent.borrow(), &states, &ctx).await,
+            Some(g) => {
+                g.call_pick(&mut instance.store, &instance.head, lent.borrow(), &states, &ctx)
+                    .await
+            }
             None => Err(not_exported("balancer")),
         };
         lent.give_back(&mut instance, &mut parts.headers);
