@@ -80,7 +80,7 @@ enum Command {
     },
     /// Compiles one plugin component from stdin to stdout: plumeway runs
     /// this in a child process for every plugin it loads.
-    #[command(name = "compile-plugin", hide = true)]
+    #[command(name = crate::plugin::COMPILE_COMMAND, hide = true)]
     CompilePlugin {
         /// For the engine that meters fuel.
         #[arg(long)]

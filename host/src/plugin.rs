@@ -27,7 +27,7 @@ use crate::config::{Config, Invalid, Isolation, OnFailure, PluginConfig, PluginL
 use bindings::exports::plumeway::plugin as exports;
 use host::{HostState, MemoryLimitExceeded};
 
-pub use engine::{compile_command, compile_in_child_processes};
+pub use engine::{COMPILE_COMMAND, compile_command, compile_in_child_processes};
 pub use failure::Failure;
 pub use hooks::{EndpointView, ErrorInfo, PickInput, RequestOutcome, ResponseOutcome};
 pub use host::CallInfo;

@@ -70,16 +70,15 @@ pub(crate) fn compile(engine: &Engine, fuel: bool, wasm: &[u8]) -> Result<Compon
     if let Some(c) = CACHE.lock().ok().and_then(|c| c.as_ref()?.get(&key).cloned()) {
         return Ok(c);
     }
-    let component = match COMPILER.get() {
-        Some(exe) => match in_child(exe, engine, fuel, wasm) {
-            Ok(component) => component,
-            Err(Child::Rejected(message)) => return Err(message),
-            Err(Child::Broken(why)) => {
+    let component = match COMPILER.get().map(|exe| in_child(exe, engine, fuel, wasm)) {
+        Some(Ok(component)) => component,
+        Some(Err(Child::Rejected(message))) => return Err(message),
+        broken_or_unset => {
+            if let Some(Err(Child::Broken(why))) = broken_or_unset {
                 tracing::warn!("compiling a plugin in a child process failed ({why}); compiling it in this one");
-                Component::new(engine, wasm).map_err(|e| format!("{e:#}"))?
             }
-        },
-        None => Component::new(engine, wasm).map_err(|e| format!("{e:#}"))?,
+            Component::new(engine, wasm).map_err(|e| format!("{e:#}"))?
+        }
     };
     if let Ok(mut cache) = CACHE.lock() {
         cache.get_or_insert_with(HashMap::new).insert(key, component.clone());
@@ -90,9 +89,10 @@ pub(crate) fn compile(engine: &Engine, fuel: bool, wasm: &[u8]) -> Result<Compon
 /// The executable that compiles plugins for this process, when set.
 static COMPILER: OnceLock<PathBuf> = OnceLock::new();
 
-/// The hidden subcommand of the `plumeway` binary (cli.rs) that compiles one
-/// plugin: the component on stdin, wasmtime's precompiled artifact on stdout.
-const COMPILE_COMMAND: &str = "compile-plugin";
+/// The hidden subcommand of the `plumeway` binary (cli.rs names it with
+/// this) that compiles one plugin: the component on stdin, wasmtime's
+/// precompiled artifact on stdout.
+pub const COMPILE_COMMAND: &str = "compile-plugin";
 
 /// Exit code of `compile-plugin` for bytes that are not a valid
 /// component; stderr then holds the reason.
@@ -136,16 +136,13 @@ fn in_child(exe: &Path, engine: &Engine, fuel: bool, wasm: &[u8]) -> Result<Comp
         .map_err(|e| Child::Broken(format!("cannot start {}: {e}", exe.display())))?;
     let mut stdin = child.stdin.take().ok_or_else(|| Child::Broken("no stdin".into()))?;
     // Written from another thread while this one drains stdout and stderr,
-    // so neither side can block the other on a full pipe.
+    // so neither side can block the other on a full pipe. A failed write
+    // (the child died early) shows in the child's exit status.
     let output = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || stdin.write_all(wasm));
-        let output = child.wait_with_output();
-        (writer.join(), output)
-    });
-    let output = match output {
-        (_, Err(e)) => return Err(Child::Broken(format!("waiting for it: {e}"))),
-        (_, Ok(output)) => output,
-    };
+        scope.spawn(move || stdin.write_all(wasm));
+        child.wait_with_output()
+    })
+    .map_err(|e| Child::Broken(format!("waiting for it: {e}")))?;
     let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
     match output.status.code() {
         Some(0) => {}
@@ -160,16 +157,16 @@ fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> 
     // SAFETY: wasmtime requires the bytes to come from its own
     // `precompile_component` and not to have been tampered with. They come
     // straight from the pipe of a child running this same executable's
-    // `compile-plugin` (`precompile` below), never from a file or the
+    // `compile-plugin` (`compile_command` below), never from a file or the
     // network; wasmtime also checks its version and the engine settings
     // and refuses an artifact made for another build or configuration.
     unsafe { Component::deserialize(engine, artifact) }
 }
 
-/// The body of the hidden `compile-plugin` subcommand: the component on stdin is compiled with
-/// the engine this process would use and written to stdout. Exit code 0,
-/// 3 with the reason on stderr, or 1 when stdin or stdout
-/// fails.
+/// The body of the hidden `compile-plugin` subcommand: the component on
+/// stdin is compiled with the engine this process would use and written
+/// to stdout. Exit code 0, 3 with the reason on stderr, or 1 when stdin,
+/// stdout or the engine fails.
 pub fn compile_command(fuel: bool) -> std::process::ExitCode {
     use std::io::{Read, Write};
     let mut wasm = Vec::new();
