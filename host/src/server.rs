@@ -574,7 +574,28 @@ impl tokio::io::AsyncRead for Watched {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        let polled = self.poll_io(cx, tokio::net::TcpStream::poll_read_ready, |s| s.try_read_buf(buf));
+        let wanted = buf.remaining();
+        let polled = self.poll_io(cx, tokio::net::TcpStream::poll_read_ready, |s| {
+            // A read that came back short emptied the socket, so tokio's own
+            // `TcpStream` clears its readiness there and the next read waits
+            // for epoll instead of making a syscall only to hear EAGAIN
+            // (hyper reads again after every head to notice a hang-up).
+            // Through `&TcpStream` the only way to clear it is `try_io`
+            // seeing `WouldBlock`: the readiness it clears is the one it saw
+            // before the read, so an event that came in since is kept.
+            let mut short = 0;
+            let read = s.try_io(tokio::io::Interest::READABLE, || match s.try_read_buf(buf)? {
+                n if 0 < n && n < wanted => {
+                    short = n;
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                n => Ok(n),
+            });
+            match read {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
+                other => other,
+            }
+        });
         if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
             self.partial.store(true, Ordering::Relaxed);
         }
