@@ -169,6 +169,10 @@ struct Instance {
     hooks: Hooks,
     /// The request head shown to the plugin, refilled for each call.
     head: bindings::plumeway::plugin::types::RequestHead,
+    /// The one `fields` entry in the store's table that each call lends
+    /// the headers through: made once, so a call does not allocate a table
+    /// slot for them.
+    fields: wasmtime::component::Resource<host::FieldsEntry>,
     /// When the current call checked the instance out.
     since: std::time::Instant,
 }
@@ -417,11 +421,17 @@ impl Plugin {
             Ok(Err(message)) => return Err(Failure::Returned { message }),
             Err(e) => return Err(self.classify(e, &store)),
         };
+        let fields = store
+            .data_mut()
+            .table
+            .push(host::FieldsEntry::default())
+            .map_err(|e| Failure::Instantiate { message: e.to_string() })?;
         Ok((
             Instance {
                 store,
                 hooks,
                 head: hooks::empty_head(),
+                fields,
                 since: std::time::Instant::now(),
             },
             needs,

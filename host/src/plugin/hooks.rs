@@ -122,34 +122,36 @@ pub(super) fn empty_head() -> types::RequestHead {
     }
 }
 
-/// Moves `headers` into the instance's table for one call and back after,
-/// whatever the call's outcome, so a trap never loses the request's headers.
+/// Moves `headers` into the instance's `fields` entry for one call and back
+/// after, whatever the call's outcome, so a trap never loses the request's
+/// headers.
 struct Lent {
-    handle: Resource<FieldsEntry>,
+    rep: u32,
 }
 
 impl Lent {
     fn new(instance: &mut Instance, headers: &mut HeaderMap, writable: bool) -> Result<Self, Failure> {
-        let entry = FieldsEntry {
-            headers: std::mem::take(headers),
-            writable,
-        };
-        let handle = instance
+        let entry = instance
             .store
             .data_mut()
             .table
-            .push(entry)
+            .get_mut(&instance.fields)
             .map_err(|e| Failure::Instantiate { message: e.to_string() })?;
-        Ok(Self { handle })
+        entry.headers = std::mem::take(headers);
+        entry.writable = writable;
+        Ok(Self {
+            rep: instance.fields.rep(),
+        })
     }
 
     fn borrow(&self) -> Resource<FieldsEntry> {
-        Resource::new_borrow(self.handle.rep())
+        Resource::new_borrow(self.rep)
     }
 
     fn give_back(self, instance: &mut Instance, headers: &mut HeaderMap) {
-        if let Ok(entry) = instance.store.data_mut().table.delete(self.handle) {
-            *headers = entry.headers;
+        if let Ok(entry) = instance.store.data_mut().table.get_mut(&instance.fields) {
+            *headers = std::mem::take(&mut entry.headers);
+            entry.writable = false;
         }
     }
 }

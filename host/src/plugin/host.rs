@@ -10,8 +10,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::plumeway::plugin::{context, log, types};
 
-/// Headers lent to a plugin for one call.
-#[derive(Debug)]
+/// The headers an instance lends to its plugin, one call at a time; empty
+/// between calls.
+#[derive(Debug, Default)]
 #[expect(unreachable_pub, reason = "named by the generated bindings, which re-export it")]
 pub struct FieldsEntry {
     pub(crate) headers: HeaderMap,
@@ -143,8 +144,9 @@ fn parse_name(name: &str) -> Result<HeaderName, types::HeaderError> {
     Ok(name)
 }
 
-fn parse_value(value: &[u8]) -> Result<HeaderValue, types::HeaderError> {
-    HeaderValue::from_bytes(value).map_err(|_| types::HeaderError::InvalidSyntax)
+/// Takes the bytes lifted out of the guest as they are, without a copy.
+fn parse_value(value: Vec<u8>) -> Result<HeaderValue, types::HeaderError> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).map_err(|_| types::HeaderError::InvalidSyntax)
 }
 
 impl HostState {
@@ -182,17 +184,30 @@ impl types::HostFields for HostState {
         name: String,
         values: Vec<Vec<u8>>,
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        // Every value is checked before the headers change, so a bad one
+        // leaves them as they were.
+        // The usual single value needs no list of its own.
         let checked = parse_name(&name).and_then(|name| {
-            let values = values.iter().map(|v| parse_value(v)).collect::<Result<Vec<_>, _>>()?;
-            Ok((name, values))
+            let mut values = values.into_iter();
+            let first = values.next().map(parse_value).transpose()?;
+            let rest = values.map(parse_value).collect::<Result<Vec<_>, _>>()?;
+            Ok((name, first, rest))
         });
-        let (name, values) = match checked {
+        let (name, first, rest) = match checked {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
         Ok(self.writable(&this)?.map(|headers| {
-            headers.remove(&name);
-            for v in values {
+            match first {
+                // `insert` drops every earlier value in the same lookup.
+                Some(first) => {
+                    headers.insert(name.clone(), first);
+                }
+                None => {
+                    headers.remove(&name);
+                }
+            }
+            for v in rest {
                 headers.append(name.clone(), v);
             }
         }))
@@ -204,7 +219,7 @@ impl types::HostFields for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        let (name, value) = match parse_name(&name).and_then(|n| Ok((n, parse_value(&value)?))) {
+        let (name, value) = match parse_name(&name).and_then(|n| Ok((n, parse_value(value)?))) {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };

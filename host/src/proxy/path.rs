@@ -86,8 +86,16 @@ pub fn normalize<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, str>,
 /// segment there is refused outright (a plugin that builds paths from
 /// client input must not let it climb out of where it points).
 pub fn normalize_rewritten<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, str>, PathError> {
-    let decoded = decode(path.as_bytes(), EncodedSlash::Decode)?;
-    if decoded.split('/').any(|s| s == "..") {
+    let dot_dot = |p: &str| p.split('/').any(|s| s == "..");
+    // Without an escape or a refused byte, decoding would give the path
+    // back unchanged: look for `..` in it without making that copy.
+    let verbatim = path.bytes().all(|b| b != b'%' && b != b'\\' && b >= 0x20 && b != 0x7f);
+    let climbs = if verbatim {
+        dot_dot(path)
+    } else {
+        dot_dot(&decode(path.as_bytes(), EncodedSlash::Decode)?)
+    };
+    if climbs {
         return Err(PathError::DotDotAfterRewrite);
     }
     normalize(path, policy)
@@ -205,6 +213,23 @@ mod tests {
             normalize_rewritten("/x/%2e%2e/y", &p).unwrap_err(),
             PathError::DotDotAfterRewrite
         );
+        assert_eq!(
+            normalize_rewritten("/x/..", &p).unwrap_err(),
+            PathError::DotDotAfterRewrite
+        );
+        assert_eq!(
+            normalize_rewritten("/x/.%2e", &p).unwrap_err(),
+            PathError::DotDotAfterRewrite
+        );
+        assert!(matches!(
+            normalize_rewritten("/x\\..", &p).unwrap_err(),
+            PathError::Forbidden(_)
+        ));
+        // A plain rewritten path is neither copied nor changed.
+        assert!(matches!(
+            normalize_rewritten("/x/y..z", &p),
+            Ok(Cow::Borrowed("/x/y..z"))
+        ));
     }
 
     #[test]
