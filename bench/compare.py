@@ -92,7 +92,7 @@ def start(procs, argv, **kw):
     return p
 
 
-def start_all(work, procs, nginx_bin, also=()):
+def start_all(work, procs, nginx_bin, also=(), also_chain=False):
     backend = free_port()
     start(procs, [nginx_bin, "-c", nginx_conf(work, "backend", f"server {{ listen 127.0.0.1:{backend}; location / {{ return 200 'hello\\n'; }} }}"), "-p", work])
     ws = subprocess.Popen([os.path.join(RELEASE, "ws-bench"), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -159,6 +159,9 @@ config = { set = { "x-content-type-options" = "nosniff" } }
     ]
     # Other builds of plumeway, no plugins, for A/B runs while optimising.
     variants += [(name, "", "", path) for name, path in also]
+    chain_keys = variants[1][2]
+    if also_chain:
+        variants += [(f"{name}+3", chain, chain_keys, path) for name, path in also]
     for name, plugins, chain_keys, binary in variants:
         port = free_port()
         conf = os.path.join(work, f"{name}.toml")
@@ -290,6 +293,7 @@ def main():
     ap.add_argument("--idle", type=int, default=10000, help="idle keep-alive connections to hold")
     ap.add_argument("--quick", action="store_true", help="HTTP/1.1 only: no h2load, WebSocket or memory")
     ap.add_argument("--also", action="append", default=[], metavar="NAME=PATH", help="another plumeway binary to compare (no plugins)")
+    ap.add_argument("--also-chain", action="store_true", help="run the --also builds with the 3-plugin chain too")
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench-compare.md"))
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -305,7 +309,7 @@ def main():
     work = tempfile.mkdtemp(prefix="plumeway-compare-")
     procs = []
     try:
-        proxies, ws = start_all(work, procs, nginx_bin, [a.split("=", 1) for a in args.also])
+        proxies, ws = start_all(work, procs, nginx_bin, [a.split("=", 1) for a in args.also], args.also_chain)
         time.sleep(1)
         # Warm every proxy's pools (and plumeway's plugin instances).
         for p in proxies:
@@ -325,7 +329,7 @@ def main():
             for r in range(args.rounds):
                 for p in proxies:
                     wsr.setdefault(p.name, []).append(websocket(p, args.seconds))
-            idle = {p.name: idle_connections(p, args.idle) for p in proxies if p.name != "plumeway+3"}
+            idle = {p.name: idle_connections(p, args.idle) for p in proxies if not p.name.endswith("+3")}
             builtin_rss, builtin_err = idle_rss_with_builtins(work, procs)
 
         med = lambda runs, key: statistics.median(run[key] for run in runs)
@@ -353,9 +357,13 @@ def main():
                 r = results[(name, c)]
                 say(f"| {name} | {c} | {med(r, 'rps') / med(n, 'rps'):.2f}× | {med(r, 'cpu') / med(n, 'cpu'):.2f}× | {med(r, 'p50') / med(n, 'p50'):.2f}× | {med(r, 'p99') / med(n, 'p99'):.2f}× |")
         say()
-        for c in conns:
-            plain, chained = med(results[("plumeway", c)], "cpu"), med(results[("plumeway+3", c)], "cpu")
-            say(f"3-plugin chain at {c} connections: +{chained - plain:.2f} µs CPU per request over no plugins.")
+        for base in ["plumeway"] + [name for name, _ in (a.split("=", 1) for a in args.also)]:
+            for c in conns:
+                if (f"{base}+3", c) not in results:
+                    continue
+                plain, chained = med(results[(base, c)], "cpu"), med(results[(f"{base}+3", c)], "cpu")
+                who = "" if base == "plumeway" else f" ({base})"
+                say(f"3-plugin chain at {c} connections{who}: +{chained - plain:.2f} µs CPU per request over no plugins.")
         if not args.quick:
             say()
             say(f"HTTP/2 (h2load -n {args.h2_requests} -c 10 -m 10, h2c; HTTP/1.1 to the backend):")

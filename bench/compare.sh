@@ -6,6 +6,10 @@
 #
 #   bash bench/compare.sh [--seconds 5] [--rounds 3] [--connections 10,50,200] [--idle 10000]
 #
+# A/B runs while optimising: `--quick` (HTTP/1.1 only), `--also NAME=PATH`
+# (another plumeway binary, no plugins) and `--also-chain` (those builds
+# with the 3-plugin chain too).
+#
 # Installs Debian's nginx-light, haproxy, wrk and nghttp2-client (h2load)
 # when missing, builds plumeway and the bench tools in release mode, and
 # stops everything it started by PID. Takes about 5 minutes with the
