@@ -603,7 +603,7 @@ impl Proxy {
         };
         // The client's headers stay for an error plugin; retries resend a
         // copy of the prepared head instead.
-        let mut head = upstream_head(parts, route.on_error.is_some());
+        let mut head = upstream_head(parts, route.on_error.is_some(), !route.response.is_empty());
         self.prepare_head(route, &mut head, ex);
         let key = upstream.hash_key(&head.headers, ex.client.peer.ip());
         let mut body = Some(body);
@@ -630,7 +630,8 @@ impl Proxy {
             // a body that cannot be sent again, or no endpoint left to try.
             let last =
                 tried.len() >= upstream.attempts() as usize || replay.is_none() || tried.len() >= set.endpoints().len();
-            let attempt_head = upstream_head(&mut head, !last);
+            // `head` itself is not looked at again after the last attempt.
+            let attempt_head = upstream_head(&mut head, !last, false);
             let attempt_body = match (body.take(), &replay) {
                 (Some(b), _) => b,
                 (None, Some(bytes)) => ReqBody::Whole(bytes.clone()),
@@ -725,7 +726,7 @@ impl Proxy {
             reason,
         };
 
-        let mut head = upstream_head(parts, route.on_error.is_some());
+        let mut head = upstream_head(parts, route.on_error.is_some(), !route.response.is_empty());
         self.prepare_head(route, &mut head, ex);
         websocket::mark_upgrade(&mut head.headers);
         head.uri = head
@@ -1243,9 +1244,10 @@ fn set_path(uri: &mut Uri, path: PathAndQuery) -> Result<(), ProxyError> {
 }
 
 /// The head of the upstream request. The client's headers are copied only
-/// when an error plugin may still need them; otherwise they are moved, and
-/// `Host` is put back because response filters see the request's authority.
-fn upstream_head(parts: &mut request::Parts, keep: bool) -> request::Parts {
+/// when an error plugin may still need them (`keep`); otherwise they are
+/// moved, and `Host` is put back when response filters will be shown the
+/// request's authority (`keep_host`).
+fn upstream_head(parts: &mut request::Parts, keep: bool, keep_host: bool) -> request::Parts {
     let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
@@ -1254,7 +1256,7 @@ fn upstream_head(parts: &mut request::Parts, keep: bool) -> request::Parts {
         parts.headers.clone()
     } else {
         let headers = std::mem::take(&mut parts.headers);
-        if let Some(host) = headers.get(header::HOST) {
+        if keep_host && let Some(host) = headers.get(header::HOST) {
             parts.headers.insert(header::HOST, host.clone());
         }
         headers
