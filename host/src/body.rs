@@ -20,6 +20,13 @@ pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
+/// No body. Boxing it allocates nothing (the body has no size).
+pub fn empty() -> BoxBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 /// Boxes any body whose error converts into [`BoxError`].
 pub fn boxed<B>(body: B) -> BoxBody
 where

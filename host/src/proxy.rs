@@ -965,6 +965,9 @@ impl Proxy {
             Version::HTTP_11
         };
         let body = match body {
+            // A request without a body (most of them) needs no box around
+            // the client's empty one.
+            ReqBody::Streaming(b) if http_body::Body::is_end_stream(&b) => crate::body::empty(),
             ReqBody::Streaming(b) => boxed(Limited::new(b, self.max_body.as_usize())),
             ReqBody::Whole(b) => {
                 // A whole body's exact length goes out from hyper; whatever

@@ -23,12 +23,18 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including every header that `Connection` names.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // The usual `Connection: keep-alive` (or `close`) names nothing beyond
+    // the fixed list: no name is made for it.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(token))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -102,7 +108,8 @@ pub(super) fn set_forwarded(headers: &mut HeaderMap, client: &Client, host: Opti
         Some(prior) => format!("{prior}, {element}"),
         None => element,
     };
-    match HeaderValue::from_str(&forwarded) {
+    // The text becomes the value as it is, without a copy.
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
         Ok(v) => {
             headers.insert(header::FORWARDED, v);
         }
@@ -151,7 +158,9 @@ fn forwarded_element(client: IpAddr, ip: &str, proto: &str, host: Option<&str>) 
             element.push_str(";host=");
             element.push_str(h);
         } else if !h.contains(['"', '\\']) {
-            element.push_str(&format!(";host=\"{h}\""));
+            element.push_str(";host=\"");
+            element.push_str(h);
+            element.push('"');
         }
     }
     element
@@ -204,6 +213,15 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+
+        // Tokens in any case; `close` and the fixed names next to another.
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Close, Keep-Alive,x-Other "));
+        h.insert("x-other", HeaderValue::from_static("1"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
