@@ -603,14 +603,15 @@ impl Proxy {
         };
         // The client's headers stay for an error plugin; retries resend a
         // copy of the prepared head instead.
-        let mut head = upstream_head(parts, route.on_error.is_some(), !route.response.is_empty());
+        let mut head = upstream_head(parts, Keep::for_route(route));
         self.prepare_head(route, &mut head, ex);
         let key = upstream.hash_key(&head.headers, ex.client.peer.ip());
         let mut body = Some(body);
         // One snapshot of the endpoints for the whole request: indexes in
         // `tried` stay meaningful even if the set changes meanwhile.
         let set = upstream.current();
-        let mut tried: Vec<usize> = Vec::new();
+        // Inline for the usual few attempts: no allocation per request.
+        let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
         // The outcome of the attempt being retried: what the client gets if
         // no other endpoint is left to try.
         let mut previous = None;
@@ -631,7 +632,7 @@ impl Proxy {
             let last =
                 tried.len() >= upstream.attempts() as usize || replay.is_none() || tried.len() >= set.endpoints().len();
             // `head` itself is not looked at again after the last attempt.
-            let attempt_head = upstream_head(&mut head, !last, false);
+            let attempt_head = upstream_head(&mut head, if last { Keep::Nothing } else { Keep::All });
             let attempt_body = match (body.take(), &replay) {
                 (Some(b), _) => b,
                 (None, Some(bytes)) => ReqBody::Whole(bytes.clone()),
@@ -726,7 +727,7 @@ impl Proxy {
             reason,
         };
 
-        let mut head = upstream_head(parts, route.on_error.is_some(), !route.response.is_empty());
+        let mut head = upstream_head(parts, Keep::for_route(route));
         self.prepare_head(route, &mut head, ex);
         websocket::mark_upgrade(&mut head.headers);
         head.uri = head
@@ -941,10 +942,9 @@ impl Proxy {
         body: ReqBody,
     ) -> Result<Response<BoxBody>, ProxyError> {
         let names = || (Arc::clone(upstream.name()), Arc::clone(endpoint.label()));
-        let path = out
-            .uri
-            .path_and_query()
-            .cloned()
+        let path = std::mem::take(&mut out.uri)
+            .into_parts()
+            .path_and_query
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         out.uri = Uri::builder()
             .scheme(endpoint.url.scheme.clone())
@@ -1246,23 +1246,55 @@ fn set_path(uri: &mut Uri, path: PathAndQuery) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// The head of the upstream request. The client's headers are copied only
-/// when an error plugin may still need them (`keep`); otherwise they are
-/// moved, and `Host` is put back when response filters will be shown the
-/// request's authority (`keep_host`).
-fn upstream_head(parts: &mut request::Parts, keep: bool, keep_host: bool) -> request::Parts {
+/// What of the client's head is still looked at once the upstream head has
+/// been made from it: whatever is not is moved, not copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    /// All of it: an error plugin or a balancer plugin may be shown the
+    /// request.
+    All,
+    /// The URI and `Host`: response filters are shown the request's path
+    /// and authority.
+    Target,
+    /// Nothing.
+    Nothing,
+}
+
+impl Keep {
+    /// What `route`'s plugins will look at after the upstream head is made:
+    /// a balancer plugin picks (for each attempt) after it.
+    fn for_route(route: &Route) -> Self {
+        if route.on_error.is_some() || route.upstream.balancer_plugin().is_some() {
+            Self::All
+        } else if !route.response.is_empty() {
+            Self::Target
+        } else {
+            Self::Nothing
+        }
+    }
+}
+
+/// The head of the upstream request, taking from the client's head what
+/// `keep` says will not be looked at again.
+fn upstream_head(parts: &mut request::Parts, keep: Keep) -> request::Parts {
     let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
+    *req.uri_mut() = match keep {
+        Keep::All | Keep::Target => parts.uri.clone(),
+        Keep::Nothing => std::mem::take(&mut parts.uri),
+    };
     *req.version_mut() = parts.version;
-    *req.headers_mut() = if keep {
-        parts.headers.clone()
-    } else {
-        let headers = std::mem::take(&mut parts.headers);
-        if keep_host && let Some(host) = headers.get(header::HOST) {
-            parts.headers.insert(header::HOST, host.clone());
+    *req.headers_mut() = match keep {
+        Keep::All => parts.headers.clone(),
+        Keep::Target | Keep::Nothing => {
+            let headers = std::mem::take(&mut parts.headers);
+            if keep == Keep::Target
+                && let Some(host) = headers.get(header::HOST)
+            {
+                parts.headers.insert(header::HOST, host.clone());
+            }
+            headers
         }
-        headers
     };
     req.into_parts().0
 }

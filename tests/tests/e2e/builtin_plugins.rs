@@ -238,10 +238,15 @@ upstream = "u"
     }
     // One warm instance serves sequential requests, so the share is exact.
     assert_eq!((stable.hits(), canary.hits()), (90, 10));
-    let forced = client
-        .request("GET", "/")
-        .header("x-canary", "always")
-        .body(empty())
-        .unwrap();
-    assert_eq!(client.send(forced).await.echo().backend, "canary");
+    // The counter would send the next request to the canary: the header
+    // overrides it both ways, so the balancer must see the client's headers.
+    let forced = |value: &'static str| {
+        client
+            .request("GET", "/")
+            .header("x-canary", value)
+            .body(empty())
+            .unwrap()
+    };
+    assert_eq!(client.send(forced("never")).await.echo().backend, "stable");
+    assert_eq!(client.send(forced("always")).await.echo().backend, "canary");
 }
