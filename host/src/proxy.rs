@@ -41,6 +41,11 @@ use crate::upstream::{EndpointSet, Pick, PoolError, Upstream};
 pub use access::AccessLog;
 pub use error::{ErrorKind, ProxyError};
 
+/// A response body as the client gets it: counted, and reported to the
+/// access log and metrics when it ends. Not boxed again: the body inside
+/// already is.
+pub(crate) type Served = crate::body::Metered<BoxBody, access::Finished>;
+
 /// A configuration made runnable: the routing table, the upstreams with
 /// their pools, and the loaded plugins. One is shared by every connection.
 #[derive(Debug)]
@@ -317,7 +322,7 @@ impl Proxy {
 
     /// Serves one request to completion of its response head; the access
     /// log line and the request's metrics follow when its body is over.
-    pub async fn handle(&self, req: Request<Incoming>, client: Client) -> Response<BoxBody> {
+    pub(crate) async fn handle(&self, req: Request<Incoming>, client: Client) -> Response<Served> {
         let start = Instant::now();
         let counted = access::InFlight::new(&self.metrics);
         // What only the access log needs is taken only when it is on.
@@ -385,7 +390,7 @@ impl Proxy {
             },
             _counted: counted,
         };
-        resp.map(|body| boxed(crate::body::Metered::new(body, finished)))
+        resp.map(|body| crate::body::Metered::new(body, finished))
     }
 
     /// Whether the access log shows the client's User-Agent and Referer.

@@ -423,9 +423,9 @@ fn service(
     client: Client,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
-    Response = http::Response<crate::body::BoxBody>,
+    Response = http::Response<crate::proxy::Served>,
     Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<crate::body::BoxBody>, Infallible>> + Send,
+    Future = impl Future<Output = Result<http::Response<crate::proxy::Served>, Infallible>> + Send,
 > + Clone
 + Send
 + 'static {

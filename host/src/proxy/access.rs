@@ -141,7 +141,7 @@ pub(super) struct Entry {
 
 /// Reports a finished request to the metrics and the access log.
 #[derive(Debug)]
-pub(super) struct Finished {
+pub(crate) struct Finished {
     pub(super) metrics: Arc<Metrics>,
     pub(super) route_duration: Option<Histogram>,
     pub(super) log: Arc<AccessLog>,
