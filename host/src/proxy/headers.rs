@@ -137,33 +137,27 @@ pub(super) fn set_forwarded(headers: &mut HeaderMap, client: &Client, host: Opti
 }
 
 /// One `Forwarded` element (RFC 7239): `for=…;proto=…;host=…`, quoting
-/// what is not a token (IPv6 addresses, `host:port`).
+/// what is not a token (IPv6 addresses, `host:port`). Made to its exact
+/// length, so it becomes a header value without another allocation.
 fn forwarded_element(client: IpAddr, ip: &str, proto: &str, host: Option<&str>) -> String {
-    let mut element = String::with_capacity(64);
-    element.push_str("for=");
-    if client.is_ipv6() {
-        element.push_str("\"[");
-        element.push_str(ip);
-        element.push_str("]\"");
-    } else {
-        element.push_str(ip);
-    }
-    element.push_str(";proto=");
-    element.push_str(proto);
-    if let Some(h) = host {
-        let token = h
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if token {
-            element.push_str(";host=");
-            element.push_str(h);
-        } else if !h.contains(['"', '\\']) {
-            element.push_str(";host=\"");
-            element.push_str(h);
-            element.push('"');
-        }
+    let (open, close) = if client.is_ipv6() { ("\"[", "]\"") } else { ("", "") };
+    let host = match host {
+        Some(h) if is_token(h) => [";host=", h, ""],
+        Some(h) if !h.contains(['"', '\\']) => [";host=\"", h, "\""],
+        _ => ["", "", ""],
+    };
+    let pieces = ["for=", open, ip, close, ";proto=", proto, host[0], host[1], host[2]];
+    let mut element = String::with_capacity(pieces.iter().map(|p| p.len()).sum());
+    for piece in pieces {
+        element.push_str(piece);
     }
     element
+}
+
+/// Whether `s` is an RFC 9110 token, which a `Forwarded` value need not quote.
+fn is_token(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Headers a client may not set: plumeway's own (`x-plumeway-*`), which
