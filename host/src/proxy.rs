@@ -913,13 +913,9 @@ impl Proxy {
     /// The forwarding headers, once per request: hop-by-hop headers out,
     /// `X-Forwarded-*`, `Via`, `Host` and the request id in.
     fn prepare_head(&self, route: &Route, out: &mut request::Parts, ex: &Exchange) {
-        // The Host the client asked for: HTTP/2 clients (and absolute-form
-        // requests) name it in the URI, HTTP/1.1 clients in a Host header,
-        // whose value is shared rather than copied.
-        let host = match out.uri.authority() {
-            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-            None => out.headers.get(header::HOST).cloned(),
-        };
+        // The Host the client asked for (the URI's authority for HTTP/2
+        // and absolute-form requests).
+        let host = crate::router::request_host_value(&out.uri, &out.headers);
         let peer = ex.client.peer.ip();
         let trusted = self.config.server.trusted_proxies.iter().any(|net| net.contains(&peer));
         headers::sanitize(&mut out.headers, &ex.client, host.as_ref(), trusted);

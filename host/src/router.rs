@@ -165,6 +165,15 @@ pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Opt
         .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
 }
 
+/// [`request_host`] as a header value, for the upstream's `Host`: the
+/// client's own value, shared rather than copied, when it came as `Host`.
+pub fn request_host_value(uri: &http::Uri, headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    match uri.authority() {
+        Some(authority) => http::HeaderValue::from_str(authority.as_str()).ok(),
+        None => headers.get(http::header::HOST).cloned(),
+    }
+}
+
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // An IPv6 literal: keep the brackets' content intact.
