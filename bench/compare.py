@@ -153,15 +153,16 @@ config = { set = { "x-gateway" = "plumeway" } }
 builtin = "headers"
 config = { set = { "x-content-type-options" = "nosniff" } }
 """
+    chain_route = 'rewrite = "strip"\nrequest = ["req"]\nresponse = ["resp"]\n'
     variants = [
         ("plumeway", "", "", "plumeway"),
-        ("plumeway+3", chain, 'rewrite = "strip"\nrequest = ["req"]\nresponse = ["resp"]\n', "plumeway"),
+        ("plumeway+3", chain, chain_route, "plumeway"),
     ]
-    # Other builds of plumeway, no plugins, for A/B runs while optimising.
+    # Other builds of plumeway, no plugins (and with the chain when asked),
+    # for A/B runs while optimising.
     variants += [(name, "", "", path) for name, path in also]
-    chain_keys = variants[1][2]
     if also_chain:
-        variants += [(f"{name}+3", chain, chain_keys, path) for name, path in also]
+        variants += [(f"{name}+3", chain, chain_route, path) for name, path in also]
     for name, plugins, chain_keys, binary in variants:
         port = free_port()
         conf = os.path.join(work, f"{name}.toml")
@@ -306,10 +307,11 @@ def main():
         print(line, flush=True)
         lines.append(line)
 
+    also = [a.split("=", 1) for a in args.also]
     work = tempfile.mkdtemp(prefix="plumeway-compare-")
     procs = []
     try:
-        proxies, ws = start_all(work, procs, nginx_bin, [a.split("=", 1) for a in args.also], args.also_chain)
+        proxies, ws = start_all(work, procs, nginx_bin, also, args.also_chain)
         time.sleep(1)
         # Warm every proxy's pools (and plumeway's plugin instances).
         for p in proxies:
@@ -357,7 +359,7 @@ def main():
                 r = results[(name, c)]
                 say(f"| {name} | {c} | {med(r, 'rps') / med(n, 'rps'):.2f}× | {med(r, 'cpu') / med(n, 'cpu'):.2f}× | {med(r, 'p50') / med(n, 'p50'):.2f}× | {med(r, 'p99') / med(n, 'p99'):.2f}× |")
         say()
-        for base in ["plumeway"] + [name for name, _ in (a.split("=", 1) for a in args.also)]:
+        for base in ["plumeway"] + [name for name, _ in also]:
             for c in conns:
                 if (f"{base}+3", c) not in results:
                     continue

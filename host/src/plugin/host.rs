@@ -185,8 +185,7 @@ impl types::HostFields for HostState {
         values: Vec<Vec<u8>>,
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
         // Every value is checked before the headers change, so a bad one
-        // leaves them as they were.
-        // The usual single value needs no list of its own.
+        // leaves them as they were; the usual single value needs no list.
         let checked = parse_name(&name).and_then(|name| {
             let mut values = values.into_iter();
             let first = values.next().map(parse_value).transpose()?;
