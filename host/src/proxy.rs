@@ -15,6 +15,8 @@ mod limit;
 pub mod path;
 mod request_id;
 mod validate;
+
+pub(crate) use validate::framing;
 mod websocket;
 
 use std::net::SocketAddr;

@@ -55,7 +55,7 @@ pub(super) fn request<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyE
 /// `Transfer-Encoding`, `Content-Length` more than once (even with one
 /// value), or `Transfer-Encoding` more than once. Shared by requests and
 /// responses.
-pub(super) fn framing(h: &HeaderMap) -> Option<&'static str> {
+pub(crate) fn framing(h: &HeaderMap) -> Option<&'static str> {
     let lengths = h.get_all(header::CONTENT_LENGTH).iter().count();
     let encodings = h.get_all(header::TRANSFER_ENCODING).iter().count();
     if lengths > 0 && encodings > 0 {

@@ -15,11 +15,13 @@ use hyper_util::client::legacy::connect::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::body::BoxBody;
+use crate::body::{BoxBody, BoxError};
 use crate::config::{PoolConfig, UpstreamTimeouts};
 
+mod h1;
 mod keepalive;
 mod streams;
 
@@ -46,9 +48,10 @@ pub struct Sent(Carrier);
 
 #[derive(Debug)]
 enum Carrier {
-    /// A keep-alive connection, back in the pool when this is dropped
-    /// unless [`Sent::poison`] was called.
-    Lease(keepalive::Lease),
+    /// A keep-alive connection, which travels with the response body
+    /// instead: our own client refuses a malformed response before a body
+    /// is made, so there is nothing to poison.
+    Body,
     /// A pooled connection, which [`Sent::poison`] keeps out of the pool.
     Pooled(CaptureConnection),
     /// A stream on an HTTP/2 connection, counted until this is dropped.
@@ -62,7 +65,7 @@ impl Sent {
     /// other streams are unaffected.
     pub fn poison(&self) {
         match &self.0 {
-            Carrier::Lease(lease) => lease.poison(),
+            Carrier::Body => {}
             Carrier::Pooled(capture) => {
                 if let Some(connected) = capture.connection_metadata().as_ref() {
                     connected.poison();
@@ -157,7 +160,6 @@ impl Pool {
         let kind = match protocol {
             P::Http1 => Kind::KeepAlive(keepalive::KeepAlive::new(
                 connector,
-                hyper::client::conn::http1::Builder::new(),
                 pool.idle_timeout.get(),
                 pool.max_idle_per_endpoint,
             )),
@@ -222,11 +224,14 @@ impl Pool {
 
     /// Sends `req` (whose URI names the endpoint) and waits for the response
     /// head. Keep the second value with the response body.
-    pub async fn send(&self, mut req: http::Request<BoxBody>) -> Result<(http::Response<Incoming>, Sent), PoolError> {
+    pub async fn send(
+        &self,
+        mut req: http::Request<BoxBody>,
+    ) -> Result<(http::Response<ResponseBody>, Sent), PoolError> {
         match &self.0 {
             Kind::KeepAlive(pool) => {
-                let (response, lease) = pool.send(req).await?;
-                Ok((response, Sent(Carrier::Lease(lease))))
+                let response = pool.send(req).await?;
+                Ok((response.map(|b| ResponseBody(Read::H1(b))), Sent(Carrier::Body)))
             }
             Kind::Pooled(client) => {
                 let capture = capture_connection(&mut req);
@@ -234,12 +239,63 @@ impl Pool {
                     .request(req)
                     .await
                     .map_err(|e| classify_error(&e, e.is_connect()))?;
-                Ok((response, Sent(Carrier::Pooled(capture))))
+                Ok((response.map(ResponseBody::hyper), Sent(Carrier::Pooled(capture))))
             }
             Kind::Streams(streams) => {
                 let (response, stream) = streams.send(req).await?;
-                Ok((response, Sent(Carrier::Stream { _held: stream })))
+                Ok((
+                    response.map(ResponseBody::hyper),
+                    Sent(Carrier::Stream { _held: stream }),
+                ))
             }
+        }
+    }
+}
+
+/// An upstream's response body: from our own HTTP/1.1 client, or from
+/// hyper's (HTTP/2, and `auto`).
+#[derive(Debug)]
+pub struct ResponseBody(Read);
+
+#[derive(Debug)]
+enum Read {
+    /// Read by our HTTP/1.1 client; it holds the connection until its end.
+    H1(keepalive::Body),
+    /// Read by hyper.
+    Hyper(Incoming),
+}
+
+impl ResponseBody {
+    fn hyper(body: Incoming) -> Self {
+        Self(Read::Hyper(body))
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match &mut self.get_mut().0 {
+            Read::H1(body) => Pin::new(body).poll_frame(cx),
+            Read::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Read::H1(body) => body.is_end_stream(),
+            Read::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.0 {
+            Read::H1(body) => body.size_hint(),
+            Read::Hyper(body) => body.size_hint(),
         }
     }
 }
@@ -255,17 +311,13 @@ fn key(uri: &http::Uri) -> Result<Key, PoolError> {
     }
 }
 
-/// Opens a connection (TLS included for `https`) to `key`.
-async fn open(mut connector: Counted, key: &Key) -> Result<CountedIo<Conn>, PoolError> {
-    let uri = http::Uri::builder()
-        .scheme(key.0.clone())
-        .authority(key.1.clone())
-        .path_and_query("/")
-        .build()
-        .map_err(|e| PoolError::Connect(e.to_string()))?;
-    tower_service::Service::call(&mut connector, uri)
-        .await
-        .map_err(|e| classify_error(&*e, true))
+/// Opens a connection (TLS included for `https`) to `key`, for hyper.
+async fn open(connector: Counted, key: &Key) -> Result<CountedIo<Conn>, PoolError> {
+    let (stream, open) = connector.open(key).await?;
+    Ok(CountedIo {
+        io: Conn::from(stream),
+        _open: open,
+    })
 }
 
 /// Runs a connection's driver in a task of its own until it ends.
@@ -333,11 +385,8 @@ fn classify_error(err: &(dyn StdError + 'static), connect: bool) -> PoolError {
             _ => PoolError::Connect(chain(err)),
         };
     }
-    if causes(err).any(|e| e.is::<http_body_util::LengthLimitError>()) {
-        return PoolError::RequestBodyTooLarge;
-    }
-    if causes(err).any(|e| e.is::<crate::body::IdleTimedOut>()) {
-        return PoolError::RequestBodyStalled;
+    if let Some(known) = request_body_error(err) {
+        return known;
     }
     let body_failed = causes(err)
         .filter_map(|e| e.downcast_ref::<hyper::Error>())
@@ -346,6 +395,17 @@ fn classify_error(err: &(dyn StdError + 'static), connect: bool) -> PoolError {
         return PoolError::RequestBody(chain(err));
     }
     PoolError::Protocol(chain(err))
+}
+
+/// The request body's own limits, when one of them is why sending failed.
+fn request_body_error(err: &(dyn StdError + 'static)) -> Option<PoolError> {
+    if causes(err).any(|e| e.is::<http_body_util::LengthLimitError>()) {
+        return Some(PoolError::RequestBodyTooLarge);
+    }
+    if causes(err).any(|e| e.is::<crate::body::IdleTimedOut>()) {
+        return Some(PoolError::RequestBodyStalled);
+    }
+    None
 }
 
 /// hyper-util's connector, with TLS for `https://` endpoints, counting
@@ -358,9 +418,39 @@ pub(super) struct Counted {
     tls: Option<UpstreamTls>,
 }
 
+impl Counted {
+    /// Opens a connection (TLS included for `https`) to `key`, counted
+    /// until the returned [`Opened`] is dropped.
+    pub(super) async fn open(&self, key: &Key) -> Result<(Stream, Opened), PoolError> {
+        let uri = http::Uri::builder()
+            .scheme(key.0.clone())
+            .authority(key.1.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| PoolError::Connect(e.to_string()))?;
+        let stream = connect(self.inner.clone(), self.tls.clone(), uri)
+            .await
+            .map_err(|e| classify_error(&*e, true))?;
+        Ok((stream, Opened::new(self.open.clone())))
+    }
+}
+
+/// Opens a TCP connection to `uri`, with TLS on top for `https`.
+async fn connect(mut tcp: HttpConnector, tls: Option<UpstreamTls>, uri: http::Uri) -> Result<Stream, BoxError> {
+    let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+    let host = uri.host().unwrap_or_default().to_owned();
+    let tcp = tower_service::Service::call(&mut tcp, uri).await?.into_inner();
+    if !https {
+        return Ok(Stream::Plain(tcp));
+    }
+    let tls = tls.ok_or("an https:// endpoint, but the upstream has no TLS settings")?;
+    let name = crate::tls::server_name(tls.sni.as_deref(), &host)?;
+    Ok(Stream::Tls(Box::new(tls.connector.connect(name, tcp).await?)))
+}
+
 impl tower_service::Service<http::Uri> for Counted {
     type Response = CountedIo<Conn>;
-    type Error = Box<dyn StdError + Send + Sync>;
+    type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -368,26 +458,82 @@ impl tower_service::Service<http::Uri> for Counted {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-        let host = uri.host().unwrap_or_default().to_owned();
-        let connecting = self.inner.call(uri);
+        let connecting = connect(self.inner.clone(), self.tls.clone(), uri);
         let open = self.open.clone();
-        let tls = self.tls.clone();
         Box::pin(async move {
-            let tcp = connecting.await?;
-            let io = if https {
-                let tls = tls.ok_or("an https:// endpoint, but the upstream has no TLS settings")?;
-                let name = crate::tls::server_name(tls.sni.as_deref(), &host)?;
-                let stream = tls.connector.connect(name, tcp.into_inner()).await?;
-                Conn::Tls {
-                    io: TokioIo::new(stream),
-                }
-            } else {
-                Conn::Plain { io: tcp }
-            };
-            open.inc();
-            Ok(CountedIo { io, open })
+            let stream = connecting.await?;
+            Ok(CountedIo {
+                io: Conn::from(stream),
+                _open: Opened::new(open),
+            })
         })
+    }
+}
+
+/// Counts an open upstream connection
+/// (`plumeway_open_connections{kind="upstream"}`) until dropped.
+#[derive(Debug)]
+pub(super) struct Opened(Gauge);
+
+impl Opened {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A plain or TLS connection to an endpoint, as tokio sees it: what our
+/// own HTTP/1.1 client reads and writes.
+#[derive(Debug)]
+pub(super) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl From<Stream> for Conn {
+    fn from(stream: Stream) -> Self {
+        match stream {
+            Stream::Plain(tcp) => Self::Plain { io: TokioIo::new(tcp) },
+            Stream::Tls(tls) => Self::Tls { io: TokioIo::new(*tls) },
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_flush(cx),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Self::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -461,13 +607,7 @@ pin_project_lite::pin_project! {
     pub(super) struct CountedIo<T> {
         #[pin]
         io: T,
-        open: Gauge,
-    }
-
-    impl<T> PinnedDrop for CountedIo<T> {
-        fn drop(this: Pin<&mut Self>) {
-            this.project().open.dec();
-        }
+        _open: Opened,
     }
 }
 

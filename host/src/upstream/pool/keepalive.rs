@@ -1,22 +1,39 @@
-//! Keep-alive HTTP/1.1 connections to an upstream's endpoints.
+//! Keep-alive HTTP/1.1 connections to an upstream's endpoints, spoken by
+//! our own client ([`super::h1`]) inside the request's task.
 //!
-//! hyper-util's pooled client does this too, but for every request it
-//! builds a checkout-or-connect race, a watch channel to report the
-//! connection, and a task that waits for the connection to be free again.
-//! Here a connection is taken from the endpoint's idle list, and put back
-//! when the response that used it is over; whether it is free again is
-//! checked when it is next taken.
+//! hyper's client drives each connection from a task of its own and hands
+//! requests and responses over through channels: per request a wake-up of
+//! that task, a channel round trip, and a fresh read buffer, because the
+//! last one is still shared with header values in flight. Here the
+//! request's own task writes the request and reads the response on a pooled
+//! socket, and a connection's buffer is reused once the previous response
+//! has gone. The response body carries the connection and puts it back in
+//! the idle list as soon as the body's end has been read.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{Builder, SendRequest};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::AsyncWrite;
 
-use super::{Counted, Key, PoolError};
-use crate::body::BoxBody;
+use super::h1::{self, Decoded, Decoder, Framing, Malformed};
+use super::{Counted, Key, Opened, PoolError, Stream};
+use crate::body::{BoxBody, BoxError};
+
+/// A connection's read buffer: what one read asks for at most, and the
+/// room below which the buffer is grown (or reclaimed) before a read.
+const READ_SIZE: usize = 8 * 1024;
+const MIN_READ: usize = 1024;
+
+/// Body bytes gathered into one write while the body has them ready.
+const MAX_WRITE: usize = 64 * 1024;
 
 /// Idle connections per endpoint; cheap to clone.
 #[derive(Clone)]
@@ -34,66 +51,144 @@ impl std::fmt::Debug for KeepAlive {
 
 struct Inner {
     connector: Counted,
-    builder: Builder,
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<HashMap<Key, Vec<Idle>>>,
 }
 
 struct Idle {
-    send: SendRequest<BoxBody>,
+    conn: Conn,
     since: Instant,
 }
 
-/// A connection lent to one request, given back to the pool when dropped
-/// (with the response body) unless it was poisoned.
-pub(super) struct Lease {
-    send: Option<SendRequest<BoxBody>>,
-    key: Key,
-    pool: Weak<Inner>,
-    poisoned: AtomicBool,
+/// One connection to an endpoint, with the buffers it keeps between
+/// requests.
+struct Conn {
+    io: Stream,
+    /// Bytes read and not yet taken. Header values and body frames are
+    /// split off it and share its memory; once they are gone, a later read
+    /// reuses the same allocation.
+    buf: BytesMut,
+    /// The request being written.
+    out: Vec<u8>,
+    _open: Opened,
 }
 
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").field("key", &self.key).finish_non_exhaustive()
-    }
-}
-
-impl Lease {
-    /// Keeps the connection out of the pool: it closes when dropped.
-    pub(super) fn poison(&self) {
-        self.poisoned.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let Some(send) = self.send.take() else { return };
-        if self.poisoned.load(Ordering::Relaxed) || send.is_closed() {
-            return;
-        }
-        let Some(inner) = self.pool.upgrade() else { return };
-        let mut idle = inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(self.key.clone()).or_default();
-        // A response dropped before its end leaves a connection hyper will
-        // close; `take` finds that out, so it may go in the list for now.
-        if list.len() < inner.max_idle {
-            list.push(Idle {
-                send,
-                since: Instant::now(),
-            });
+impl Conn {
+    fn new(io: Stream, open: Opened) -> Self {
+        Self {
+            io,
+            buf: BytesMut::with_capacity(READ_SIZE),
+            out: Vec::with_capacity(1024),
+            _open: open,
         }
     }
+
+    /// Reads what the socket has into `buf`: `Ok(0)` when the backend has
+    /// closed the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < MIN_READ {
+            // Reclaims the buffer's memory when nothing else holds it.
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Whether an idle connection can carry a request: still open, and
+    /// nothing unasked for has arrived on it. Costs no system call unless
+    /// the socket has signalled something since it was last read.
+    fn is_usable(&mut self) -> bool {
+        self.buf.is_empty() && self.poll_fill(&mut Context::from_waker(Waker::noop())).is_pending()
+    }
+
+    /// Reads until a final response head (1xx heads are skipped).
+    async fn read_head(&mut self) -> Result<h1::Head, Failure> {
+        poll_fn(|cx| {
+            loop {
+                if let Some(head) = self.take_head()? {
+                    return Poll::Ready(Ok(head));
+                }
+                match self.poll_fill(cx) {
+                    Poll::Ready(Ok(0)) if self.buf.is_empty() => return Poll::Ready(Err(Failure::Closed)),
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Failure::Malformed(Malformed(
+                            "the backend closed the connection inside the response head".into(),
+                        ))));
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Io(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
+    /// The final response head, if `buf` holds one; interim (1xx) heads
+    /// before it are dropped, as a `100 Continue` answers only us.
+    fn take_head(&mut self) -> Result<Option<h1::Head>, Failure> {
+        loop {
+            let Some(head) = h1::parse_head(&mut self.buf)? else {
+                return Ok(None);
+            };
+            if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                // Upgrades go on connections of their own (see `proxy::websocket`).
+                return Err(Failure::Malformed(Malformed(
+                    "an unasked-for 101 Switching Protocols".into(),
+                )));
+            }
+            if !head.status.is_informational() {
+                return Ok(Some(head));
+            }
+        }
+    }
+}
+
+/// Why an exchange on a connection failed.
+#[derive(Debug)]
+enum Failure {
+    /// The backend closed the connection before any of the response.
+    Closed,
+    Io(io::Error),
+    Malformed(Malformed),
+    /// The request body failed.
+    Body(BoxError),
+}
+
+impl From<Malformed> for Failure {
+    fn from(m: Malformed) -> Self {
+        Self::Malformed(m)
+    }
+}
+
+impl Failure {
+    fn into_pool_error(self) -> PoolError {
+        match self {
+            Self::Closed => PoolError::Protocol("the backend closed the connection before responding".into()),
+            Self::Io(e) => PoolError::Protocol(format!("upstream connection failed: {e}")),
+            Self::Malformed(m) => PoolError::Protocol(m.0),
+            Self::Body(e) => {
+                super::request_body_error(&*e).unwrap_or_else(|| PoolError::RequestBody(super::chain(&*e)))
+            }
+        }
+    }
+}
+
+/// How far the request got before the response head arrived.
+enum Sent {
+    /// All of it.
+    Whole,
+    /// The backend answered before the body was all sent; this head is
+    /// its answer, and the connection cannot be used again.
+    Early(h1::Head),
 }
 
 impl KeepAlive {
     /// Connections through `connector`, at most `max_idle` idle per
     /// endpoint, closed after `idle_timeout` unused.
-    pub(super) fn new(connector: Counted, builder: Builder, idle_timeout: Duration, max_idle: usize) -> Self {
+    pub(super) fn new(connector: Counted, idle_timeout: Duration, max_idle: usize) -> Self {
         let inner = Arc::new(Inner {
             connector,
-            builder,
             idle_timeout,
             max_idle,
             idle: Mutex::default(),
@@ -104,84 +199,347 @@ impl KeepAlive {
 
     /// Sends `req` (whose URI names the endpoint) on an idle connection,
     /// or a new one, and waits for the response head.
-    pub(super) async fn send(
-        &self,
-        mut req: http::Request<BoxBody>,
-    ) -> Result<(http::Response<Incoming>, Lease), PoolError> {
+    pub(super) async fn send(&self, req: Request<BoxBody>) -> Result<Response<Body>, PoolError> {
         let key = super::key(req.uri())?;
+        let (mut parts, mut body) = req.into_parts();
         // HTTP/1.1 wants the origin form; Host names the endpoint when the
         // client gave none.
-        if !req.headers().contains_key(http::header::HOST)
-            && let Ok(host) = http::HeaderValue::from_str(key.1.as_str())
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(key.1.as_str())
         {
-            req.headers_mut().insert(http::header::HOST, host);
+            parts.headers.insert(header::HOST, host);
         }
-        let origin = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *req.uri_mut() = http::Uri::from(origin);
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let framing = framing(&parts.method, &parts.headers, &body);
         loop {
-            let (mut send, reused) = match self.take(&key).await {
-                Some(send) => (send, true),
-                None => (self.connect(&key).await?, false),
-            };
-            match send.try_send_request(req).await {
-                Ok(response) => {
-                    let lease = Lease {
-                        send: Some(send),
-                        key,
-                        pool: Arc::downgrade(&self.inner),
-                        poisoned: AtomicBool::new(false),
-                    };
-                    return Ok((response, lease));
+            let (mut conn, reused) = match self.take(&key) {
+                Some(conn) => (conn, true),
+                None => {
+                    let (stream, open) = self.inner.connector.open(&key).await?;
+                    (Conn::new(stream, open), false)
                 }
-                // A pooled connection that closed before the request went
-                // out gives it back: it goes on another connection.
-                Err(mut err) => match err.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(super::classify_error(err.error(), false)),
-                },
-            }
-        }
-    }
-
-    /// The most recently used idle connection to `key` that is still open
-    /// and free.
-    async fn take(&self, key: &Key) -> Option<SendRequest<BoxBody>> {
-        loop {
-            let mut send = {
-                let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-                idle.get_mut(key)?.pop()?.send
             };
-            // Free once hyper has finished the previous response on it;
-            // closed if the endpoint hung up or that response was cut short.
-            if send.ready().await.is_ok() {
-                return Some(send);
+            conn.out.clear();
+            h1::encode_head(&parts.method, target, &parts.headers, framing, &mut conn.out);
+            let mut consumed = false;
+            let sent = match exchange_start(&mut conn, &mut body, framing, &mut consumed).await {
+                Ok(sent) => sent,
+                // A pooled connection the backend closed meanwhile: the
+                // request goes on another.
+                Err(Failure::Io(_) | Failure::Closed) if reused && !consumed => continue,
+                Err(e) => return Err(e.into_pool_error()),
+            };
+            let (head, early) = match sent {
+                Sent::Early(head) => (head, true),
+                Sent::Whole => match conn.read_head().await {
+                    Ok(head) => (head, false),
+                    // The backend closed an idle connection just as the
+                    // request went out, so it most likely never saw it:
+                    // a request that may be repeated goes on another
+                    // connection (a new one closing the same way is an
+                    // error).
+                    Err(Failure::Closed) if reused && !consumed && crate::upstream::is_idempotent(&parts.method) => {
+                        continue;
+                    }
+                    Err(e) => return Err(e.into_pool_error()),
+                },
+            };
+            let decoder = h1::response_body(&parts.method, &head).map_err(|m| PoolError::Protocol(m.0))?;
+            let reuse = !early && h1::keeps_alive(&head) && decoder != Decoder::UntilClose;
+            let mut body = Body {
+                conn: Some(conn),
+                decoder,
+                home: reuse.then(|| (Arc::downgrade(&self.inner), key)),
+                failed: None,
+            };
+            if body.decoder.is_done() {
+                body.finish();
             }
+            let mut response = Response::new(body);
+            *response.status_mut() = head.status;
+            *response.version_mut() = head.version;
+            *response.headers_mut() = head.headers;
+            return Ok(response);
         }
     }
 
-    async fn connect(&self, key: &Key) -> Result<SendRequest<BoxBody>, PoolError> {
-        let io = super::open(self.inner.connector.clone(), key).await?;
-        let (send, connection) = self
-            .inner
-            .builder
-            .handshake(io)
-            .await
-            .map_err(|e| super::classify_error(&e, false))?;
-        super::drive(connection);
-        Ok(send)
+    /// The most recently used idle connection to `key` that can carry a
+    /// request.
+    fn take(&self, key: &Key) -> Option<Conn> {
+        loop {
+            let mut conn = {
+                let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.get_mut(key)?.pop()?.conn
+            };
+            if conn.is_usable() {
+                return Some(conn);
+            }
+        }
     }
 }
 
-/// Closes connections idle past the timeout, and drops closed ones.
+/// How the request body will be framed: by its exact length when known
+/// (the client's `Content-Length` is what hyper's server says the body is),
+/// chunked otherwise, and nothing for no body.
+fn framing(method: &Method, headers: &HeaderMap, body: &BoxBody) -> Framing {
+    if body.is_end_stream() {
+        // A method that means something with content says that there is
+        // none (RFC 9110 §8.6); a GET's empty body goes unmentioned.
+        let expects_content = *method == Method::POST || *method == Method::PUT || *method == Method::PATCH;
+        return if expects_content || headers.contains_key(header::CONTENT_LENGTH) {
+            Framing::Length(0)
+        } else {
+            Framing::None
+        };
+    }
+    match body.size_hint().exact() {
+        Some(n) => Framing::Length(n),
+        None => Framing::Chunked,
+    }
+}
+
+/// Writes the request (head already in `conn.out`) and its body. The
+/// socket is watched meanwhile: a backend may answer before the body is
+/// all sent (a 413, say), and then waits for nothing more.
+async fn exchange_start(
+    conn: &mut Conn,
+    body: &mut BoxBody,
+    framing: Framing,
+    consumed: &mut bool,
+) -> Result<Sent, Failure> {
+    let mut written = 0;
+    let mut body_done = framing != Framing::Chunked && framing.length() == 0;
+    let mut left = framing.length();
+    poll_fn(|cx| {
+        loop {
+            // Gather what the body has ready into one write.
+            while !body_done && conn.out.len() < MAX_WRITE {
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        *consumed = true;
+                        body_done = put_frame(frame, framing, &mut left, &mut conn.out)?;
+                    }
+                    Poll::Ready(None) => {
+                        *consumed = true;
+                        body_done = true;
+                        match framing {
+                            Framing::Chunked => h1::encode_last_chunk(None, &mut conn.out),
+                            _ if left != 0 => {
+                                return Poll::Ready(Err(Failure::Body("the request body ended early".into())));
+                            }
+                            _ => {}
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        *consumed = true;
+                        return Poll::Ready(Err(Failure::Body(e)));
+                    }
+                    Poll::Pending => break,
+                }
+                if framing != Framing::Chunked && left == 0 {
+                    body_done = true;
+                }
+            }
+            if written < conn.out.len() {
+                match Pin::new(&mut conn.io).poll_write(cx, &conn.out[written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(Failure::Io(io::ErrorKind::WriteZero.into()))),
+                    Poll::Ready(Ok(n)) => {
+                        written += n;
+                        if written == conn.out.len() {
+                            conn.out.clear();
+                            written = 0;
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Io(e))),
+                    Poll::Pending => {}
+                }
+            } else if body_done {
+                // TLS holds written bytes until flushed.
+                return match Pin::new(&mut conn.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(Sent::Whole)),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(Failure::Io(e))),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            // Waiting for the socket or the body: has the backend answered?
+            return match conn.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Err(Failure::Closed)),
+                Poll::Ready(Ok(_)) => match conn.take_head()? {
+                    Some(head) => Poll::Ready(Ok(Sent::Early(head))),
+                    // Part of a head, or a 100 Continue: go on sending.
+                    None => continue,
+                },
+                Poll::Ready(Err(e)) => Poll::Ready(Err(Failure::Io(e))),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    })
+    .await
+}
+
+impl Framing {
+    /// The declared length; 0 for none and for chunked.
+    fn length(self) -> u64 {
+        match self {
+            Self::Length(n) => n,
+            Self::None | Self::Chunked => 0,
+        }
+    }
+}
+
+/// Encodes one frame of the request body; true when it ended the body.
+fn put_frame(frame: Frame<Bytes>, framing: Framing, left: &mut u64, out: &mut Vec<u8>) -> Result<bool, Failure> {
+    match frame.into_data() {
+        Ok(data) => match framing {
+            Framing::Chunked => h1::encode_chunk(&data, out),
+            _ => {
+                let Some(rest) = left.checked_sub(data.len() as u64) else {
+                    return Err(Failure::Body("the request body is longer than its length".into()));
+                };
+                *left = rest;
+                out.extend_from_slice(&data);
+            }
+        },
+        // Trailers end a chunked body; with a length they have no place.
+        Err(frame) => {
+            if let (Framing::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
+                h1::encode_last_chunk(Some(&trailers), out);
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// A response body read from a pooled connection; the connection goes
+/// back to the pool once the body's end has been read, and closes if the
+/// body is dropped before that.
+pub(super) struct Body {
+    conn: Option<Conn>,
+    decoder: Decoder,
+    /// Where the connection goes back to, if it may be used again.
+    home: Option<(Weak<Inner>, Key)>,
+    /// A failure waiting to be reported (see [`Body::fail`]).
+    failed: Option<BoxError>,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("decoder", &self.decoder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body {
+    /// The body is over: its connection goes back to the idle list, unless
+    /// it cannot carry another request.
+    fn finish(&mut self) {
+        self.decoder = Decoder::Done;
+        let (Some(conn), Some((pool, key))) = (self.conn.take(), self.home.take()) else {
+            return;
+        };
+        // Bytes past the response's end: the backend is not speaking
+        // HTTP/1.1 as it must, and the connection is not trusted again.
+        if !conn.buf.is_empty() {
+            return;
+        }
+        let Some(inner) = pool.upgrade() else { return };
+        let mut idle = inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = match idle.get_mut(&key) {
+            Some(list) => list,
+            None => idle.entry(key).or_default(),
+        };
+        if list.len() < inner.max_idle {
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// A failure ends the body and closes its connection. It is reported
+    /// at the next poll, not this one: hyper's server drops what it has not
+    /// yet written when a body fails, and the client should still get the
+    /// head and the bytes that came before the failure.
+    fn fail(&mut self, err: BoxError, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.home = None;
+        self.failed = Some(err);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(err) = this.failed.take() {
+            this.decoder = Decoder::Done;
+            return Poll::Ready(Some(Err(err)));
+        }
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.decoder.decode(&mut conn.buf) {
+                Ok(Decoded::Data(data)) => {
+                    if this.decoder.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::Trailers(trailers)) => {
+                    this.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Ok(Decoded::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::More) => {}
+                Err(m) => return this.fail(Box::new(m), cx),
+            }
+            match conn.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => match this.decoder.eof() {
+                    Ok(_) => {
+                        // A body that ran until the close: over, and the
+                        // connection with it.
+                        this.home = None;
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Err(m) => return this.fail(Box::new(m), cx),
+                },
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return this.fail(Box::new(e), cx),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// Closes connections idle past the timeout, and those the backend closed.
 fn sweep(inner: &Inner) {
     let now = Instant::now();
     let mut idle = inner.idle.lock().unwrap_or_else(|e| e.into_inner());
     for list in idle.values_mut() {
-        list.retain(|c| !c.send.is_closed() && now.duration_since(c.since) < inner.idle_timeout);
+        list.retain_mut(|c| now.duration_since(c.since) < inner.idle_timeout && c.conn.is_usable());
     }
     idle.retain(|_, list| !list.is_empty());
 }

@@ -1,0 +1,569 @@
+//! HTTP/1.1 as a client speaks it to a backend (RFC 9112): the request
+//! head out, the response head in, and the response body's framing. No
+//! I/O here; `keepalive` moves the bytes.
+
+use std::io::Write as _;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// Most header lines a response head (or trailer section) may have; hyper's
+/// limit too.
+const MAX_HEADERS: usize = 100;
+
+/// The largest response head, and trailer section, accepted.
+pub(super) const MAX_HEAD: usize = 64 * 1024;
+
+/// The longest chunk-size line (size and extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// How a request body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body, and no framing header.
+    None,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, for a body of unknown length.
+    Chunked,
+}
+
+/// Writes the request line and headers to `out`. The framing headers are
+/// ours: the client's `Content-Length` is replaced by what the body is, so
+/// the backend can never read the message another way than we send it.
+pub(super) fn encode_head(method: &Method, target: &str, headers: &HeaderMap, framing: Framing, out: &mut Vec<u8>) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::None => {}
+        // Writing a number to a Vec cannot fail.
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes one chunk of a chunked body: its size line, the data and CRLF.
+pub(super) fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
+    if data.is_empty() {
+        // A zero-size chunk would end the body.
+        return;
+    }
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of a chunked body: the last chunk and, when there are trailers,
+/// those.
+pub(super) fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response head, as read.
+#[derive(Debug)]
+pub(super) struct Head {
+    pub(super) status: StatusCode,
+    pub(super) version: Version,
+    pub(super) headers: HeaderMap,
+}
+
+/// Why a response could not be read: the backend does not speak HTTP/1.1
+/// as it must.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Malformed(pub(crate) String);
+
+fn malformed<T>(reason: impl Into<String>) -> Result<T, Malformed> {
+    Err(Malformed(reason.into()))
+}
+
+/// Takes a complete response head off the front of `buf`; `None` while it
+/// is incomplete. Header values share `buf`'s memory rather than being
+/// copied.
+pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> {
+    // Where each name and value lies in `buf`: httparse's slices borrow it,
+    // and the head is split off before values are made from it.
+    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let (len, code, minor, count) = {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut slots);
+        let len = match res.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return malformed(format!("response head over {MAX_HEAD} bytes"));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return malformed(format!("more than {MAX_HEADERS} response headers"));
+            }
+            Err(e) => return malformed(format!("invalid response head: {e}")),
+        };
+        let base = buf.as_ptr() as usize;
+        for (slot, h) in at.iter_mut().zip(res.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *slot = (name, name + h.name.len(), value, value + h.value.len());
+        }
+        (len, res.code, res.version, res.headers.len())
+    };
+    let (Some(code), Some(minor)) = (code, minor) else {
+        return malformed("invalid response head");
+    };
+    let Ok(status) = StatusCode::from_u16(code) else {
+        return malformed(format!("invalid status code {code}"));
+    };
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(n0, n1, v0, v1) in &at[..count] {
+        let name = HeaderName::from_bytes(&head[n0..n1]);
+        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1));
+        match (name, value) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+            }
+            _ => return malformed("invalid response header"),
+        }
+    }
+    let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// How much body follows a response head (RFC 9112 §6.3). A head whose
+/// length could be read two ways is refused: the client must never get an
+/// ambiguous response.
+pub(super) fn response_body(method: &Method, head: &Head) -> Result<Decoder, Malformed> {
+    if let Some(reason) = crate::proxy::framing(&head.headers) {
+        return malformed(format!("ambiguous response: {reason}"));
+    }
+    let status = head.status;
+    if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Decoder::Done);
+    }
+    if head.headers.contains_key(header::TRANSFER_ENCODING) {
+        if head.version == Version::HTTP_10 {
+            return malformed("ambiguous response: Transfer-Encoding in an HTTP/1.0 response");
+        }
+        return Ok(Decoder::Chunked(Chunk::Size));
+    }
+    match head.headers.get(header::CONTENT_LENGTH) {
+        Some(value) => match parse_length(value.as_bytes()) {
+            Some(0) => Ok(Decoder::Done),
+            Some(n) => Ok(Decoder::Length(n)),
+            None => malformed("invalid Content-Length in the response"),
+        },
+        None => Ok(Decoder::UntilClose),
+    }
+}
+
+/// Whether the connection may carry another request after this response.
+pub(super) fn keeps_alive(head: &Head) -> bool {
+    let has = |token: &str| {
+        head.headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match head.version {
+        Version::HTTP_11 => !has("close"),
+        _ => has("keep-alive"),
+    }
+}
+
+/// Digits only: no sign, no spaces, no list.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Where a response body's reading stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Decoder {
+    /// This many bytes are still to come.
+    Length(u64),
+    /// Chunked, at the given place.
+    Chunked(Chunk),
+    /// Everything until the backend closes the connection.
+    UntilClose,
+    /// The body is over.
+    Done,
+}
+
+/// A place in a chunked body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk, with this many bytes left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    End,
+    /// After the last chunk: trailers, or the final CRLF.
+    Trailers,
+}
+
+/// What [`Decoder::decode`] found in the buffer.
+#[derive(Debug, PartialEq)]
+pub(super) enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// The trailers of a chunked body; the body is over.
+    Trailers(HeaderMap),
+    /// The body is over.
+    End,
+    /// More bytes are needed.
+    More,
+}
+
+impl Decoder {
+    /// Whether the body is over.
+    pub(super) fn is_done(&self) -> bool {
+        *self == Self::Done
+    }
+
+    /// The bytes left, when that is known.
+    pub(super) fn remaining(&self) -> Option<u64> {
+        match self {
+            Self::Length(n) => Some(*n),
+            Self::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Takes the next piece of the body off the front of `buf`.
+    pub(super) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Malformed> {
+        loop {
+            match self {
+                Self::Done => return Ok(Decoded::End),
+                Self::UntilClose if buf.is_empty() => return Ok(Decoded::More),
+                Self::UntilClose => return Ok(Decoded::Data(buf.split().freeze())),
+                Self::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::More);
+                    }
+                    let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= n as u64;
+                    if *left == 0 {
+                        *self = Self::Done;
+                    }
+                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                }
+                Self::Chunked(chunk) => match chunk {
+                    Chunk::Size => {
+                        let Some(line) = buf.iter().position(|&b| b == b'\n') else {
+                            if buf.len() > MAX_CHUNK_LINE {
+                                return malformed("chunk-size line too long");
+                            }
+                            return Ok(Decoded::More);
+                        };
+                        if line > MAX_CHUNK_LINE {
+                            return malformed("chunk-size line too long");
+                        }
+                        let size = chunk_size(&buf[..=line])?;
+                        let _ = buf.split_to(line + 1);
+                        *chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                    }
+                    Chunk::Data(left) => {
+                        if buf.is_empty() {
+                            return Ok(Decoded::More);
+                        }
+                        let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                        *left -= n as u64;
+                        if *left == 0 {
+                            *chunk = Chunk::End;
+                        }
+                        return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                    }
+                    Chunk::End => {
+                        if buf.len() < 2 {
+                            return Ok(Decoded::More);
+                        }
+                        if &buf[..2] != b"\r\n" {
+                            return malformed("chunk data longer than its size");
+                        }
+                        let _ = buf.split_to(2);
+                        *chunk = Chunk::Size;
+                    }
+                    Chunk::Trailers => return self.trailers(buf),
+                },
+            }
+        }
+    }
+
+    /// The trailer section after the last chunk.
+    fn trailers(&mut self, buf: &mut BytesMut) -> Result<Decoded, Malformed> {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match httparse::parse_headers(buf, &mut slots) {
+            Ok(httparse::Status::Complete((len, fields))) => {
+                let mut trailers = HeaderMap::with_capacity(fields.len());
+                for f in fields.iter() {
+                    match (
+                        HeaderName::from_bytes(f.name.as_bytes()),
+                        HeaderValue::from_bytes(f.value),
+                    ) {
+                        (Ok(name), Ok(value)) => {
+                            trailers.append(name, value);
+                        }
+                        _ => return malformed("invalid trailer"),
+                    }
+                }
+                let _ = buf.split_to(len);
+                *self = Self::Done;
+                Ok(if trailers.is_empty() {
+                    Decoded::End
+                } else {
+                    Decoded::Trailers(trailers)
+                })
+            }
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                malformed(format!("trailers over {MAX_HEAD} bytes"))
+            }
+            Ok(httparse::Status::Partial) => Ok(Decoded::More),
+            Err(e) => malformed(format!("invalid trailers: {e}")),
+        }
+    }
+
+    /// The connection closed: the end of an `UntilClose` body, a cut-off
+    /// body otherwise.
+    pub(super) fn eof(&mut self) -> Result<Decoded, Malformed> {
+        match self {
+            Self::UntilClose | Self::Done => {
+                *self = Self::Done;
+                Ok(Decoded::End)
+            }
+            _ => malformed("the backend closed the connection before the body's end"),
+        }
+    }
+}
+
+/// The size from a chunk-size line (`line` ends with LF): hex digits, then
+/// optional extensions, which are ignored.
+fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
+    let Some(line) = line.strip_suffix(b"\r\n") else {
+        return malformed("chunk-size line without CRLF");
+    };
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = &line[digits..];
+    // Blanks may follow the size (as many servers write them), then only
+    // extensions.
+    let rest = rest.trim_ascii_start();
+    let rest_ok = rest.is_empty() || rest.starts_with(b";");
+    if digits == 0 || digits > 16 || !rest_ok || rest.contains(&b'\r') {
+        return malformed("invalid chunk size");
+    }
+    let digits = std::str::from_utf8(&line[..digits]).map_err(|_| Malformed("invalid chunk size".into()))?;
+    u64::from_str_radix(digits, 16).map_err(|_| Malformed("invalid chunk size".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &[u8]) -> Result<Option<Head>, Malformed> {
+        parse_head(&mut BytesMut::from(raw))
+    }
+
+    fn body(method: Method, raw: &[u8]) -> Result<Decoder, Malformed> {
+        response_body(&method, &head(raw)?.expect("a complete head"))
+    }
+
+    /// Feeds `raw` to a decoder a few bytes at a time, as a socket might.
+    fn decode_all(mut decoder: Decoder, raw: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), Malformed> {
+        let mut buf = BytesMut::new();
+        let (mut data, mut trailers) = (Vec::new(), None);
+        for piece in raw.chunks(step) {
+            buf.extend_from_slice(piece);
+            loop {
+                match decoder.decode(&mut buf)? {
+                    Decoded::Data(d) => data.extend_from_slice(&d),
+                    Decoded::Trailers(t) => trailers = Some(t),
+                    Decoded::End => return Ok((data, trailers)),
+                    Decoded::More => break,
+                }
+            }
+        }
+        match decoder.eof()? {
+            Decoded::End => Ok((data, trailers)),
+            other => panic!("{other:?} at the end"),
+        }
+    }
+
+    #[test]
+    fn a_request_head_has_our_framing_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("b.example"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let mut out = Vec::new();
+        encode_head(&Method::POST, "/p?q=1", &headers, Framing::Length(5), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nhost: b.example\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 5\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_head(&Method::PUT, "/", &headers, Framing::Chunked, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("transfer-encoding: chunked\r\n\r\n"), "{text}");
+        assert!(!text.contains("content-length"), "{text}");
+        let mut out = Vec::new();
+        encode_chunk(b"hello", &mut out);
+        encode_chunk(b"", &mut out);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", HeaderValue::from_static("7"));
+        encode_last_chunk(Some(&trailers), &mut out);
+        assert_eq!(out, b"5\r\nhello\r\n0\r\nx-sum: 7\r\n\r\n");
+    }
+
+    #[test]
+    fn a_response_head_is_read_once_complete() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Id: a b\r\n\r\nok";
+        let mut buf = BytesMut::from(&raw[..20]);
+        assert!(parse_head(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(&raw[20..]);
+        let head = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(head.version, Version::HTTP_11);
+        assert_eq!(head.headers["x-id"], "a b");
+        assert_eq!(&buf[..], b"ok", "the body stays in the buffer");
+        let old = head_version(b"HTTP/1.0 404 Not Found\r\n\r\n");
+        assert_eq!(old, Version::HTTP_10);
+    }
+
+    fn head_version(raw: &[u8]) -> Version {
+        head(raw).unwrap().unwrap().version
+    }
+
+    #[test]
+    fn malformed_response_heads_are_refused() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nX-A: a\rX: y\r\n\r\n",
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX A: a\r\n\r\n",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(head(raw).is_err(), "{}", String::from_utf8_lossy(raw));
+        }
+        let many: String = (0..150).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert!(head(format!("HTTP/1.1 200 OK\r\n{many}\r\n").as_bytes()).is_err());
+        let big = format!("HTTP/1.1 200 OK\r\nX-Big: {}", "a".repeat(MAX_HEAD));
+        assert!(head(big.as_bytes()).is_err(), "an endless head is cut off");
+    }
+
+    #[test]
+    fn the_body_length_follows_rfc_9112() {
+        let get = || Method::GET;
+        assert_eq!(
+            body(get(), b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+            Ok(Decoder::Length(5))
+        );
+        assert_eq!(
+            body(get(), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            Ok(Decoder::Done)
+        );
+        assert_eq!(
+            body(Method::HEAD, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+            Ok(Decoder::Done)
+        );
+        assert_eq!(body(get(), b"HTTP/1.1 204 No Content\r\n\r\n"), Ok(Decoder::Done));
+        assert_eq!(
+            body(get(), b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"),
+            Ok(Decoder::Done)
+        );
+        assert_eq!(
+            body(get(), b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Ok(Decoder::Chunked(Chunk::Size))
+        );
+        assert_eq!(body(get(), b"HTTP/1.1 200 OK\r\n\r\n"), Ok(Decoder::UntilClose));
+        for ambiguous in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(
+                body(get(), ambiguous).is_err(),
+                "{}",
+                String::from_utf8_lossy(ambiguous)
+            );
+        }
+    }
+
+    #[test]
+    fn keep_alive_depends_on_version_and_connection() {
+        let alive = |raw: &[u8]| keeps_alive(&head(raw).unwrap().unwrap());
+        assert!(alive(b"HTTP/1.1 200 OK\r\n\r\n"));
+        assert!(!alive(b"HTTP/1.1 200 OK\r\nConnection: x, Close\r\n\r\n"));
+        assert!(!alive(b"HTTP/1.0 200 OK\r\n\r\n"));
+        assert!(alive(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn bodies_decode_whatever_the_reads_split() {
+        for step in [1, 2, 3, 7, 64] {
+            let (data, trailers) = decode_all(Decoder::Length(5), b"hello", step).unwrap();
+            assert_eq!((data.as_slice(), trailers), (&b"hello"[..], None));
+            let chunked = b"5\r\nhello\r\n1;ext=1\r\n!\r\nA \r\n0123456789\r\n0\r\nX-Sum: 7\r\n\r\n";
+            let (data, trailers) = decode_all(Decoder::Chunked(Chunk::Size), chunked, step).unwrap();
+            assert_eq!(data, b"hello!0123456789");
+            assert_eq!(trailers.unwrap()["x-sum"], "7");
+            let (data, trailers) = decode_all(Decoder::Chunked(Chunk::Size), b"2\r\nok\r\n0\r\n\r\n", step).unwrap();
+            assert_eq!((data.as_slice(), trailers), (&b"ok"[..], None));
+            let (data, _) = decode_all(Decoder::UntilClose, b"all of it", step).unwrap();
+            assert_eq!(data, b"all of it");
+        }
+    }
+
+    #[test]
+    fn broken_bodies_are_errors() {
+        assert!(decode_all(Decoder::Length(10), b"short", 2).is_err(), "cut off");
+        for raw in [
+            &b"5\r\nhello world\r\n0\r\n\r\n"[..],
+            b"x\r\nhello\r\n",
+            b"-5\r\nhello\r\n",
+            b"5\nhello\r\n",
+            b"11111111111111111\r\n",
+            b"5\r\nhello\r\n",
+        ] {
+            assert!(
+                decode_all(Decoder::Chunked(Chunk::Size), raw, 3).is_err(),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let endless = vec![b'1'; MAX_CHUNK_LINE + 10];
+        assert!(decode_all(Decoder::Chunked(Chunk::Size), &endless, 512).is_err());
+    }
+}
