@@ -56,7 +56,7 @@ async fn read_all(s: &mut TcpStream, wait: Duration) -> Raw {
 
 /// A backend that answers every request head with `answer` and records
 /// the heads it received.
-struct RawBackend {
+pub(crate) struct RawBackend {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
@@ -64,7 +64,8 @@ struct RawBackend {
 }
 
 impl RawBackend {
-    async fn start(answer: &'static [u8]) -> Self {
+    /// Answers every request (head and body read) with `answer`.
+    pub(crate) async fn start(answer: &'static [u8]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(Vec::new()));
@@ -126,7 +127,7 @@ impl RawBackend {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
@@ -134,7 +135,7 @@ impl RawBackend {
         self.heads.lock().unwrap().clone()
     }
 
-    fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
@@ -147,7 +148,7 @@ impl Drop for RawBackend {
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
-fn config(backend: &str, extra: &str) -> String {
+pub(crate) fn config(backend: &str, extra: &str) -> String {
     format!("{extra}\n[upstreams.u]\ntargets = [\"{backend}\"]\n[[routes]]\nupstream = \"u\"\n")
 }
 

@@ -18,4 +18,5 @@ mod plugins;
 mod process;
 mod resilience;
 mod tls;
+mod upstream_http1;
 mod websocket;

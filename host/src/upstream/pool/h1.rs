@@ -3,10 +3,12 @@
 //! I/O here; `keepalive` moves the bytes.
 
 use std::io::Write as _;
+use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
+use smallvec::SmallVec;
 
 /// Most header lines a response head (or trailer section) may have; hyper's
 /// limit too.
@@ -101,15 +103,20 @@ fn malformed<T>(reason: impl Into<String>) -> Result<T, Malformed> {
 
 /// Takes a complete response head off the front of `buf`; `None` while it
 /// is incomplete. Header values share `buf`'s memory rather than being
-/// copied.
-pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> {
+/// copied. The headers go into `spare`'s map (taken, and left untouched
+/// while the head is incomplete): the request's, whose room fits a
+/// response too, so that no map is allocated per response.
+pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Option<Head>, Malformed> {
     // Where each name and value lies in `buf`: httparse's slices borrow it,
     // and the head is split off before values are made from it.
-    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let (len, code, minor, count) = {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut slots);
-        let len = match res.parse(buf) {
+    let mut at: SmallVec<[[u32; 4]; 32]> = SmallVec::new();
+    let (len, code, minor) = {
+        // Uninitialised slots: zeroing a hundred of them for every response
+        // would cost more than parsing a small head.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut slots);
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                 return malformed(format!("response head over {MAX_HEAD} bytes"));
@@ -120,13 +127,14 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> 
             }
             Err(e) => return malformed(format!("invalid response head: {e}")),
         };
+        // A head is far shorter than 4 GiB (MAX_HEAD plus one read).
         let base = buf.as_ptr() as usize;
-        for (slot, h) in at.iter_mut().zip(res.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            *slot = (name, name + h.name.len(), value, value + h.value.len());
+        let offset = |p: *const u8| (p as usize - base) as u32;
+        for h in res.headers.iter() {
+            let (name, value) = (offset(h.name.as_ptr()), offset(h.value.as_ptr()));
+            at.push([name, name + h.name.len() as u32, value, value + h.value.len() as u32]);
         }
-        (len, res.code, res.version, res.headers.len())
+        (len, res.code, res.version)
     };
     let (Some(code), Some(minor)) = (code, minor) else {
         return malformed("invalid response head");
@@ -135,11 +143,15 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Malformed> 
         return malformed(format!("invalid status code {code}"));
     };
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(n0, n1, v0, v1) in &at[..count] {
-        let name = HeaderName::from_bytes(&head[n0..n1]);
-        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1));
-        match (name, value) {
+    let mut headers = std::mem::take(spare);
+    headers.clear();
+    headers.reserve(at.len());
+    for &[n0, n1, v0, v1] in &at {
+        let (n, v) = (n0 as usize..n1 as usize, v0 as usize..v1 as usize);
+        match (
+            HeaderName::from_bytes(&head[n]),
+            HeaderValue::from_maybe_shared(head.slice(v)),
+        ) {
             (Ok(name), Ok(value)) => {
                 headers.append(name, value);
             }
@@ -389,7 +401,7 @@ mod tests {
     use super::*;
 
     fn head(raw: &[u8]) -> Result<Option<Head>, Malformed> {
-        parse_head(&mut BytesMut::from(raw))
+        parse_head(&mut BytesMut::from(raw), &mut HeaderMap::new())
     }
 
     fn body(method: Method, raw: &[u8]) -> Result<Decoder, Malformed> {
@@ -448,9 +460,13 @@ mod tests {
     fn a_response_head_is_read_once_complete() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Id: a b\r\n\r\nok";
         let mut buf = BytesMut::from(&raw[..20]);
-        assert!(parse_head(&mut buf).unwrap().is_none());
+        let mut spare = HeaderMap::new();
+        spare.insert("x-request", HeaderValue::from_static("1"));
+        assert!(parse_head(&mut buf, &mut spare).unwrap().is_none());
+        assert_eq!(spare.len(), 1, "left alone while the head is incomplete");
         buf.extend_from_slice(&raw[20..]);
-        let head = parse_head(&mut buf).unwrap().unwrap();
+        let head = parse_head(&mut buf, &mut spare).unwrap().unwrap();
+        assert_eq!(head.headers.len(), 2, "the spare map's old headers are gone");
         assert_eq!(head.status, 200);
         assert_eq!(head.version, Version::HTTP_11);
         assert_eq!(head.headers["x-id"], "a b");

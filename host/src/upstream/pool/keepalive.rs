@@ -101,21 +101,28 @@ impl Conn {
         self.buf.is_empty() && self.poll_fill(&mut Context::from_waker(Waker::noop())).is_pending()
     }
 
-    /// Reads until a final response head (1xx heads are skipped).
-    async fn read_head(&mut self) -> Result<h1::Head, Failure> {
+    /// Reads until a final response head (1xx heads are skipped), whose
+    /// headers go into `spare`'s map.
+    async fn read_head(&mut self, spare: &mut HeaderMap) -> Result<h1::Head, Failure> {
+        // Whether any of the response came: a connection closed (or reset)
+        // before that is one the backend gave up while it was idle.
+        let mut answered = !self.buf.is_empty();
         poll_fn(|cx| {
             loop {
-                if let Some(head) = self.take_head()? {
+                if let Some(head) = self.take_head(spare)? {
                     return Poll::Ready(Ok(head));
                 }
                 match self.poll_fill(cx) {
-                    Poll::Ready(Ok(0)) if self.buf.is_empty() => return Poll::Ready(Err(Failure::Closed)),
+                    Poll::Ready(Ok(0)) if !answered => return Poll::Ready(Err(Failure::Closed)),
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(Failure::Malformed(Malformed(
                             "the backend closed the connection inside the response head".into(),
                         ))));
                     }
-                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Ok(_)) => answered = true,
+                    Poll::Ready(Err(e)) if !answered && e.kind() == io::ErrorKind::ConnectionReset => {
+                        return Poll::Ready(Err(Failure::Closed));
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Io(e))),
                     Poll::Pending => return Poll::Pending,
                 }
@@ -126,9 +133,9 @@ impl Conn {
 
     /// The final response head, if `buf` holds one; interim (1xx) heads
     /// before it are dropped, as a `100 Continue` answers only us.
-    fn take_head(&mut self) -> Result<Option<h1::Head>, Failure> {
+    fn take_head(&mut self, spare: &mut HeaderMap) -> Result<Option<h1::Head>, Failure> {
         loop {
-            let Some(head) = h1::parse_head(&mut self.buf)? else {
+            let Some(head) = h1::parse_head(&mut self.buf, spare)? else {
                 return Ok(None);
             };
             if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -140,6 +147,7 @@ impl Conn {
             if !head.status.is_informational() {
                 return Ok(Some(head));
             }
+            *spare = head.headers;
         }
     }
 }
@@ -222,7 +230,8 @@ impl KeepAlive {
             conn.out.clear();
             h1::encode_head(&parts.method, target, &parts.headers, framing, &mut conn.out);
             let mut consumed = false;
-            let sent = match exchange_start(&mut conn, &mut body, framing, &mut consumed).await {
+            let mut early = HeaderMap::new();
+            let sent = match exchange_start(&mut conn, &mut body, framing, &mut consumed, &mut early).await {
                 Ok(sent) => sent,
                 // A pooled connection the backend closed meanwhile: the
                 // request goes on another.
@@ -231,7 +240,10 @@ impl KeepAlive {
             };
             let (head, early) = match sent {
                 Sent::Early(head) => (head, true),
-                Sent::Whole => match conn.read_head().await {
+                // The request's header map, no longer needed, takes the
+                // response's headers (it is left alone on failure, for a
+                // retry).
+                Sent::Whole => match conn.read_head(&mut parts.headers).await {
                     Ok(head) => (head, false),
                     // The backend closed an idle connection just as the
                     // request went out, so it most likely never saw it:
@@ -306,6 +318,7 @@ async fn exchange_start(
     body: &mut BoxBody,
     framing: Framing,
     consumed: &mut bool,
+    spare: &mut HeaderMap,
 ) -> Result<Sent, Failure> {
     let mut written = 0;
     let mut body_done = framing != Framing::Chunked && framing.length() == 0;
@@ -365,7 +378,7 @@ async fn exchange_start(
             // Waiting for the socket or the body: has the backend answered?
             return match conn.poll_fill(cx) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Err(Failure::Closed)),
-                Poll::Ready(Ok(_)) => match conn.take_head()? {
+                Poll::Ready(Ok(_)) => match conn.take_head(spare)? {
                     Some(head) => Poll::Ready(Ok(Sent::Early(head))),
                     // Part of a head, or a 100 Continue: go on sending.
                     None => continue,
