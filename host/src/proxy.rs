@@ -15,9 +15,10 @@ mod limit;
 pub mod path;
 mod request_id;
 mod validate;
-
-pub(crate) use validate::framing;
 mod websocket;
+
+/// Shared with the upstream pool, which refuses ambiguous responses.
+pub(crate) use validate::framing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -985,18 +986,9 @@ impl Proxy {
             Ok(sent) => sent,
             Err(err) => return Err(self.upstream_error(err, upstream, endpoint)),
         };
+        // The pool has refused any response whose length could be read two
+        // ways.
         let (mut parts, body) = resp.into_parts();
-        // A response whose length could be read two ways is refused; its
-        // connection goes with the unread body instead of back to the pool.
-        if let Some(reason) = validate::framing(&parts.headers) {
-            connection.poison();
-            let (upstream, endpoint) = names();
-            return Err(ProxyError::UpstreamFailed {
-                upstream,
-                endpoint,
-                reason: format!("ambiguous response: {reason}"),
-            });
-        }
         headers::strip_hop_by_hop_response(&mut parts.headers);
         headers::append_via(&mut parts.headers, parts.version);
         let body = crate::body::IdleTimeout::new(body, upstream.timeouts().idle.get());

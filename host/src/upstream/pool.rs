@@ -63,7 +63,7 @@ impl Sent {
     /// a malformed response nothing later on it can be trusted. An HTTP/2
     /// stream is reset when its body is dropped, and the connection's
     /// other streams are unaffected.
-    pub fn poison(&self) {
+    fn poison(&self) {
         match &self.0 {
             Carrier::Body => {}
             Carrier::Pooled(capture) => {
@@ -223,7 +223,9 @@ impl Pool {
     }
 
     /// Sends `req` (whose URI names the endpoint) and waits for the response
-    /// head. Keep the second value with the response body.
+    /// head. Keep the second value with the response body. A response whose
+    /// length could be read two ways is refused, and its connection is not
+    /// used again.
     pub async fn send(
         &self,
         mut req: http::Request<BoxBody>,
@@ -239,16 +241,30 @@ impl Pool {
                     .request(req)
                     .await
                     .map_err(|e| classify_error(&e, e.is_connect()))?;
-                Ok((response.map(ResponseBody::hyper), Sent(Carrier::Pooled(capture))))
+                let sent = Sent(Carrier::Pooled(capture));
+                refuse_ambiguous(&response, &sent)?;
+                Ok((response.map(ResponseBody::hyper), sent))
             }
             Kind::Streams(streams) => {
                 let (response, stream) = streams.send(req).await?;
-                Ok((
-                    response.map(ResponseBody::hyper),
-                    Sent(Carrier::Stream { _held: stream }),
-                ))
+                let sent = Sent(Carrier::Stream { _held: stream });
+                refuse_ambiguous(&response, &sent)?;
+                Ok((response.map(ResponseBody::hyper), sent))
             }
         }
+    }
+}
+
+/// Refuses a response hyper read whose length could be read two ways, and
+/// keeps its connection out of the pool (our HTTP/1.1 client refuses these
+/// itself, in `h1::response_body`).
+fn refuse_ambiguous(response: &http::Response<Incoming>, sent: &Sent) -> Result<(), PoolError> {
+    match crate::proxy::framing(response.headers()) {
+        Some(reason) => {
+            sent.poison();
+            Err(PoolError::Protocol(format!("ambiguous response: {reason}")))
+        }
+        None => Ok(()),
     }
 }
 
