@@ -17,7 +17,9 @@ mod request_id;
 mod validate;
 mod websocket;
 
-/// Shared with the upstream pool, which refuses ambiguous responses.
+/// Shared with the upstream pool's HTTP/1.1 client, which refuses
+/// ambiguous responses and reads `Connection`.
+pub(crate) use headers::has_token;
 pub(crate) use validate::framing;
 
 use std::net::SocketAddr;

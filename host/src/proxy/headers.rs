@@ -43,12 +43,18 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Whether the client's `TE` includes `trailers`.
 pub(super) fn accepts_trailers(headers: &HeaderMap) -> bool {
+    has_token(headers, &header::TE, "trailers")
+}
+
+/// Whether the comma-separated list in the `name` headers holds `token`
+/// (case-insensitive, as such tokens are).
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
-        .get_all(header::TE)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Removes hop-by-hop headers from an upstream's response; a response also

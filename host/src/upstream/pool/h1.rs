@@ -31,6 +31,16 @@ pub(super) enum Framing {
     Chunked,
 }
 
+impl Framing {
+    /// The declared length; 0 for none and for chunked.
+    pub(super) fn length(self) -> u64 {
+        match self {
+            Self::Length(n) => n,
+            Self::None | Self::Chunked => 0,
+        }
+    }
+}
+
 /// Writes the request line and headers to `out`. The framing headers are
 /// ours: the client's `Content-Length` is replaced by what the body is, so
 /// the backend can never read the message another way than we send it.
@@ -40,13 +50,9 @@ pub(super) fn encode_head(method: &Method, target: &str, headers: &HeaderMap, fr
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            put_field(name, value, out);
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
     match framing {
         Framing::None => {}
@@ -75,11 +81,16 @@ pub(super) fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
 pub(super) fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(name, value, out);
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One `name: value` line of a head or trailer section.
+fn put_field(name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8>) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -195,14 +206,7 @@ pub(super) fn response_body(method: &Method, head: &Head) -> Result<Decoder, Mal
 
 /// Whether the connection may carry another request after this response.
 pub(super) fn keeps_alive(head: &Head) -> bool {
-    let has = |token: &str| {
-        head.headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let has = |token| crate::proxy::has_token(&head.headers, &header::CONNECTION, token);
     match head.version {
         Version::HTTP_11 => !has("close"),
         _ => has("keep-alive"),
@@ -279,15 +283,13 @@ impl Decoder {
                 Self::UntilClose if buf.is_empty() => return Ok(Decoded::More),
                 Self::UntilClose => return Ok(Decoded::Data(buf.split().freeze())),
                 Self::Length(left) => {
-                    if buf.is_empty() {
+                    let Some(data) = take_up_to(left, buf) else {
                         return Ok(Decoded::More);
-                    }
-                    let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    *left -= n as u64;
+                    };
                     if *left == 0 {
                         *self = Self::Done;
                     }
-                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 Self::Chunked(chunk) => match chunk {
                     Chunk::Size => {
@@ -305,15 +307,13 @@ impl Decoder {
                         *chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
                     }
                     Chunk::Data(left) => {
-                        if buf.is_empty() {
+                        let Some(data) = take_up_to(left, buf) else {
                             return Ok(Decoded::More);
-                        }
-                        let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                        *left -= n as u64;
+                        };
                         if *left == 0 {
                             *chunk = Chunk::End;
                         }
-                        return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                        return Ok(Decoded::Data(data));
                     }
                     Chunk::End => {
                         if buf.len() < 2 {
@@ -375,6 +375,17 @@ impl Decoder {
             _ => malformed("the backend closed the connection before the body's end"),
         }
     }
+}
+
+/// Up to `left` bytes off the front of `buf` (sharing its memory), counted
+/// off `left`; `None` when `buf` is empty.
+fn take_up_to(left: &mut u64, buf: &mut BytesMut) -> Option<Bytes> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+    *left -= n as u64;
+    Some(buf.split_to(n).freeze())
 }
 
 /// The size from a chunk-size line (`line` ends with LF): hex digits, then

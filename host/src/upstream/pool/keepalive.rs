@@ -398,16 +398,6 @@ async fn exchange_start(
     .await
 }
 
-impl Framing {
-    /// The declared length; 0 for none and for chunked.
-    fn length(self) -> u64 {
-        match self {
-            Self::Length(n) => n,
-            Self::None | Self::Chunked => 0,
-        }
-    }
-}
-
 /// Encodes one frame of the request body; true when it ended the body.
 fn put_frame(frame: Frame<Bytes>, framing: Framing, left: &mut u64, out: &mut Vec<u8>) -> Result<bool, Failure> {
     match frame.into_data() {
