@@ -104,31 +104,38 @@ impl Conn {
     /// Reads until a final response head (1xx heads are skipped), whose
     /// headers go into `spare`'s map.
     async fn read_head(&mut self, spare: &mut HeaderMap) -> Result<h1::Head, Failure> {
-        // Whether any of the response came: a connection closed (or reset)
-        // before that is one the backend gave up while it was idle.
         let mut answered = !self.buf.is_empty();
-        poll_fn(|cx| {
-            loop {
-                if let Some(head) = self.take_head(spare)? {
-                    return Poll::Ready(Ok(head));
-                }
-                match self.poll_fill(cx) {
-                    Poll::Ready(Ok(0)) if !answered => return Poll::Ready(Err(Failure::Closed)),
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(Failure::Malformed(Malformed(
-                            "the backend closed the connection inside the response head".into(),
-                        ))));
-                    }
-                    Poll::Ready(Ok(_)) => answered = true,
-                    Poll::Ready(Err(e)) if !answered && e.kind() == io::ErrorKind::ConnectionReset => {
-                        return Poll::Ready(Err(Failure::Closed));
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Io(e))),
-                    Poll::Pending => return Poll::Pending,
-                }
+        poll_fn(|cx| self.poll_head(cx, spare, &mut answered)).await
+    }
+
+    /// [`Conn::read_head`], one poll at a time. `answered` says whether any
+    /// of the response has come: a connection closed (or reset) before that
+    /// is one the backend gave up while it was idle.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        spare: &mut HeaderMap,
+        answered: &mut bool,
+    ) -> Poll<Result<h1::Head, Failure>> {
+        loop {
+            if let Some(head) = self.take_head(spare)? {
+                return Poll::Ready(Ok(head));
             }
-        })
-        .await
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) if !*answered => return Poll::Ready(Err(Failure::Closed)),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(Failure::Malformed(Malformed(
+                        "the backend closed the connection inside the response head".into(),
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => *answered = true,
+                Poll::Ready(Err(e)) if !*answered && e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Poll::Ready(Err(Failure::Closed));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Io(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     /// The final response head, if `buf` holds one; interim (1xx) heads
@@ -237,8 +244,10 @@ impl KeepAlive {
             conn.out.clear();
             h1::encode_head(&parts.method, target, &parts.headers, framing, &mut conn.out);
             let mut consumed = false;
-            let mut early = HeaderMap::new();
-            let sent = match exchange_start(&mut conn, &mut body, framing, &mut consumed, &mut early).await {
+            // An early answer's headers: the request's map must stay whole
+            // for a retry while the request is still going out.
+            let mut early_headers = HeaderMap::new();
+            let sent = match exchange_start(&mut conn, &mut body, framing, &mut consumed, &mut early_headers).await {
                 Ok(sent) => sent,
                 // A pooled connection the backend closed meanwhile: the
                 // request goes on another.
@@ -330,6 +339,7 @@ async fn exchange_start(
     let mut written = 0;
     let mut body_done = framing != Framing::Chunked && framing.length() == 0;
     let mut left = framing.length();
+    let mut answered = !conn.buf.is_empty();
     poll_fn(|cx| {
         loop {
             // Gather what the body has ready into one write.
@@ -356,9 +366,6 @@ async fn exchange_start(
                     }
                     Poll::Pending => break,
                 }
-                if framing != Framing::Chunked && left == 0 {
-                    body_done = true;
-                }
             }
             if written < conn.out.len() {
                 match Pin::new(&mut conn.io).poll_write(cx, &conn.out[written..]) {
@@ -383,22 +390,15 @@ async fn exchange_start(
                 };
             }
             // Waiting for the socket or the body: has the backend answered?
-            return match conn.poll_fill(cx) {
-                Poll::Ready(Ok(0)) => Poll::Ready(Err(Failure::Closed)),
-                Poll::Ready(Ok(_)) => match conn.take_head(spare)? {
-                    Some(head) => Poll::Ready(Ok(Sent::Early(head))),
-                    // Part of a head, or a 100 Continue: go on sending.
-                    None => continue,
-                },
-                Poll::Ready(Err(e)) => Poll::Ready(Err(Failure::Io(e))),
-                Poll::Pending => Poll::Pending,
-            };
+            // (A 100 Continue, or part of a head, leaves us sending.)
+            return conn.poll_head(cx, spare, &mut answered).map_ok(Sent::Early);
         }
     })
     .await
 }
 
-/// Encodes one frame of the request body; true when it ended the body.
+/// Encodes one frame of the request body; true when it ended the body
+/// (its length reached, or a chunked body's trailers).
 fn put_frame(frame: Frame<Bytes>, framing: Framing, left: &mut u64, out: &mut Vec<u8>) -> Result<bool, Failure> {
     match frame.into_data() {
         Ok(data) => match framing {
@@ -409,6 +409,7 @@ fn put_frame(frame: Frame<Bytes>, framing: Framing, left: &mut u64, out: &mut Ve
                 };
                 *left = rest;
                 out.extend_from_slice(&data);
+                return Ok(rest == 0);
             }
         },
         // Trailers end a chunked body; with a length they have no place.
