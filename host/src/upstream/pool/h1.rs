@@ -15,7 +15,7 @@ use smallvec::SmallVec;
 const MAX_HEADERS: usize = 100;
 
 /// The largest response head, and trailer section, accepted.
-pub(super) const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = 64 * 1024;
 
 /// The longest chunk-size line (size and extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -106,7 +106,7 @@ pub(super) struct Head {
 /// as it must.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub(crate) struct Malformed(pub(crate) String);
+pub(super) struct Malformed(pub(super) String);
 
 fn malformed<T>(reason: impl Into<String>) -> Result<T, Malformed> {
     Err(Malformed(reason.into()))
