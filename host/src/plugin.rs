@@ -14,6 +14,7 @@ mod failure;
 mod hooks;
 mod host;
 mod output;
+mod wasi;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -293,8 +294,10 @@ impl Plugin {
         let component = engine::compile(engine, fuel, &wasm)
             .map_err(|e| Invalid::new(key.clone(), format!("not a valid plugin component: {e}")))?;
         let mut linker: Linker<HostState> = Linker::new(engine);
-        let linked = wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .and_then(|()| bindings::AnyPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s));
+        let linked = wasi::add_to_linker(&mut linker)
+            .and_then(|()| bindings::AnyPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s))
+            // WASI a plugin cannot use here (files, sockets) traps if called.
+            .and_then(|()| wasi::stub_files_and_sockets(&mut linker, engine, &component));
         linked.map_err(|e| Invalid::new(key.clone(), format!("cannot link the plugin: {e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| {
             Invalid::new(
@@ -331,7 +334,7 @@ impl Plugin {
         };
         // The first instance proves the config is acceptable, tells what
         // bodies the plugin needs, and stays warm for the first request.
-        let (instance, needs) = plugin.instantiate().await.map_err(|f| match f {
+        let (instance, needs) = plugin.instantiate().map_err(|f| match f {
             Failure::Returned { message } => {
                 Invalid::new(format!("{key}.config"), format!("rejected by the plugin: {message}"))
             }
@@ -392,25 +395,21 @@ impl Plugin {
     }
 
     /// A new instance, initialised with the plugin's config.
-    async fn instantiate(&self) -> Result<(Instance, Needs), Failure> {
+    fn instantiate(&self) -> Result<(Instance, Needs), Failure> {
         let mut store = Store::new(
             self.engine,
             HostState::new(Arc::clone(&self.name), self.limits.memory.as_usize()),
         );
         store.limiter(|s| &mut s.limiter);
         self.arm(&mut store)?;
-        let instance = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| self.classify(e, &store))?;
+        let instance = self.pre.instantiate(&mut store).map_err(|e| self.classify(e, &store))?;
         let started = |e: wasmtime::Error| Failure::Instantiate {
             message: format!("{e:#}"),
         };
         let lifecycle = self.indices.lifecycle.load(&mut store, &instance).map_err(started)?;
         let hooks = self.indices.load(&mut store, &instance).map_err(started)?;
         self.arm(&mut store)?;
-        let needs = match lifecycle.call_init(&mut store, &self.config_json).await {
+        let needs = match lifecycle.call_init(&mut store, &self.config_json) {
             Ok(Ok(flags)) => {
                 use exports::lifecycle::Needs as N;
                 Needs {
@@ -452,7 +451,7 @@ impl Plugin {
     }
 
     /// An instance for one call: a warm one from the pool, else a new one.
-    async fn checkout(&self, call: CallInfo) -> Result<Instance, Failure> {
+    fn checkout(&self, call: CallInfo) -> Result<Instance, Failure> {
         let since = std::time::Instant::now();
         let warm = match self.isolation {
             Isolation::Pooled => self.idle.lock().ok().and_then(|mut idle| idle.pop()),
@@ -460,7 +459,7 @@ impl Plugin {
         };
         let mut instance = match warm {
             Some(i) => i,
-            None => match self.instantiate().await {
+            None => match self.instantiate() {
                 Ok((i, _)) => i,
                 Err(failure) => {
                     self.stats.record(since.elapsed(), Some(&failure));
@@ -530,7 +529,9 @@ impl Plugin {
                 Failure::Trap { message }
             }
             None => Failure::Trap {
-                message: format!("{err:#}"),
+                // One line for the log: the cause, without the wasm
+                // backtrace wasmtime wraps it in.
+                message: err.root_cause().to_string(),
             },
         }
     }

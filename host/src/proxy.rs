@@ -467,7 +467,7 @@ impl Proxy {
         // normalised again before it goes anywhere.
         let original = parts.uri.path_and_query().cloned();
         if let Some(plugin) = &route.rewrite
-            && let Some(path) = guarded(plugin, ex, plugin.rewrite(parts, ex.call()).await)?.flatten()
+            && let Some(path) = guarded(plugin, ex, plugin.rewrite(parts, ex.call()))?.flatten()
         {
             set_path(&mut parts.uri, path)?;
         }
@@ -478,7 +478,7 @@ impl Proxy {
                 body = self.read_whole(body).await?;
             }
             let outcome = loop {
-                let outcome = guarded(plugin, ex, plugin.on_request(parts, body.whole(), ex.call()).await)?;
+                let outcome = guarded(plugin, ex, plugin.on_request(parts, body.whole(), ex.call()))?;
                 match outcome {
                     Some(RequestOutcome::BufferBody) if body.whole().is_none() => body = self.read_whole(body).await?,
                     other => break other,
@@ -543,9 +543,7 @@ impl Proxy {
                 let outcome = guarded(
                     plugin,
                     ex,
-                    plugin
-                        .on_response(request, &mut parts, body.whole(), stash, ex.call())
-                        .await,
+                    plugin.on_response(request, &mut parts, body.whole(), stash, ex.call()),
                 )?;
                 match outcome {
                     Some(ResponseOutcome::BufferBody) if body.whole().is_none() => {
@@ -866,7 +864,7 @@ impl Proxy {
                     attempt: u32::try_from(tried.len()).unwrap_or(u32::MAX),
                     tried: tried.iter().filter_map(|&i| u32::try_from(i).ok()).collect(),
                 };
-                match guarded(plugin, ex, plugin.pick(parts, &input, ex.call()).await)? {
+                match guarded(plugin, ex, plugin.pick(parts, &input, ex.call()))? {
                     Some(choice) => choice,
                     None => set.pick(&pick),
                 }
@@ -1027,7 +1025,7 @@ impl Proxy {
                 attempts: ex.attempts,
                 request_id: Arc::clone(&ex.request_id),
             };
-            match plugin.on_error(parts, &info, ex.call()).await {
+            match plugin.on_error(parts, &info, ex.call()) {
                 Ok(mut resp) => {
                     // What the protocol needs stays, whatever the plugin made.
                     let h = resp.headers_mut();

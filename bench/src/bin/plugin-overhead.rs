@@ -53,11 +53,11 @@ request = ["pooled", "fresh"]
             let (mut parts, ()) = request_with_headers().into_parts();
             // Warm up: the first calls fault in pages and fill the pool.
             for _ in 0..200 {
-                plugin.on_request(&mut parts, None, CallInfo::default()).await?;
+                plugin.on_request(&mut parts, None, CallInfo::default())?;
             }
             let start = Instant::now();
             for _ in 0..calls {
-                plugin.on_request(&mut parts, None, CallInfo::default()).await?;
+                plugin.on_request(&mut parts, None, CallInfo::default())?;
             }
             let per_call = start.elapsed().as_secs_f64() * 1e6 / f64::from(calls);
             match results.iter_mut().find(|(n, _)| n == name) {

@@ -11,9 +11,9 @@
 wasmtime::component::bindgen!({
     world: "any-plugin",
     path: "../wit",
-    // Host functions are synchronous (measured: async adds ~10% per call)
-    // and trappable, so a bad resource handle ends the call, not the proxy.
+    // Hooks and host functions are synchronous (see `wasi.rs` for why) and
+    // host functions trappable, so a bad resource handle ends the call, not
+    // the proxy.
     imports: { default: trappable },
-    exports: { default: async },
     with: { "plumeway:plugin/types.fields": super::host::FieldsEntry },
 });

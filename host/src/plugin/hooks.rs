@@ -175,12 +175,12 @@ impl Plugin {
     }
 
     /// The `rewrite` hook: a new path and query, or `None` to keep it.
-    pub async fn rewrite(&self, parts: &mut request::Parts, call: CallInfo) -> Result<Option<PathAndQuery>, Failure> {
-        let mut instance = self.checkout(call).await?;
+    pub fn rewrite(&self, parts: &mut request::Parts, call: CallInfo) -> Result<Option<PathAndQuery>, Failure> {
+        let mut instance = self.checkout(call)?;
         fill(&mut instance.head, parts);
         let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
         let result = match &instance.hooks.rewrite {
-            Some(g) => g.call_rewrite(&mut instance.store, &instance.head, lent.borrow()).await,
+            Some(g) => g.call_rewrite(&mut instance.store, &instance.head, lent.borrow()),
             None => Err(not_exported("rewrite")),
         };
         lent.give_back(&mut instance, &mut parts.headers);
@@ -189,20 +189,17 @@ impl Plugin {
 
     /// The `request-filter` hook. Header edits are applied to `parts` as the
     /// plugin makes them; a new path is applied to `parts.uri`.
-    pub async fn on_request(
+    pub fn on_request(
         &self,
         parts: &mut request::Parts,
         body: Option<&Bytes>,
         call: CallInfo,
     ) -> Result<RequestOutcome, Failure> {
-        let mut instance = self.checkout(call).await?;
+        let mut instance = self.checkout(call)?;
         fill(&mut instance.head, parts);
         let lent = Lent::new(&mut instance, &mut parts.headers, true)?;
         let result = match &instance.hooks.request {
-            Some(g) => {
-                g.call_on_request(&mut instance.store, &instance.head, lent.borrow(), body.map(|b| &b[..]))
-                    .await
-            }
+            Some(g) => g.call_on_request(&mut instance.store, &instance.head, lent.borrow(), body.map(|b| &b[..])),
             None => Err(not_exported("request-filter")),
         };
         lent.give_back(&mut instance, &mut parts.headers);
@@ -228,7 +225,7 @@ impl Plugin {
 
     /// The `response-filter` hook. Header edits are applied to `parts` as
     /// the plugin makes them.
-    pub async fn on_response(
+    pub fn on_response(
         &self,
         request: &request::Parts,
         parts: &mut response::Parts,
@@ -236,7 +233,7 @@ impl Plugin {
         stash: Option<&[u8]>,
         call: CallInfo,
     ) -> Result<ResponseOutcome, Failure> {
-        let mut instance = self.checkout(call).await?;
+        let mut instance = self.checkout(call)?;
         fill(&mut instance.head, request);
         let status = parts.status.as_u16();
         let lent = Lent::new(&mut instance, &mut parts.headers, true)?;
@@ -244,7 +241,6 @@ impl Plugin {
             Some(g) => {
                 let body = body.map(|b| &b[..]);
                 g.call_on_response(&mut instance.store, &instance.head, status, lent.borrow(), body, stash)
-                    .await
             }
             None => Err(not_exported("response-filter")),
         };
@@ -266,7 +262,7 @@ impl Plugin {
     }
 
     /// The `error-handler` hook: the response for a failed request.
-    pub async fn on_error(
+    pub fn on_error(
         &self,
         parts: &mut request::Parts,
         err: &ErrorInfo,
@@ -296,14 +292,11 @@ impl Plugin {
             attempts: err.attempts,
             request_id: err.request_id.to_string(),
         };
-        let mut instance = self.checkout(call).await?;
+        let mut instance = self.checkout(call)?;
         fill(&mut instance.head, parts);
         let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
         let result = match &instance.hooks.error {
-            Some(g) => {
-                g.call_on_error(&mut instance.store, &instance.head, lent.borrow(), &record)
-                    .await
-            }
+            Some(g) => g.call_on_error(&mut instance.store, &instance.head, lent.borrow(), &record),
             None => Err(not_exported("error-handler")),
         };
         lent.give_back(&mut instance, &mut parts.headers);
@@ -312,7 +305,7 @@ impl Plugin {
 
     /// The `balancer` hook: the index of the endpoint to use. An index out
     /// of range, or of an endpoint that may not take traffic, is invalid.
-    pub async fn pick(
+    pub fn pick(
         &self,
         parts: &mut request::Parts,
         input: &PickInput,
@@ -333,14 +326,11 @@ impl Plugin {
             tried: input.tried.clone(),
         };
         call.endpoint_urls = input.endpoints.iter().map(|e| Arc::clone(&e.url)).collect();
-        let mut instance = self.checkout(call).await?;
+        let mut instance = self.checkout(call)?;
         fill(&mut instance.head, parts);
         let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
         let result = match &instance.hooks.balancer {
-            Some(g) => {
-                g.call_pick(&mut instance.store, &instance.head, lent.borrow(), &states, &ctx)
-                    .await
-            }
+            Some(g) => g.call_pick(&mut instance.store, &instance.head, lent.borrow(), &states, &ctx),
             None => Err(not_exported("balancer")),
         };
         lent.give_back(&mut instance, &mut parts.headers);

@@ -92,14 +92,16 @@ impl HostState {
         }
     }
 
-    /// The last line the guest wrote to stderr, for failure logs.
+    /// The last line the guest wrote to stderr, for failure logs: for a
+    /// Rust panic, its message, not the hint about backtraces after it.
     pub(crate) fn stderr_tail(&self) -> Option<String> {
         let bytes = self.stderr.contents();
         let text = String::from_utf8_lossy(&bytes);
         text.lines()
             .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| l.trim().to_owned())
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE=1`"))
+            .map(ToOwned::to_owned)
     }
 }
 

@@ -50,6 +50,8 @@ mod chaos {
             "trap",
             "loop",
             "memory",
+            "sleep",
+            "file",
             "bad-header",
             "bad-header-value",
             "bad-path",
@@ -72,7 +74,42 @@ mod chaos {
             let next = get(&proxy, "/", None).await;
             assert_eq!(next.status, 200, "after {mode}: {}", next.text());
         }
-        assert_eq!(backend.hits(), 9, "no failed request reached the upstream");
+        assert_eq!(backend.hits(), 11, "no failed request reached the upstream");
+    }
+
+    #[tokio::test]
+    async fn the_log_says_what_the_plugin_did() {
+        let backend = Backend::echo("b").await;
+        // One worker: the plugin runs on the thread that serves everything.
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n{}",
+            toml(CHAOS, "", &backend, "request = [\"p\"]")
+        );
+        let proxy = BinaryProxy::start(&config).await;
+        let client = proxy.client();
+        for (mode, logged) in [
+            // The panic message the guest wrote to stderr.
+            ("trap", "chaos: asked to trap"),
+            ("sleep", "a plugin may not wait"),
+            ("file", "a plugin has no files or network"),
+        ] {
+            let reply = client
+                .send(
+                    client
+                        .request("GET", "/")
+                        .header("x-chaos", mode)
+                        .body(empty())
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(reply.status, 500, "{mode}: {}", reply.text());
+            let line = proxy.wait_for_log(logged).await;
+            assert!(
+                line.contains("plugin failed") && line.contains("failure=\"trap\""),
+                "{mode}: {line}"
+            );
+            assert_eq!(client.get("/").await.status, 200, "after {mode}");
+        }
     }
 
     #[tokio::test]

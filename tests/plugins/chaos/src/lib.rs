@@ -38,6 +38,18 @@ impl RequestFilter for Chaos {
                     std::hint::black_box(&hoard);
                 }
             }
+            // A hook cannot wait: plugins run to completion on the proxy's
+            // own thread.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                Ok(Action::Continue)
+            }
+            // There are no files or network to reach.
+            "file" => {
+                let passwd = std::fs::read("/etc/passwd").map_err(|e| Error::new(format!("chaos: {e}")))?;
+                req.headers_mut().set("x-passwd-bytes", passwd.len().to_string())?;
+                Ok(Action::Continue)
+            }
             "bad-header" => Ok(Action::Respond(LocalResponse::new(200).header("bad header", "x"))),
             "bad-header-value" => Ok(Action::Respond(LocalResponse::new(200).header("x-ok", "line\r\nbreak"))),
             "bad-path" => {
