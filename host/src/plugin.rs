@@ -451,7 +451,7 @@ impl Plugin {
     }
 
     /// An instance for one call: a warm one from the pool, else a new one.
-    fn checkout(&self, call: CallInfo) -> Result<Instance, Failure> {
+    fn checkout(&self) -> Result<Instance, Failure> {
         let since = std::time::Instant::now();
         let warm = match self.isolation {
             Isolation::Pooled => self.idle.lock().ok().and_then(|mut idle| idle.pop()),
@@ -468,7 +468,6 @@ impl Plugin {
             },
         };
         instance.since = since;
-        instance.store.data_mut().call = call;
         if let Err(failure) = self.arm(&mut instance.store) {
             self.stats.record(since.elapsed(), Some(&failure));
             return Err(failure);
@@ -485,11 +484,10 @@ impl Plugin {
     }
 
     /// Returns a healthy instance to the pool.
-    fn checkin(&self, mut instance: Instance) {
+    fn checkin(&self, instance: Instance) {
         if self.isolation == Isolation::PerRequest {
             return;
         }
-        instance.store.data_mut().call = CallInfo::default();
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
         {

@@ -120,15 +120,12 @@ impl Client {
 #[derive(Debug)]
 struct Exchange {
     client: Client,
-    /// The client's IP as text, made once for all plugin calls (and only
-    /// when the route has plugins).
-    client_ip: Option<Arc<str>>,
-    request_id: Arc<str>,
+    /// The request id, route, upstream and endpoint, as plugins see them
+    /// (lent to each call, not copied). The client's IP as text is there
+    /// only when the route has plugins.
+    facts: CallInfo,
     /// The same id as a header value, for the upstream and the response.
     request_id_header: HeaderValue,
-    route: Option<Arc<str>>,
-    upstream: Option<Arc<str>>,
-    endpoint: Option<Arc<str>>,
     attempts: u32,
     /// Time spent waiting for upstream response heads, over all attempts.
     upstream_time: std::time::Duration,
@@ -356,12 +353,11 @@ impl Proxy {
         let peer = client.peer.ip();
         let mut ex = Exchange {
             client,
-            client_ip: None,
-            request_id,
+            facts: CallInfo {
+                request_id,
+                ..CallInfo::default()
+            },
             request_id_header,
-            route: None,
-            upstream: None,
-            endpoint: None,
             attempts: 0,
             upstream_time: std::time::Duration::ZERO,
             route_duration: None,
@@ -384,12 +380,12 @@ impl Proxy {
                 path,
                 version,
                 status: resp.status().as_u16(),
-                route: ex.route,
-                upstream: ex.upstream,
-                endpoint: ex.endpoint,
+                route: ex.facts.route,
+                upstream: ex.facts.upstream,
+                endpoint: ex.facts.endpoint,
                 attempts: ex.attempts,
                 upstream_time: ex.upstream_time,
-                request_id: ex.request_id,
+                request_id: ex.facts.request_id,
                 user_agent,
                 referer,
             },
@@ -410,7 +406,7 @@ impl Proxy {
         let Some(route) = self.router.route(&req) else {
             return self.failed(None, None, ProxyError::NoRoute, ex).await;
         };
-        ex.route = Some(Arc::clone(&route.name));
+        ex.facts.route = Some(Arc::clone(&route.name));
         ex.route_duration = Some(route.duration.clone());
         if let Some(limiter) = &route.limiter
             && let Err(retry_after) = limiter.check(ex.client.peer.ip(), req.headers())
@@ -423,7 +419,7 @@ impl Proxy {
             return self.failed(Some(route), Some(&mut parts), err, ex).await;
         }
         if route.has_plugins() {
-            ex.client_ip = Some(Arc::clone(&ex.client.ip));
+            ex.facts.client_ip = Some(Arc::clone(&ex.client.ip));
         }
         let (mut parts, body) = req.into_parts();
         match self.run(route, &mut parts, body, ex).await {
@@ -467,7 +463,10 @@ impl Proxy {
         // normalised again before it goes anywhere.
         let original = parts.uri.path_and_query().cloned();
         if let Some(plugin) = &route.rewrite
-            && let Some(path) = guarded(plugin, ex, plugin.rewrite(parts, ex.call()))?.flatten()
+            && let Some(path) = {
+                let rewritten = plugin.rewrite(parts, &mut ex.facts);
+                guarded(plugin, ex, rewritten)?.flatten()
+            }
         {
             set_path(&mut parts.uri, path)?;
         }
@@ -478,7 +477,8 @@ impl Proxy {
                 body = self.read_whole(body).await?;
             }
             let outcome = loop {
-                let outcome = guarded(plugin, ex, plugin.on_request(parts, body.whole(), ex.call()))?;
+                let outcome = plugin.on_request(parts, body.whole(), &mut ex.facts);
+                let outcome = guarded(plugin, ex, outcome)?;
                 match outcome {
                     Some(RequestOutcome::BufferBody) if body.whole().is_none() => body = self.read_whole(body).await?,
                     other => break other,
@@ -540,11 +540,8 @@ impl Proxy {
             // A plugin may ask for the whole body once; asking again is
             // invalid output (see `Plugin::on_response`).
             let outcome = loop {
-                let outcome = guarded(
-                    plugin,
-                    ex,
-                    plugin.on_response(request, &mut parts, body.whole(), stash, ex.call()),
-                )?;
+                let outcome = plugin.on_response(request, &mut parts, body.whole(), stash, &mut ex.facts);
+                let outcome = guarded(plugin, ex, outcome)?;
                 match outcome {
                     Some(ResponseOutcome::BufferBody) if body.whole().is_none() => {
                         body = body.read_whole(plugin).await?;
@@ -586,7 +583,7 @@ impl Proxy {
         ex: &mut Exchange,
     ) -> Result<Response<BoxBody>, ProxyError> {
         let upstream = &route.upstream;
-        ex.upstream = Some(Arc::clone(upstream.name()));
+        ex.facts.upstream = Some(Arc::clone(upstream.name()));
         upstream.budget().deposit();
         // A gRPC client's own deadline (`grpc-timeout`) shortens ours.
         let total = match parts.headers.get("grpc-timeout").and_then(grpc::timeout) {
@@ -630,7 +627,7 @@ impl Proxy {
             };
             tried.push(i);
             let endpoint = &set.endpoints()[i];
-            ex.endpoint = Some(Arc::clone(endpoint.label()));
+            ex.facts.endpoint = Some(Arc::clone(endpoint.label()));
             ex.attempts += 1;
             if ex.attempts > 1 {
                 upstream.record_retry();
@@ -687,8 +684,8 @@ impl Proxy {
             match retry_reason {
                 Some(reason) if !last && upstream.budget().try_retry() => {
                     tracing::info!(
-                        route = ex.route.as_deref().unwrap_or("-"),
-                        request_id = &*ex.request_id,
+                        route = ex.facts.route.as_deref().unwrap_or("-"),
+                        request_id = &*ex.facts.request_id,
                         endpoint = &*endpoint_name,
                         attempt = tried.len(),
                         reason,
@@ -715,7 +712,7 @@ impl Proxy {
         ex: &mut Exchange,
     ) -> Result<Response<BoxBody>, ProxyError> {
         let upstream = &route.upstream;
-        ex.upstream = Some(Arc::clone(upstream.name()));
+        ex.facts.upstream = Some(Arc::clone(upstream.name()));
         let on_client =
             parts
                 .extensions
@@ -727,7 +724,7 @@ impl Proxy {
         let hash = upstream.hash_key(&parts.headers, ex.client.peer.ip());
         let i = self.pick(route, &set, parts, &[], hash.as_deref(), ex).await?;
         let endpoint = &set.endpoints()[i];
-        ex.endpoint = Some(Arc::clone(endpoint.label()));
+        ex.facts.endpoint = Some(Arc::clone(endpoint.label()));
         ex.attempts += 1;
         let failed = |reason: String| ProxyError::UpstreamFailed {
             upstream: Arc::clone(upstream.name()),
@@ -841,7 +838,7 @@ impl Proxy {
         parts: &mut request::Parts,
         tried: &[usize],
         key: Option<&[u8]>,
-        ex: &Exchange,
+        ex: &mut Exchange,
     ) -> Result<usize, ProxyError> {
         let upstream = &route.upstream;
         let pick = Pick { tried, key };
@@ -864,7 +861,8 @@ impl Proxy {
                     attempt: u32::try_from(tried.len()).unwrap_or(u32::MAX),
                     tried: tried.iter().filter_map(|&i| u32::try_from(i).ok()).collect(),
                 };
-                match guarded(plugin, ex, plugin.pick(parts, &input, ex.call()))? {
+                let picked = plugin.pick(parts, &input, &mut ex.facts);
+                match guarded(plugin, ex, picked)? {
                     Some(choice) => choice,
                     None => set.pick(&pick),
                 }
@@ -1008,8 +1006,8 @@ impl Proxy {
         ex: &mut Exchange,
     ) -> Response<BoxBody> {
         tracing::warn!(
-            route = ex.route.as_deref().unwrap_or("-"),
-            request_id = &*ex.request_id,
+            route = ex.facts.route.as_deref().unwrap_or("-"),
+            request_id = &*ex.facts.request_id,
             error = %err,
             kind = err.kind().as_str(),
             "request failed"
@@ -1023,9 +1021,9 @@ impl Proxy {
                 upstream: upstream.cloned(),
                 endpoint: endpoint.cloned(),
                 attempts: ex.attempts,
-                request_id: Arc::clone(&ex.request_id),
+                request_id: Arc::clone(&ex.facts.request_id),
             };
-            match plugin.on_error(parts, &info, ex.call()) {
+            match plugin.on_error(parts, &info, &mut ex.facts) {
                 Ok(mut resp) => {
                     // What the protocol needs stays, whatever the plugin made.
                     let h = resp.headers_mut();
@@ -1073,20 +1071,6 @@ impl Route {
             || !self.response.is_empty()
             || self.on_error.is_some()
             || self.upstream.balancer_plugin().is_some()
-    }
-}
-
-impl Exchange {
-    /// What a plugin may learn about this request.
-    fn call(&self) -> CallInfo {
-        CallInfo {
-            route: self.route.clone(),
-            client_ip: self.client_ip.clone(),
-            request_id: Some(Arc::clone(&self.request_id)),
-            upstream: self.upstream.clone(),
-            endpoint: self.endpoint.clone(),
-            ..CallInfo::default()
-        }
     }
 }
 
@@ -1166,8 +1150,8 @@ fn guarded<T>(plugin: &Plugin, ex: &Exchange, result: Result<T, Failure>) -> Res
         Err(failure) => {
             tracing::warn!(
                 plugin = &**plugin.name(),
-                route = ex.route.as_deref().unwrap_or("-"),
-                request_id = &*ex.request_id,
+                route = ex.facts.route.as_deref().unwrap_or("-"),
+                request_id = &*ex.facts.request_id,
                 failure = failure.kind(),
                 error = %failure,
                 skipped = plugin.on_failure() == OnFailure::Skip,
@@ -1187,8 +1171,8 @@ fn guarded<T>(plugin: &Plugin, ex: &Exchange, result: Result<T, Failure>) -> Res
 fn log_failure(plugin: &Plugin, failure: &Failure, ex: &Exchange) {
     tracing::warn!(
         plugin = &**plugin.name(),
-        route = ex.route.as_deref().unwrap_or("-"),
-        request_id = &*ex.request_id,
+        route = ex.facts.route.as_deref().unwrap_or("-"),
+        request_id = &*ex.facts.request_id,
         failure = failure.kind(),
         error = %failure,
         "error plugin failed; sending the built-in error response"

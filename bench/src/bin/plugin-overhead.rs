@@ -51,13 +51,14 @@ request = ["pooled", "fresh"]
                 continue;
             }
             let (mut parts, ()) = request_with_headers().into_parts();
+            let mut call = CallInfo::default();
             // Warm up: the first calls fault in pages and fill the pool.
             for _ in 0..200 {
-                plugin.on_request(&mut parts, None, CallInfo::default())?;
+                plugin.on_request(&mut parts, None, &mut call)?;
             }
             let start = Instant::now();
             for _ in 0..calls {
-                plugin.on_request(&mut parts, None, CallInfo::default())?;
+                plugin.on_request(&mut parts, None, &mut call)?;
             }
             let per_call = start.elapsed().as_secs_f64() * 1e6 / f64::from(calls);
             match results.iter_mut().find(|(n, _)| n == name) {

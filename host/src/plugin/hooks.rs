@@ -122,23 +122,28 @@ pub(super) fn empty_head() -> types::RequestHead {
     }
 }
 
-/// Moves `headers` into the instance's `fields` entry for one call and back
-/// after, whatever the call's outcome, so a trap never loses the request's
-/// headers.
+/// Moves `headers` into the instance's `fields` entry, and the request's
+/// facts into its store, for one call, and back after, whatever the call's
+/// outcome: a trap never loses the request's headers, and nothing is copied.
 struct Lent {
     rep: u32,
 }
 
 impl Lent {
-    fn new(instance: &mut Instance, headers: &mut HeaderMap, writable: bool) -> Result<Self, Failure> {
-        let entry = instance
-            .store
-            .data_mut()
+    fn new(
+        instance: &mut Instance,
+        headers: &mut HeaderMap,
+        call: &mut CallInfo,
+        writable: bool,
+    ) -> Result<Self, Failure> {
+        let state = instance.store.data_mut();
+        let entry = state
             .table
             .get_mut(&instance.fields)
             .map_err(|e| Failure::Instantiate { message: e.to_string() })?;
         entry.headers = std::mem::take(headers);
         entry.writable = writable;
+        std::mem::swap(&mut state.call, call);
         Ok(Self {
             rep: instance.fields.rep(),
         })
@@ -148,8 +153,10 @@ impl Lent {
         Resource::new_borrow(self.rep)
     }
 
-    fn give_back(self, instance: &mut Instance, headers: &mut HeaderMap) {
-        if let Ok(entry) = instance.store.data_mut().table.get_mut(&instance.fields) {
+    fn give_back(self, instance: &mut Instance, headers: &mut HeaderMap, call: &mut CallInfo) {
+        let state = instance.store.data_mut();
+        std::mem::swap(&mut state.call, call);
+        if let Ok(entry) = state.table.get_mut(&instance.fields) {
             *headers = std::mem::take(&mut entry.headers);
             entry.writable = false;
         }
@@ -175,15 +182,15 @@ impl Plugin {
     }
 
     /// The `rewrite` hook: a new path and query, or `None` to keep it.
-    pub fn rewrite(&self, parts: &mut request::Parts, call: CallInfo) -> Result<Option<PathAndQuery>, Failure> {
-        let mut instance = self.checkout(call)?;
+    pub fn rewrite(&self, parts: &mut request::Parts, call: &mut CallInfo) -> Result<Option<PathAndQuery>, Failure> {
+        let mut instance = self.checkout()?;
         fill(&mut instance.head, parts);
-        let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
+        let lent = Lent::new(&mut instance, &mut parts.headers, call, false)?;
         let result = match &instance.hooks.rewrite {
             Some(g) => g.call_rewrite(&mut instance.store, &instance.head, lent.borrow()),
             None => Err(not_exported("rewrite")),
         };
-        lent.give_back(&mut instance, &mut parts.headers);
+        lent.give_back(&mut instance, &mut parts.headers, call);
         self.settle(instance, result, |path| path.as_deref().map(valid_path).transpose())
     }
 
@@ -193,16 +200,16 @@ impl Plugin {
         &self,
         parts: &mut request::Parts,
         body: Option<&Bytes>,
-        call: CallInfo,
+        call: &mut CallInfo,
     ) -> Result<RequestOutcome, Failure> {
-        let mut instance = self.checkout(call)?;
+        let mut instance = self.checkout()?;
         fill(&mut instance.head, parts);
-        let lent = Lent::new(&mut instance, &mut parts.headers, true)?;
+        let lent = Lent::new(&mut instance, &mut parts.headers, call, true)?;
         let result = match &instance.hooks.request {
             Some(g) => g.call_on_request(&mut instance.store, &instance.head, lent.borrow(), body.map(|b| &b[..])),
             None => Err(not_exported("request-filter")),
         };
-        lent.give_back(&mut instance, &mut parts.headers);
+        lent.give_back(&mut instance, &mut parts.headers, call);
         self.settle(instance, result, |action| match action {
             request_filter::RequestAction::Continue(edits) => {
                 if let Some(path) = edits.path_with_query.as_deref() {
@@ -231,12 +238,12 @@ impl Plugin {
         parts: &mut response::Parts,
         body: Option<&Bytes>,
         stash: Option<&[u8]>,
-        call: CallInfo,
+        call: &mut CallInfo,
     ) -> Result<ResponseOutcome, Failure> {
-        let mut instance = self.checkout(call)?;
+        let mut instance = self.checkout()?;
         fill(&mut instance.head, request);
         let status = parts.status.as_u16();
-        let lent = Lent::new(&mut instance, &mut parts.headers, true)?;
+        let lent = Lent::new(&mut instance, &mut parts.headers, call, true)?;
         let result = match &instance.hooks.response {
             Some(g) => {
                 let body = body.map(|b| &b[..]);
@@ -244,7 +251,7 @@ impl Plugin {
             }
             None => Err(not_exported("response-filter")),
         };
-        lent.give_back(&mut instance, &mut parts.headers);
+        lent.give_back(&mut instance, &mut parts.headers, call);
         self.settle(instance, result, |action| match action {
             response_filter::ResponseAction::Continue(edits) => {
                 let status = edits.status.map(valid_status).transpose()?;
@@ -266,7 +273,7 @@ impl Plugin {
         &self,
         parts: &mut request::Parts,
         err: &ErrorInfo,
-        call: CallInfo,
+        call: &mut CallInfo,
     ) -> Result<http::Response<BoxBody>, Failure> {
         use error_handler::ErrorKind as K;
         let kind = match (err.kind, &err.plugin) {
@@ -292,14 +299,14 @@ impl Plugin {
             attempts: err.attempts,
             request_id: err.request_id.to_string(),
         };
-        let mut instance = self.checkout(call)?;
+        let mut instance = self.checkout()?;
         fill(&mut instance.head, parts);
-        let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
+        let lent = Lent::new(&mut instance, &mut parts.headers, call, false)?;
         let result = match &instance.hooks.error {
             Some(g) => g.call_on_error(&mut instance.store, &instance.head, lent.borrow(), &record),
             None => Err(not_exported("error-handler")),
         };
-        lent.give_back(&mut instance, &mut parts.headers);
+        lent.give_back(&mut instance, &mut parts.headers, call);
         self.settle(instance, result, valid_response)
     }
 
@@ -309,7 +316,7 @@ impl Plugin {
         &self,
         parts: &mut request::Parts,
         input: &PickInput,
-        mut call: CallInfo,
+        call: &mut CallInfo,
     ) -> Result<Option<usize>, Failure> {
         let states: Vec<balancer::EndpointState> = input
             .endpoints
@@ -325,15 +332,16 @@ impl Plugin {
             attempt: input.attempt,
             tried: input.tried.clone(),
         };
-        call.endpoint_urls = input.endpoints.iter().map(|e| Arc::clone(&e.url)).collect();
-        let mut instance = self.checkout(call)?;
+        let mut instance = self.checkout()?;
+        instance.store.data_mut().endpoint_urls = input.endpoints.iter().map(|e| Arc::clone(&e.url)).collect();
         fill(&mut instance.head, parts);
-        let lent = Lent::new(&mut instance, &mut parts.headers, false)?;
+        let lent = Lent::new(&mut instance, &mut parts.headers, call, false)?;
         let result = match &instance.hooks.balancer {
             Some(g) => g.call_pick(&mut instance.store, &instance.head, lent.borrow(), &states, &ctx),
             None => Err(not_exported("balancer")),
         };
-        lent.give_back(&mut instance, &mut parts.headers);
+        lent.give_back(&mut instance, &mut parts.headers, call);
+        instance.store.data_mut().endpoint_urls.clear();
         self.settle(instance, result, |picked| match picked {
             None => Ok(None),
             Some(i) => match input.endpoints.get(i as usize) {

@@ -28,13 +28,11 @@ pub struct CallInfo {
     /// The client's IP address.
     pub client_ip: Option<Arc<str>>,
     /// The request's id.
-    pub request_id: Option<Arc<str>>,
+    pub request_id: Arc<str>,
     /// The upstream, once chosen.
     pub upstream: Option<Arc<str>>,
     /// The endpoint, once chosen.
     pub endpoint: Option<Arc<str>>,
-    /// For balancers: the URL of each endpoint in the list given to `pick`.
-    pub(crate) endpoint_urls: Vec<Arc<str>>,
 }
 
 /// The data of one plugin instance's store.
@@ -43,7 +41,10 @@ pub(crate) struct HostState {
     wasi: WasiCtx,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) plugin: Arc<str>,
+    /// The facts of the request being served, lent for each call.
     pub(crate) call: CallInfo,
+    /// For balancers: the URL of each endpoint in the list given to `pick`.
+    pub(crate) endpoint_urls: Vec<Arc<str>>,
     /// What the guest wrote to stderr (a Rust panic message lands here).
     pub(crate) stderr: MemoryOutputPipe,
 }
@@ -88,6 +89,7 @@ impl HostState {
             limiter: MemoryLimiter { limit: memory_limit },
             plugin,
             call: CallInfo::default(),
+            endpoint_urls: Vec::new(),
             stderr,
         }
     }
@@ -302,7 +304,7 @@ impl context::Host for HostState {
             "plugin" => Some(&self.plugin),
             "route" => c.route.as_ref(),
             "client-ip" => c.client_ip.as_ref(),
-            "request-id" => c.request_id.as_ref(),
+            "request-id" => Some(&c.request_id),
             "upstream" => c.upstream.as_ref(),
             "endpoint" => c.endpoint.as_ref(),
             _ => None,
@@ -311,6 +313,6 @@ impl context::Host for HostState {
     }
 
     fn endpoint_url(&mut self, index: u32) -> wasmtime::Result<Option<String>> {
-        Ok(self.call.endpoint_urls.get(index as usize).map(|u| u.to_string()))
+        Ok(self.endpoint_urls.get(index as usize).map(|u| u.to_string()))
     }
 }
