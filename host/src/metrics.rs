@@ -156,6 +156,8 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     /// Requests answered.
     pub requests: Family<RequestLabels, Counter>,
+    /// Tells these series from another [`Metrics`]'s in [`RECENT`].
+    id: u64,
     /// From the request head to the end of the response body.
     pub request_duration: Histograms<RouteLabels>,
     /// From sending the request upstream to its response head.
@@ -203,8 +205,10 @@ fn plugin_latency() -> Histogram {
 impl Metrics {
     /// Empty series.
     pub fn new() -> Self {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Self {
             requests: Family::default(),
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             request_duration: Family::new_with_constructor(latency),
             upstream_duration: Family::new_with_constructor(latency),
             retries: Family::default(),
@@ -283,11 +287,35 @@ impl Metrics {
 
     /// Counts one request.
     pub fn request(&self, labels: &RequestLabels, route: Option<&Histogram>, took: Duration) {
-        self.requests.get_or_create(labels).inc();
+        RECENT.with_borrow_mut(|recent| {
+            if let Some(i) = recent.iter().position(|(id, l, _)| *id == self.id && l == labels) {
+                recent[i].2.inc();
+                return;
+            }
+            let counter = self.requests.get_or_create_owned(labels);
+            counter.inc();
+            if recent.len() == RECENT_SETS {
+                recent.pop();
+            }
+            recent.insert(0, (self.id, labels.clone(), counter));
+        });
         if let Some(h) = route {
             h.observe(took.as_secs_f64());
         }
     }
+}
+
+/// How many label sets of `plumeway_requests_total` each thread keeps at
+/// hand: a route's endpoints, say.
+const RECENT_SETS: usize = 8;
+
+thread_local! {
+    /// The request counters this thread counted into last. Finding one in
+    /// the family hashes its five labels with SipHash under a lock, on every
+    /// request; most requests repeat a label set seen a moment ago, and
+    /// comparing a few short strings is cheaper.
+    static RECENT: std::cell::RefCell<Vec<(u64, RequestLabels, Counter)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `1xx` … `5xx` for a status code.
@@ -371,4 +399,47 @@ fn live_state(out: &mut String, upstreams: &[Arc<crate::upstream::Upstream>]) {
 /// Escapes a label value for the text format.
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(endpoint: &str, status: &'static str) -> RequestLabels {
+        RequestLabels {
+            route: Label::Static("r"),
+            upstream: Label::from("u"),
+            endpoint: Label::from(endpoint),
+            method: Label::Static("GET"),
+            status,
+        }
+    }
+
+    #[test]
+    fn requests_count_into_their_own_series_and_registry() {
+        let (one, two) = (Metrics::new(), Metrics::new());
+        let took = Duration::from_millis(1);
+        // More label sets than a thread keeps at hand, in turn, twice.
+        let sets: Vec<_> = (0..RECENT_SETS + 2).map(|i| labels(&format!("e{i}"), "2xx")).collect();
+        for _ in 0..2 {
+            for l in &sets {
+                one.request(l, None, took);
+            }
+        }
+        one.request(&labels("e0", "5xx"), None, took);
+        // A set this thread just counted for `one` is another series in `two`.
+        let last = labels(&format!("e{}", RECENT_SETS + 1), "2xx");
+        two.request(&last, None, took);
+        // The same values held another way are the same series.
+        let mut shared = labels("e1", "2xx");
+        shared.route = Label::from("r");
+        one.request(&shared, None, took);
+        let count = |m: &Metrics, l: &RequestLabels| m.requests.get_or_create(l).get();
+        assert_eq!(count(&one, &labels("e0", "2xx")), 2);
+        assert_eq!(count(&one, &labels("e1", "2xx")), 3);
+        assert_eq!(count(&one, &last), 2);
+        assert_eq!(count(&one, &labels("e0", "5xx")), 1);
+        assert_eq!(count(&two, &last), 1);
+        assert_eq!(count(&two, &labels("e1", "2xx")), 0);
+    }
 }

@@ -53,7 +53,11 @@ struct Inner {
     connector: Counted,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+    /// By endpoint. Every request looks its endpoint up here twice (to take
+    /// a connection and to put it back), and an authority hashes byte by
+    /// byte, which SipHash makes dear; the keys come from the config, not
+    /// from clients, so a fast hash without flooding resistance is safe.
+    idle: Mutex<HashMap<Key, Vec<Idle>, rustc_hash::FxBuildHasher>>,
 }
 
 struct Idle {
