@@ -23,6 +23,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including every header that `Connection` names.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names finds the few present, usually none or only
+    // `Connection`: removing each of the list by name would hash them all,
+    // on every request and every response.
+    let present: smallvec::SmallVec<[HeaderName; 2]> =
+        headers.keys().filter(|k| HOP_BY_HOP.contains(k)).cloned().collect();
+    if present.is_empty() {
+        return;
+    }
     // The usual `Connection: keep-alive` (or `close`) names nothing beyond
     // the fixed list: no name is made for it.
     let named: Vec<HeaderName> = headers
@@ -36,7 +44,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         })
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in named.iter().chain(&present) {
         headers.remove(name);
     }
 }
