@@ -586,7 +586,8 @@ impl Proxy {
         ex.facts.upstream = Some(Arc::clone(upstream.name()));
         upstream.budget().deposit();
         // A gRPC client's own deadline (`grpc-timeout`) shortens ours.
-        let total = match parts.headers.get("grpc-timeout").and_then(grpc::timeout) {
+        const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+        let total = match parts.headers.get(GRPC_TIMEOUT).and_then(grpc::timeout) {
             Some(grpc) if grpc < upstream.timeouts().request.get() => crate::config::Duration::from(grpc),
             _ => upstream.timeouts().request,
         };

@@ -56,20 +56,20 @@ pub(super) fn request<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyE
 /// value), or `Transfer-Encoding` more than once. Shared by requests and
 /// responses.
 pub(crate) fn framing(h: &HeaderMap) -> Option<&'static str> {
+    // Two lookups, on every request and response: one per name.
     let lengths = h.get_all(header::CONTENT_LENGTH).iter().count();
-    let encodings = h.get_all(header::TRANSFER_ENCODING).iter().count();
-    if lengths > 0 && encodings > 0 {
+    let mut encodings = h.get_all(header::TRANSFER_ENCODING).iter();
+    let (te, more) = (encodings.next(), encodings.next().is_some());
+    if lengths > 0 && te.is_some() {
         return Some("both Content-Length and Transfer-Encoding");
     }
     if lengths > 1 {
         return Some("Content-Length more than once");
     }
-    if encodings > 1 {
+    if more {
         return Some("Transfer-Encoding more than once");
     }
-    if let Some(te) = h.get(header::TRANSFER_ENCODING)
-        && !te.as_bytes().eq_ignore_ascii_case(b"chunked")
-    {
+    if te.is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"chunked")) {
         return Some("a Transfer-Encoding other than chunked");
     }
     None
