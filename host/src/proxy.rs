@@ -367,7 +367,7 @@ impl Proxy {
         let mut resp = self.serve(req, &mut ex).await;
         *resp.version_mut() = version;
         resp.headers_mut()
-            .insert(HeaderName::from_static("x-request-id"), ex.request_id_header.clone());
+            .insert(request_id::HEADER, ex.request_id_header.clone());
         let finished = access::Finished {
             metrics: Arc::clone(&self.metrics),
             route_duration: ex.route_duration.take(),
@@ -930,8 +930,7 @@ impl Proxy {
         if let Some(h) = host {
             out.headers.insert(header::HOST, h);
         }
-        out.headers
-            .insert(HeaderName::from_static("x-request-id"), ex.request_id_header.clone());
+        out.headers.insert(request_id::HEADER, ex.request_id_header.clone());
     }
 
     /// One attempt on one endpoint, up to the response head (the caller

@@ -5,14 +5,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+/// `X-Request-Id`, read from the client and sent to the upstream and back.
+/// A name made at compile time: looking up by `&str` parses it first.
+pub(crate) const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
 /// The id of a request: taken from a well-formed `X-Request-Id`, or made
 /// up. Made-up ids are unique within the process and hard to guess across
 /// restarts (a random seed mixed with a counter). The header value comes
 /// with it, made once for the upstream request and the response.
 pub(crate) fn request_id(headers: &HeaderMap) -> (Arc<str>, HeaderValue) {
-    // A name made at compile time: looking up by `&str` parses it first.
-    const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-    if let Some(value) = headers.get(X_REQUEST_ID)
+    if let Some(value) = headers.get(HEADER)
         && let Ok(given) = value.to_str()
         && !given.is_empty()
         && given.len() <= 128
