@@ -32,8 +32,8 @@ mod chaos {
     use super::*;
     use plumeway_tests::plugins::CHAOS;
 
-    async fn get(proxy: &TestProxy, path: &str, mode: Option<&str>) -> plumeway_tests::Reply {
-        let client = proxy.client();
+    /// A GET through `client`, asking the chaos plugin for `mode`.
+    async fn get(client: &plumeway_tests::Client, path: &str, mode: Option<&str>) -> plumeway_tests::Reply {
         let mut req = client.request("GET", path);
         if let Some(m) = mode {
             req = req.header("x-chaos", m);
@@ -59,7 +59,7 @@ mod chaos {
             "error",
             "forbidden",
         ] {
-            let reply = get(&proxy, "/", Some(mode)).await;
+            let reply = get(&proxy.client(), "/", Some(mode)).await;
             assert_eq!(reply.status, 500, "{mode}: {}", reply.text());
             assert_eq!(
                 reply.text(),
@@ -71,7 +71,7 @@ mod chaos {
                 "{mode}"
             );
             // The very next request on the same route is served normally.
-            let next = get(&proxy, "/", None).await;
+            let next = get(&proxy.client(), "/", None).await;
             assert_eq!(next.status, 200, "after {mode}: {}", next.text());
         }
         assert_eq!(backend.hits(), 11, "no failed request reached the upstream");
@@ -93,15 +93,7 @@ mod chaos {
             ("sleep", "a plugin may not wait"),
             ("file", "a plugin has no files or network"),
         ] {
-            let reply = client
-                .send(
-                    client
-                        .request("GET", "/")
-                        .header("x-chaos", mode)
-                        .body(empty())
-                        .unwrap(),
-                )
-                .await;
+            let reply = get(&client, "/", Some(mode)).await;
             assert_eq!(reply.status, 500, "{mode}: {}", reply.text());
             let line = proxy.wait_for_log(logged).await;
             assert!(
@@ -116,8 +108,8 @@ mod chaos {
     async fn a_trap_in_a_response_filter_fails_that_response_only() {
         let backend = Backend::echo("b").await;
         let proxy = proxy(CHAOS, "", &backend, "response = [\"p\"]").await;
-        assert_eq!(get(&proxy, "/x/trap-response", None).await.status, 500);
-        let ok = get(&proxy, "/fine", None).await;
+        assert_eq!(get(&proxy.client(), "/x/trap-response", None).await.status, 500);
+        let ok = get(&proxy.client(), "/fine", None).await;
         assert_eq!(ok.status, 200);
         assert_eq!(ok.headers["x-chaos-response"], "seen");
     }
@@ -127,11 +119,11 @@ mod chaos {
         let backend = Backend::echo("b").await;
         let proxy = proxy(CHAOS, "", &backend, "request = [\"p\"]").await;
         let served = |r: plumeway_tests::Reply| r.echo().header("x-instance-requests").map(str::to_owned);
-        assert_eq!(served(get(&proxy, "/", None).await).as_deref(), Some("1"));
-        assert_eq!(served(get(&proxy, "/", None).await).as_deref(), Some("2"));
-        assert_eq!(get(&proxy, "/", Some("trap")).await.status, 500);
+        assert_eq!(served(get(&proxy.client(), "/", None).await).as_deref(), Some("1"));
+        assert_eq!(served(get(&proxy.client(), "/", None).await).as_deref(), Some("2"));
+        assert_eq!(get(&proxy.client(), "/", Some("trap")).await.status, 500);
         assert_eq!(
-            served(get(&proxy, "/", None).await).as_deref(),
+            served(get(&proxy.client(), "/", None).await).as_deref(),
             Some("1"),
             "a fresh instance after the trap"
         );
@@ -142,7 +134,7 @@ mod chaos {
         let backend = Backend::echo("b").await;
         let proxy = proxy(CHAOS, "isolation = \"per-request\"", &backend, "request = [\"p\"]").await;
         for _ in 0..3 {
-            let reply = get(&proxy, "/", None).await;
+            let reply = get(&proxy.client(), "/", None).await;
             assert_eq!(reply.echo().header("x-instance-requests"), Some("1"));
         }
     }
@@ -151,8 +143,8 @@ mod chaos {
     async fn on_failure_skip_keeps_serving_through_a_failing_plugin() {
         let backend = Backend::echo("b").await;
         let proxy = proxy(CHAOS, "on_failure = \"skip\"", &backend, "request = [\"p\"]").await;
-        assert_eq!(get(&proxy, "/", Some("trap")).await.status, 200);
-        assert_eq!(get(&proxy, "/", Some("error")).await.status, 200);
+        assert_eq!(get(&proxy.client(), "/", Some("trap")).await.status, 200);
+        assert_eq!(get(&proxy.client(), "/", Some("error")).await.status, 200);
     }
 
     #[tokio::test]
@@ -165,8 +157,8 @@ mod chaos {
             "request = [\"p\"]",
         )
         .await;
-        assert_eq!(get(&proxy, "/", Some("loop")).await.status, 500);
-        assert_eq!(get(&proxy, "/", None).await.status, 200);
+        assert_eq!(get(&proxy.client(), "/", Some("loop")).await.status, 500);
+        assert_eq!(get(&proxy.client(), "/", None).await.status, 200);
     }
 
     #[tokio::test]
