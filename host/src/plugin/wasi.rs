@@ -49,9 +49,9 @@ pub(crate) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
     cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
     cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
-    wasmtime_wasi::p2::bindings::io::error::add_to_linker::<HostState, Io>(l, |s| NonBlocking(s.ctx().table))?;
-    poll::add_to_linker::<HostState, Io>(l, |s| NonBlocking(s.ctx().table))?;
-    streams::add_to_linker::<HostState, Io>(l, |s| NonBlocking(s.ctx().table))?;
+    wasmtime_wasi::p2::bindings::io::error::add_to_linker::<HostState, Io>(l, HostState::io)?;
+    poll::add_to_linker::<HostState, Io>(l, HostState::io)?;
+    streams::add_to_linker::<HostState, Io>(l, HostState::io)?;
     Ok(())
 }
 
@@ -303,5 +303,9 @@ impl HostState {
 
     fn random(&mut self) -> &mut wasmtime_wasi::random::WasiRandomCtx {
         wasmtime_wasi::random::WasiRandomView::random(self)
+    }
+
+    fn io(&mut self) -> NonBlocking<'_> {
+        NonBlocking(self.ctx().table)
     }
 }
