@@ -59,6 +59,22 @@ def wait_port(port, timeout=20):
     raise RuntimeError(f"nothing listens on {port}")
 
 
+# The 3-plugin chain: strip-prefix rewrite + a request header + a response
+# header (also used by instructions.py).
+CHAIN = """
+[plugins.strip]
+builtin = "strip-prefix"
+config = { prefix = "/api" }
+[plugins.req]
+builtin = "headers"
+config = { set = { "x-gateway" = "plumeway" } }
+[plugins.resp]
+builtin = "headers"
+config = { set = { "x-content-type-options" = "nosniff" } }
+"""
+CHAIN_ROUTE = 'rewrite = "strip"\nrequest = ["req"]\nresponse = ["resp"]\n'
+
+
 class Proxy:
     def __init__(self, name, pid, http1, h2, ws):
         self.name, self.pid, self.http1, self.h2, self.ws = name, pid, http1, h2, ws
@@ -142,18 +158,7 @@ backend w
         )
     proxies.append(Proxy("haproxy", start(procs, ["haproxy", "-f", conf, "-db"]).pid, h1, h2, h1))
 
-    chain = """
-[plugins.strip]
-builtin = "strip-prefix"
-config = { prefix = "/api" }
-[plugins.req]
-builtin = "headers"
-config = { set = { "x-gateway" = "plumeway" } }
-[plugins.resp]
-builtin = "headers"
-config = { set = { "x-content-type-options" = "nosniff" } }
-"""
-    chain_route = 'rewrite = "strip"\nrequest = ["req"]\nresponse = ["resp"]\n'
+    chain, chain_route = CHAIN, CHAIN_ROUTE
     variants = [
         ("plumeway", "", "", "plumeway"),
         ("plumeway+3", chain, chain_route, "plumeway"),

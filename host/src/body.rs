@@ -228,3 +228,45 @@ impl<B: http_body::Body<Data = Bytes>, D: Done> http_body::Body for Metered<B, D
         self.body.size_hint()
     }
 }
+
+/// A request body from a client: read by hyper (HTTP/2, TLS, and the
+/// HTTP/1.1 connections handed to it), or by plumeway's own HTTP/1.1
+/// server from the connection's socket.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// Read by hyper.
+    Hyper(hyper::body::Incoming),
+    /// Read by [`crate::server::http1`], `Content-Length` bytes.
+    Read(crate::server::http1::ReadBody),
+    /// No body.
+    Empty,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Read(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::Read(b) => b.is_end_stream(),
+            Self::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::Read(b) => b.size_hint(),
+            Self::Empty => SizeHint::with_exact(0),
+        }
+    }
+}

@@ -30,9 +30,8 @@ use bytes::Bytes;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderName, HeaderValue, Request, Response, Version, header, request};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 
-use crate::body::{BoxBody, boxed};
+use crate::body::{BoxBody, RequestBody, boxed};
 use std::collections::BTreeMap;
 
 use crate::config::{Balancer, Config, ConfigError, OnFailure, Size, UpstreamConfig};
@@ -140,7 +139,7 @@ struct Exchange {
 /// A request body: still streaming from the client, or read whole because
 /// a plugin asked for it (or replaced it).
 enum ReqBody {
-    Streaming(crate::body::IdleTimeout<Incoming>),
+    Streaming(crate::body::IdleTimeout<RequestBody>),
     Whole(Bytes),
 }
 
@@ -324,7 +323,7 @@ impl Proxy {
 
     /// Serves one request to completion of its response head; the access
     /// log line and the request's metrics follow when its body is over.
-    pub(crate) async fn handle(&self, req: Request<Incoming>, client: Client) -> Response<Served> {
+    pub(crate) async fn handle(&self, req: Request<RequestBody>, client: Client) -> Response<Served> {
         let start = Instant::now();
         let counted = access::InFlight::new(&self.metrics);
         // What only the access log needs is taken only when it is on.
@@ -399,7 +398,7 @@ impl Proxy {
         self.config.access_log.enabled && self.config.access_log.format != crate::config::AccessLogFormat::Text
     }
 
-    async fn serve(&self, mut req: Request<Incoming>, ex: &mut Exchange) -> Response<BoxBody> {
+    async fn serve(&self, mut req: Request<RequestBody>, ex: &mut Exchange) -> Response<BoxBody> {
         if let Err(err) = check_head(&mut req, &self.config.server) {
             return self.failed(None, None, err, ex).await;
         }
@@ -433,7 +432,7 @@ impl Proxy {
         &self,
         route: &Route,
         parts: &mut request::Parts,
-        body: Incoming,
+        body: RequestBody,
         ex: &mut Exchange,
     ) -> Result<Response<BoxBody>, ProxyError> {
         let declared = parts

@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub mod http1;
+
 use crate::config::{Config, ConfigError};
 use crate::metrics::{ConnectionLabels, Metrics, ReloadLabels};
 use crate::proxy::{Client, Proxy};
@@ -389,7 +391,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
                     let task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = if tls {
                         Box::pin(serve_tls(stream, peer, Arc::clone(&state), graceful.watcher()))
                     } else {
-                        Box::pin(serve_plain(stream, peer, Arc::clone(&state), graceful.watcher()))
+                        Box::pin(serve_plain(stream, peer, Arc::clone(&state), graceful.watcher(), stop.clone()))
                     };
                     tokio::spawn(async move {
                         task.await;
@@ -409,11 +411,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         }
     }
     drop(listener);
-    let open = graceful.count();
+    // Every connection holds a slot, on either HTTP/1.1 path: hyper's
+    // count alone would miss those on ours.
+    let open = max - slots.available_permits();
     if open > 0 {
         tracing::info!(connections = open, "draining open connections");
     }
     graceful.shutdown().await;
+    // Connections on our own HTTP/1.1 path are not hyper's to count: each
+    // holds its slot until it ends, so all the slots back means all done.
+    let _ = slots.acquire_many(u32::try_from(max).unwrap_or(u32::MAX)).await;
 }
 
 /// The service for one client connection: each request takes the config
@@ -432,7 +439,14 @@ fn service(
     service_fn(move |req| {
         let serving = state.current();
         let client = client.clone();
-        async move { Ok::<_, Infallible>(serving.proxy.handle(req, client).await) }
+        async move {
+            Ok::<_, Infallible>(
+                serving
+                    .proxy
+                    .handle(req.map(crate::body::RequestBody::Hyper), client)
+                    .await,
+            )
+        }
     })
 }
 
@@ -441,15 +455,17 @@ async fn serve_plain(
     peer: SocketAddr,
     state: Arc<State>,
     graceful: hyper_util::server::graceful::Watcher,
+    stop: watch::Receiver<()>,
 ) {
-    let (stream, timeout_reply) = match Stalled::watch(stream) {
-        Ok(pair) => pair,
-        Err(err) => {
-            tracing::debug!(%peer, error = %err, "cannot set up the connection");
-            return;
-        }
+    let client = Client::new(peer, "http");
+    let socket = Arc::new(http1::Socket::new(stream));
+    let (socket, read) = match http1::serve(socket, client.clone(), &state, stop).await {
+        http1::Ended::Closed => return,
+        http1::Ended::HandOver(socket, read) => (socket, read.freeze()),
     };
-    let service = service(Arc::clone(&state), Client::new(peer, "http"));
+    // The rest of the connection is hyper's, starting with what was read.
+    let (stream, timeout_reply) = Stalled::watch(socket, read);
+    let service = service(Arc::clone(&state), client);
     let conn = state
         .current()
         .http
@@ -503,20 +519,22 @@ async fn serve_tls(
 /// It shares the socket with hyper's side, so it can still write that
 /// answer after hyper has let go, without a second file descriptor.
 struct Stalled {
-    socket: Arc<tokio::net::TcpStream>,
+    socket: Arc<http1::Socket>,
     /// Bytes arrived since the proxy last wrote: a head was under way.
     partial: Arc<AtomicBool>,
 }
 
 impl Stalled {
-    fn watch(stream: tokio::net::TcpStream) -> io::Result<(TokioIo<Watched>, Self)> {
-        let socket = Arc::new(stream);
-        let partial = Arc::new(AtomicBool::new(false));
+    /// hyper's side of `socket`, which reads `read` first: the bytes our
+    /// own HTTP/1.1 path had read before it handed the connection over.
+    fn watch(socket: Arc<http1::Socket>, read: bytes::Bytes) -> (TokioIo<Watched>, Self) {
+        let partial = Arc::new(AtomicBool::new(!read.is_empty()));
         let io = Watched {
-            io: Arc::clone(&socket),
+            socket: Arc::clone(&socket),
+            read,
             partial: Arc::clone(&partial),
         };
-        Ok((TokioIo::new(io), Self { socket, partial }))
+        (TokioIo::new(io), Self { socket, partial })
     }
 
     /// Answers 408 if hyper gave up on a head the client had started.
@@ -526,41 +544,24 @@ impl Stalled {
             .any(hyper::Error::is_timeout);
         if timed_out && self.partial.load(Ordering::Relaxed) {
             // Non-blocking: an empty send buffer takes it whole, and a
-            // client that cannot take 100 bytes loses nothing.
-            let _ = self.socket.try_write(
-                b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nproxy-status: plumeway; error=http_request_error\r\n\r\n",
-            );
-            let _ = socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Both);
+            // client that cannot take 150 bytes loses nothing.
+            let _ = self.socket.io.try_write(http1::REQUEST_TIMEOUT);
+            let _ = socket2::SockRef::from(&self.socket.io).shutdown(std::net::Shutdown::Both);
         }
     }
 }
 
-/// The client's socket, noting whether bytes came in since the proxy last
+/// The client's socket as hyper reads it: first the bytes already read,
+/// then the socket, noting whether bytes came in since the proxy last
 /// wrote. It reads and writes through `&TcpStream` (readiness, then a
 /// non-blocking call), as tokio's own `TcpStream` does.
 struct Watched {
-    io: Arc<tokio::net::TcpStream>,
+    socket: Arc<http1::Socket>,
+    read: bytes::Bytes,
     partial: Arc<AtomicBool>,
 }
 
 impl Watched {
-    /// Polls `op` until it stops saying `WouldBlock`; tokio clears the
-    /// readiness it found stale.
-    fn poll_io<T>(
-        &self,
-        cx: &mut std::task::Context<'_>,
-        ready: fn(&tokio::net::TcpStream, &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>>,
-        mut op: impl FnMut(&tokio::net::TcpStream) -> io::Result<T>,
-    ) -> std::task::Poll<io::Result<T>> {
-        loop {
-            std::task::ready!(ready(&self.io, cx))?;
-            match op(&self.io) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                other => return std::task::Poll::Ready(other),
-            }
-        }
-    }
-
     fn wrote(&self, polled: &std::task::Poll<io::Result<usize>>) {
         if matches!(polled, std::task::Poll::Ready(Ok(n)) if *n > 0) {
             self.partial.store(false, Ordering::Relaxed);
@@ -570,32 +571,17 @@ impl Watched {
 
 impl tokio::io::AsyncRead for Watched {
     fn poll_read(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
         let wanted = buf.remaining();
-        let polled = self.poll_io(cx, tokio::net::TcpStream::poll_read_ready, |s| {
-            // A read that came back short emptied the socket, so tokio's own
-            // `TcpStream` clears its readiness there and the next read waits
-            // for epoll instead of making a syscall only to hear EAGAIN
-            // (hyper reads again after every head to notice a hang-up).
-            // Through `&TcpStream` the only way to clear it is `try_io`
-            // seeing `WouldBlock`: the readiness it clears is the one it saw
-            // before the read, so an event that came in since is kept.
-            let mut short = 0;
-            let read = s.try_io(tokio::io::Interest::READABLE, || match s.try_read_buf(buf)? {
-                n if 0 < n && n < wanted => {
-                    short = n;
-                    Err(io::ErrorKind::WouldBlock.into())
-                }
-                n => Ok(n),
-            });
-            match read {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
-                other => other,
-            }
-        });
+        let polled = http1::poll_read_shared(&self.socket.io, cx, wanted, |s| s.try_read_buf(buf));
         if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
             self.partial.store(true, Ordering::Relaxed);
         }
@@ -609,7 +595,9 @@ impl tokio::io::AsyncWrite for Watched {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        let polled = self.poll_io(cx, tokio::net::TcpStream::poll_write_ready, |s| s.try_write(buf));
+        let polled = http1::poll_io(cx, &self.socket.io, tokio::net::TcpStream::poll_write_ready, |s| {
+            s.try_write(buf)
+        });
         self.wrote(&polled);
         polled
     }
@@ -619,7 +607,7 @@ impl tokio::io::AsyncWrite for Watched {
         cx: &mut std::task::Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> std::task::Poll<io::Result<usize>> {
-        let polled = self.poll_io(cx, tokio::net::TcpStream::poll_write_ready, |s| {
+        let polled = http1::poll_io(cx, &self.socket.io, tokio::net::TcpStream::poll_write_ready, |s| {
             s.try_write_vectored(bufs)
         });
         self.wrote(&polled);
@@ -639,7 +627,7 @@ impl tokio::io::AsyncWrite for Watched {
         self: std::pin::Pin<&mut Self>,
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Ready(socket2::SockRef::from(&*self.io).shutdown(std::net::Shutdown::Write))
+        std::task::Poll::Ready(socket2::SockRef::from(&self.socket.io).shutdown(std::net::Shutdown::Write))
     }
 }
 

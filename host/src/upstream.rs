@@ -6,6 +6,8 @@ mod circuit;
 mod endpoint;
 mod health;
 mod pool;
+
+pub(crate) use pool::h1;
 mod retry;
 
 use std::sync::Arc;

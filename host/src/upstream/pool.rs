@@ -21,7 +21,9 @@ use tokio::net::TcpStream;
 use crate::body::{BoxBody, BoxError};
 use crate::config::{PoolConfig, UpstreamTimeouts};
 
-mod h1;
+/// Also the server's: chunks, fields and lengths are written and read the
+/// same way in both directions.
+pub(crate) mod h1;
 mod keepalive;
 mod streams;
 

@@ -7,6 +7,7 @@
 
 mod builtin_plugins;
 mod cli;
+mod client_http1;
 mod config_errors;
 mod discovery;
 mod errors;

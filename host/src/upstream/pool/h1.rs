@@ -66,7 +66,7 @@ pub(super) fn encode_head(method: &Method, target: &str, headers: &HeaderMap, fr
 }
 
 /// Writes one chunk of a chunked body: its size line, the data and CRLF.
-pub(super) fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
     if data.is_empty() {
         // A zero-size chunk would end the body.
         return;
@@ -78,7 +78,7 @@ pub(super) fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
 
 /// The end of a chunked body: the last chunk and, when there are trailers,
 /// those.
-pub(super) fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
+pub(crate) fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
         put_field(name, value, out);
@@ -87,7 +87,7 @@ pub(super) fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>)
 }
 
 /// One `name: value` line of a head or trailer section.
-fn put_field(name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8>) {
+pub(crate) fn put_field(name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8>) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value.as_bytes());
@@ -214,7 +214,7 @@ pub(super) fn keeps_alive(head: &Head) -> bool {
 }
 
 /// Digits only: no sign, no spaces, no list.
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Instructions per request, counted by callgrind: repeatable for the same
+binary and inputs, whatever else the machine is doing, so small changes on
+the hot path show where wall-clock runs are noise.
+
+    python3 bench/instructions.py [--chain] [--requests 3000] NAME=BINARY ...
+
+Each build runs under `valgrind --tool=callgrind` in front of one nginx
+backend (as in compare.py). One keep-alive connection sends `--warmup`
+GETs, the counters are zeroed, then `--requests` GETs one after another;
+the instructions of the whole process (every thread) are divided by the
+requests. Needs valgrind (callgrind_control) and nginx; stops what it
+started by PID.
+"""
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import CHAIN, CHAIN_ROUTE, free_port, nginx_conf, wait_port  # noqa: E402
+
+REQUEST = b"GET /api/hello HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+
+def get_all(sock, n):
+    """Sends `n` GETs one after another, reading each whole response."""
+    buf = b""
+    for _ in range(n):
+        sock.sendall(REQUEST)
+        while True:
+            head_end = buf.find(b"\r\n\r\n")
+            if head_end >= 0:
+                m = re.search(rb"content-length: (\d+)", buf[:head_end].lower())
+                total = head_end + 4 + int(m.group(1))
+                if len(buf) >= total:
+                    assert buf.startswith(b"HTTP/1.1 200"), buf[:100]
+                    buf = buf[total:]
+                    break
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("the proxy closed the connection")
+            buf += chunk
+
+
+def measure(work, keep, name, binary, backend, chain, warmup, requests):
+    port = free_port()
+    conf = os.path.join(work, f"{name}.toml")
+    with open(conf, "w") as f:
+        f.write(
+            f"""[server]
+listen = "127.0.0.1:{port}"
+workers = 1
+[access_log]
+enabled = false
+[upstreams.b]
+targets = ["http://127.0.0.1:{backend}"]
+{CHAIN if chain else ""}
+[[routes]]
+upstream = "b"
+{CHAIN_ROUTE if chain else ""}"""
+        )
+    out = os.path.join(keep or work, f"{name}.callgrind")
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "run", conf, "--log", "warn"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, timeout=600)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            get_all(sock, warmup)
+            subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True)
+            get_all(sock, requests)
+            subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True)
+    finally:
+        proc.terminate()
+        proc.wait()
+    total = 0
+    # The dump after the zeroing is the one with a numbered suffix.
+    folder = keep or work
+    for path in sorted(p for p in os.listdir(folder) if p.startswith(f"{name}.callgrind.")):
+        with open(os.path.join(folder, path)) as f:
+            for line in f:
+                if line.startswith("summary:") or line.startswith("totals:"):
+                    total = int(line.split()[1])
+                    break
+        break
+    return total / requests
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("builds", nargs="+", metavar="NAME=BINARY")
+    ap.add_argument("--chain", action="store_true", help="the 3-plugin chain on the route")
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--keep", metavar="DIR", help="keep the callgrind files here, for callgrind_annotate")
+    args = ap.parse_args()
+    nginx_bin = "nginx" if subprocess.run(["which", "nginx"], capture_output=True).returncode == 0 else "/usr/sbin/nginx"
+    with tempfile.TemporaryDirectory() as work:
+        backend = free_port()
+        conf = nginx_conf(work, "backend", f"server {{ listen 127.0.0.1:{backend}; location / {{ return 200 'hello\\n'; }} }}")
+        nginx = subprocess.Popen([nginx_bin, "-c", conf, "-p", work])
+        try:
+            wait_port(backend)
+            for build in args.builds:
+                name, binary = build.split("=", 1)
+                per = measure(work, args.keep, name, binary, backend, args.chain, args.warmup, args.requests)
+                print(f"{name}{' +3' if args.chain else ''}: {per:,.0f} instructions per request", flush=True)
+                time.sleep(0.1)
+        finally:
+            nginx.terminate()
+            nginx.wait()
+
+
+if __name__ == "__main__":
+    main()
