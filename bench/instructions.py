@@ -66,10 +66,11 @@ upstream = "b"
 {CHAIN_ROUTE if chain else ""}"""
         )
     out = os.path.join(keep or work, f"{name}.callgrind")
+    log = open(os.path.join(work, f"{name}.log"), "w")
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "run", conf, "--log", "warn"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
     try:
         wait_port(port, timeout=600)
@@ -78,9 +79,14 @@ upstream = "b"
             subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True)
             get_all(sock, requests)
             subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True)
+    except Exception:
+        with open(log.name) as f:
+            sys.stderr.write(f.read()[-3000:])
+        raise
     finally:
         proc.terminate()
         proc.wait()
+        log.close()
     total = 0
     # The dump after the zeroing is the one with a numbered suffix.
     folder = keep or work

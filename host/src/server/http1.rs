@@ -195,6 +195,10 @@ struct Limits {
     deadline: Instant,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per request, moved once: boxing the head would cost an allocation per request"
+)]
 enum Next {
     Request(Parsed),
     HandOver,
@@ -592,13 +596,12 @@ impl Framing {
             17 if is(b"transfer-encoding") => self.other = true,
             7 if is(b"upgrade") => self.other = true,
             6 if is(b"expect") => self.other = true,
-            10 if is(b"connection") => {
-                if value
+            10 if is(b"connection")
+                && value
                     .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-                {
-                    self.close = true;
-                }
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")) =>
+            {
+                self.close = true;
             }
             _ => {}
         }
