@@ -543,10 +543,7 @@ impl Stalled {
             .filter_map(|e| e.downcast_ref::<hyper::Error>())
             .any(hyper::Error::is_timeout);
         if timed_out && self.partial.load(Ordering::Relaxed) {
-            // Non-blocking: an empty send buffer takes it whole, and a
-            // client that cannot take 150 bytes loses nothing.
-            let _ = self.socket.io.try_write(http1::REQUEST_TIMEOUT);
-            let _ = socket2::SockRef::from(&self.socket.io).shutdown(std::net::Shutdown::Both);
+            self.socket.answer_timeout();
         }
     }
 }

@@ -6,8 +6,6 @@ mod circuit;
 mod endpoint;
 mod health;
 mod pool;
-
-pub(crate) use pool::h1;
 mod retry;
 
 use std::sync::Arc;
@@ -27,6 +25,7 @@ pub use balance::{Balance, ConsistentHash, LeastConnections, Pick, RoundRobin, W
 pub use circuit::{Circuit, CircuitState};
 pub use endpoint::{Endpoint, InFlight};
 pub(crate) use pool::chain;
+pub(crate) use pool::h1;
 pub use pool::{Pool, PoolError, UpstreamTls};
 pub use retry::RetryBudget;
 

@@ -62,7 +62,7 @@ const BODY_READ: usize = 16 * 1024;
 
 /// What a client that sent part of a head and then stalled is told
 /// (RFC 9110 §15.5.9).
-pub(super) const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nproxy-status: plumeway; error=http_request_error\r\n\r\n";
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nproxy-status: plumeway; error=http_request_error\r\n\r\n";
 
 /// A client connection's socket, shared by its task and the body of the
 /// request in flight.
@@ -79,6 +79,14 @@ impl Socket {
             io,
             body_left: AtomicU64::new(0),
         }
+    }
+
+    /// Answers a client that started a head and stalled with 408, and
+    /// closes the connection. Non-blocking: an empty send buffer takes the
+    /// answer whole, and a client that cannot take 150 bytes loses nothing.
+    pub(super) fn answer_timeout(&self) {
+        let _ = self.io.try_write(REQUEST_TIMEOUT);
+        let _ = socket2::SockRef::from(&self.io).shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -123,12 +131,11 @@ pub(super) async fn serve(
             Next::HandOver => return Ended::HandOver(conn.socket, conn.buf),
             Next::Closed => return Ended::Closed,
             Next::TimedOut => {
-                if !conn.buf.is_empty() {
-                    // Non-blocking: an empty send buffer takes it whole,
-                    // and a client that cannot take 150 bytes loses nothing.
-                    let _ = conn.socket.io.try_write(REQUEST_TIMEOUT);
+                if conn.buf.is_empty() {
+                    conn.close();
+                } else {
+                    conn.socket.answer_timeout();
                 }
-                conn.close();
                 return Ended::Closed;
             }
         };
@@ -400,9 +407,8 @@ impl Conn {
 
     /// Writes the response: its head, then its body framed by length or in
     /// chunks. `Ok(true)` when the connection may carry another request.
-    async fn respond(&mut self, resp: http::Response<Served>, head: bool, keep_alive: bool) -> io::Result<bool> {
+    async fn respond(&mut self, resp: http::Response<Served>, head: bool, mut keep_alive: bool) -> io::Result<bool> {
         let (mut parts, mut body) = resp.into_parts();
-        let mut keep_alive = keep_alive;
         let mut encoder = self.encode_head(&mut parts, &body, head, &mut keep_alive);
         // The map serves the next request's head. Its values go now: they
         // may share an upstream connection's read buffer, which can be
