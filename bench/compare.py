@@ -170,10 +170,26 @@ backend w
         variants += [(f"{name}+3", chain, chain_route, path) for name, path in also]
     for name, plugins, chain_keys, binary in variants:
         port = free_port()
-        conf = os.path.join(work, f"{name}.toml")
-        with open(conf, "w") as f:
-            f.write(
-                f"""[server]
+        conf = plumeway_conf(work, name, port, backend, ws_port, plugins, chain_keys)
+        p = start(procs, [os.path.join(RELEASE, binary), "run", conf, "--log", "warn"])
+        proxies.append(Proxy(name, p.pid, port, port, port))
+    for port in [backend] + [p.http1 for p in proxies] + [p.h2 for p in proxies]:
+        wait_port(port)
+    return proxies, ws
+
+
+def plumeway_conf(work, name, port, backend, ws_port=None, plugins="", chain_keys=""):
+    """Writes the config plumeway is measured with: one worker, access log
+    off, keep-alive to `backend`; a WebSocket route to `ws_port` when given.
+    Returns its path."""
+    ws_upstream, ws_route = "", ""
+    if ws_port is not None:
+        ws_upstream = f'[upstreams.w]\ntargets = ["http://127.0.0.1:{ws_port}"]\n'
+        ws_route = '[[routes]]\nmatch = { path_prefix = "/ws" }\nupstream = "w"\nwebsocket = true\n'
+    conf = os.path.join(work, f"{name}.toml")
+    with open(conf, "w") as f:
+        f.write(
+            f"""[server]
 listen = "127.0.0.1:{port}"
 workers = 1
 timeouts = {{ header_read = "300s" }}
@@ -183,22 +199,12 @@ enabled = false
 [upstreams.b]
 targets = ["http://127.0.0.1:{backend}"]
 pool = {{ max_idle_per_endpoint = 256 }}
-[upstreams.w]
-targets = ["http://127.0.0.1:{ws_port}"]
-{plugins}
-[[routes]]
-match = {{ path_prefix = "/ws" }}
-upstream = "w"
-websocket = true
-[[routes]]
+{ws_upstream}{plugins}
+{ws_route}[[routes]]
 upstream = "b"
 {chain_keys}"""
-            )
-        p = start(procs, [os.path.join(RELEASE, binary), "run", conf, "--log", "warn"])
-        proxies.append(Proxy(name, p.pid, port, port, port))
-    for port in [backend] + [p.http1 for p in proxies] + [p.h2 for p in proxies]:
-        wait_port(port)
-    return proxies, ws
+        )
+    return conf
 
 
 def duration_us(text):

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import free_port, nginx_conf, wait_port  # noqa: E402
+from compare import free_port, nginx_conf, plumeway_conf, wait_port  # noqa: E402
 
 REQUEST = b"GET /api/hello HTTP/1.1\r\nHost: bench\r\n\r\n"
 
@@ -55,20 +55,7 @@ def get_all(sock, n):
 
 def measure(work, keep, name, binary, backend, warmup, requests):
     port = free_port()
-    conf = os.path.join(work, f"{name}.toml")
-    with open(conf, "w") as f:
-        f.write(
-            f"""[server]
-listen = "127.0.0.1:{port}"
-workers = 1
-[access_log]
-enabled = false
-[upstreams.b]
-targets = ["http://127.0.0.1:{backend}"]
-[[routes]]
-upstream = "b"
-"""
-        )
+    conf = plumeway_conf(work, name, port, backend)
     out = os.path.join(keep or work, f"{name}.callgrind")
     log = open(os.path.join(work, f"{name}.log"), "w")
     proc = subprocess.Popen(
