@@ -6,7 +6,10 @@ use std::fmt::Write;
 use std::path::Path;
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Read at run time: a build script compiled for one checkout may be
+    // reused by another that shares the target directory.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest).join("..");
     let plugins = root.join("plugins");
     let packages = plumeway_wasm_build::packages_in(&plugins);
     let built = plumeway_wasm_build::build(

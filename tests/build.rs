@@ -7,7 +7,10 @@ use std::fmt::Write;
 use std::path::Path;
 
 fn main() {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Read at run time: a build script compiled for one checkout may be
+    // reused by another that shares the target directory.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
+    let manifest = Path::new(&manifest);
     let root = manifest.join("..");
     let dir = manifest.join("plugins");
     let mut packages = plumeway_wasm_build::packages_in(&dir);
