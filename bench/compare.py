@@ -35,9 +35,10 @@ def free_port():
 
 
 def cpu_seconds(pid):
+    """User and system CPU seconds the process has used so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def rss_kib(pid, field="VmRSS"):
@@ -220,35 +221,36 @@ def measure(pid, argv):
     run = subprocess.run(argv, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {run.stderr.strip()}")
-    return run.stdout, cpu_seconds(pid) - before
+    after = cpu_seconds(pid)
+    return run.stdout, (after[0] - before[0], after[1] - before[1])
 
 
 def wrk(proxy, connections, seconds):
-    out, cpu = measure(proxy.pid, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{proxy.http1}{PATH}"])
+    out, (user, system) = measure(proxy.pid, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{proxy.http1}{PATH}"])
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
     p50 = duration_us(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = duration_us(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
-    return {"rps": rps, "p50": p50, "p99": p99, "cpu": cpu * 1e6 / max(total, 1), "bad": int(bad.group(1)) if bad else 0, "errors": errors.group(1) if errors else ""}
+    return {"rps": rps, "p50": p50, "p99": p99, "cpu": (user + system) * 1e6 / max(total, 1), "sys": system * 1e6 / max(total, 1), "bad": int(bad.group(1)) if bad else 0, "errors": errors.group(1) if errors else ""}
 
 
 def h2load(proxy, requests):
-    out, cpu = measure(proxy.pid, ["h2load", "-n", str(requests), "-c", "10", "-m", "10", f"http://127.0.0.1:{proxy.h2}{PATH}"])
+    out, (user, system) = measure(proxy.pid, ["h2load", "-n", str(requests), "-c", "10", "-m", "10", f"http://127.0.0.1:{proxy.h2}{PATH}"])
     rps = float(re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out).group(1))
     ok = int(re.search(r"requests: .* (\d+) succeeded", out).group(1))
-    return {"rps": rps, "cpu": cpu * 1e6 / max(ok, 1), "ok": ok}
+    return {"rps": rps, "cpu": (user + system) * 1e6 / max(ok, 1), "ok": ok}
 
 
 def websocket(proxy, seconds):
     try:
-        out, cpu = measure(proxy.pid, [os.path.join(RELEASE, "ws-bench"), "load", f"ws://127.0.0.1:{proxy.ws}/ws", "50", str(seconds)])
+        out, (user, system) = measure(proxy.pid, [os.path.join(RELEASE, "ws-bench"), "load", f"ws://127.0.0.1:{proxy.ws}/ws", "50", str(seconds)])
     except RuntimeError as err:
         print(f"  websocket through {proxy.name}: {str(err).splitlines()[0]}", file=sys.stderr)
         return {"mps": 0.0, "cpu": 0.0}
     n, rate = out.split()
-    return {"mps": float(rate), "cpu": cpu * 1e6 / max(int(n), 1)}
+    return {"mps": float(rate), "cpu": (user + system) * 1e6 / max(int(n), 1)}
 
 
 def idle_connections(proxy, n):
@@ -351,14 +353,14 @@ def main():
         say(f"Machine: {os.cpu_count()} CPUs, {platform.platform()}. Command: `bash bench/compare.sh {' '.join(sys.argv[1:])}`.")
         say(f"wrk -t1, {args.seconds} s per run, {args.rounds} interleaved rounds, medians; path {PATH}; CPU = proxy user+system time / requests.")
         say()
-        say("| proxy | conns | requests/s | p50 µs | p99 µs | CPU µs/req | non-2xx / socket errors |")
-        say("|---|---|---|---|---|---|---|")
+        say("| proxy | conns | requests/s | p50 µs | p99 µs | CPU µs/req | of which system | non-2xx / socket errors |")
+        say("|---|---|---|---|---|---|---|---|")
         for c in conns:
             for p in proxies:
                 runs = results[(p.name, c)]
                 errs = sum(r["bad"] for r in runs)
                 sock = "; ".join(r["errors"] for r in runs if r["errors"])
-                say(f"| {p.name} | {c} | {med(runs, 'rps'):,.0f} | {med(runs, 'p50'):.0f} | {med(runs, 'p99'):.0f} | {med(runs, 'cpu'):.2f} | {errs} {sock} |")
+                say(f"| {p.name} | {c} | {med(runs, 'rps'):,.0f} | {med(runs, 'p50'):.0f} | {med(runs, 'p99'):.0f} | {med(runs, 'cpu'):.2f} | {med(runs, 'sys'):.2f} | {errs} {sock} |")
         say()
         say("Ratios plumeway/nginx (throughput: higher is better; CPU and latency: lower is better):")
         say()
