@@ -40,15 +40,7 @@ pub fn normalize<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, str>,
         return Err(PathError::NotAbsolute);
     }
     let bytes = path.as_bytes();
-    // The common case: nothing to decode, no dot segment, no empty one.
-    let needs_work = bytes.iter().any(|&b| b == b'%' || b == b'\\' || b < 0x20 || b == 0x7f)
-        || path.contains("/./")
-        || path.contains("/../")
-        || path.ends_with("/.")
-        || path.ends_with("/..")
-        || (policy.merge_slashes && path.contains("//"));
-    let plain = !needs_work;
-    if plain {
+    if is_normal(bytes, policy.merge_slashes) {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode(bytes, policy.encoded_slash)?;
@@ -80,6 +72,24 @@ pub fn normalize<'a>(path: &'a str, policy: &PathPolicy) -> Result<Cow<'a, str>,
         normal.push('/');
     }
     Ok(Cow::Owned(normal))
+}
+
+/// The common case, in one pass over the bytes (every request comes
+/// here): nothing to decode or refuse, no dot segment, and no empty segment
+/// to merge.
+fn is_normal(path: &[u8], merge_slashes: bool) -> bool {
+    for (i, &b) in path.iter().enumerate() {
+        match b {
+            b'%' | b'\\' | 0..0x20 | 0x7f => return false,
+            b'/' => match &path[i + 1..] {
+                [b'/', ..] if merge_slashes => return false,
+                [b'.'] | [b'.', b'/', ..] | [b'.', b'.'] | [b'.', b'.', b'/', ..] => return false,
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Checks a path a rewrite plugin produced and normalises it: a `..`
@@ -222,6 +232,39 @@ mod tests {
             normalize_rewritten("/x/y..z", &p),
             Ok(Cow::Borrowed("/x/y..z"))
         ));
+    }
+
+    /// `is_normal` against the plain statement of what it checks, over
+    /// every path of up to 7 bytes made of the bytes that matter.
+    #[test]
+    fn is_normal_agrees_with_its_definition() {
+        fn by_definition(path: &str, merge: bool) -> bool {
+            !(path.bytes().any(|b| b == b'%' || b == b'\\' || b < 0x20 || b == 0x7f)
+                || path.contains("/./")
+                || path.contains("/../")
+                || path.ends_with("/.")
+                || path.ends_with("/..")
+                || (merge && path.contains("//")))
+        }
+        let alphabet = ["/", ".", "a", "%", "\\", "\t"];
+        let mut paths = vec![String::from("/")];
+        let mut all = paths.clone();
+        for _ in 0..6 {
+            paths = paths
+                .iter()
+                .flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}")))
+                .collect();
+            all.extend(paths.iter().cloned());
+        }
+        for path in &all {
+            for merge in [false, true] {
+                assert_eq!(
+                    is_normal(path.as_bytes(), merge),
+                    by_definition(path, merge),
+                    "{path:?} {merge}"
+                );
+            }
+        }
     }
 
     #[test]
