@@ -942,24 +942,15 @@ impl Proxy {
         mut out: request::Parts,
         body: ReqBody,
     ) -> Result<Response<BoxBody>, ProxyError> {
-        let names = || (Arc::clone(upstream.name()), Arc::clone(endpoint.label()));
-        let path = std::mem::take(&mut out.uri)
-            .into_parts()
-            .path_and_query
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        out.uri = Uri::builder()
-            .scheme(endpoint.url.scheme.clone())
-            .authority(endpoint.url.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| {
-                let (upstream, endpoint) = names();
-                ProxyError::UpstreamFailed {
-                    upstream,
-                    endpoint,
-                    reason: e.to_string(),
-                }
-            })?;
+        // The origin form: the pool knows where the endpoint is (a client's
+        // absolute-form URI names the proxy's host, not the endpoint's).
+        if out.uri.scheme().is_some() {
+            let path = std::mem::take(&mut out.uri)
+                .into_parts()
+                .path_and_query
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            out.uri = Uri::from(path);
+        }
         out.version = if upstream.protocol().is_h2_only() {
             Version::HTTP_2
         } else {
@@ -979,7 +970,11 @@ impl Proxy {
         };
         let guard = endpoint.begin();
         endpoint.dispatched();
-        let (resp, connection) = match upstream.pool().send(Request::from_parts(out, body)).await {
+        let (resp, connection) = match upstream
+            .pool()
+            .send(endpoint.pool_target(), Request::from_parts(out, body))
+            .await
+        {
             Ok(sent) => sent,
             Err(err) => return Err(self.upstream_error(err, upstream, endpoint)),
         };

@@ -26,7 +26,7 @@ pub use circuit::{Circuit, CircuitState};
 pub use endpoint::{Endpoint, InFlight};
 pub(crate) use pool::chain;
 pub(crate) use pool::h1;
-pub use pool::{Pool, PoolError, UpstreamTls};
+pub use pool::{Destination, Pool, PoolError, UpstreamTls};
 pub use retry::RetryBudget;
 
 /// One upstream, built from its `[upstreams.NAME]` table.

@@ -25,6 +25,8 @@ pub struct Endpoint {
     pub down: bool,
     /// `url` as a string, kept once for logs instead of formatted per request.
     label: Arc<str>,
+    /// `url` as the pool looks connections up by, hashed once.
+    pool_target: super::pool::Destination,
     state: Arc<State>,
     circuit: Option<Arc<Circuit>>,
 }
@@ -66,6 +68,7 @@ impl Endpoint {
         };
         Self {
             label: url.to_string().into(),
+            pool_target: super::pool::Destination::new(url.scheme.clone(), url.authority.clone()),
             url,
             weight,
             down,
@@ -127,6 +130,11 @@ impl Endpoint {
     /// `http://host:port`, for logs and error messages.
     pub fn label(&self) -> &Arc<str> {
         &self.label
+    }
+
+    /// Where the upstream's pool sends this endpoint's requests.
+    pub fn pool_target(&self) -> &super::pool::Destination {
+        &self.pool_target
     }
 
     /// Requests in flight to this endpoint now.

@@ -224,17 +224,21 @@ impl Pool {
             })
     }
 
-    /// Sends `req` (whose URI names the endpoint) and waits for the response
-    /// head. Keep the second value with the response body. A response whose
-    /// length could be read two ways is refused, and its connection is not
-    /// used again.
+    /// Sends `req` to `dest` and waits for the response head; only the
+    /// path and query of the request's URI are used. Keep the second value
+    /// with the response body. A response whose length could be read two
+    /// ways is refused, and its connection is not used again.
     pub async fn send(
         &self,
+        dest: &Destination,
         mut req: http::Request<BoxBody>,
     ) -> Result<(http::Response<ResponseBody>, Sent), PoolError> {
+        if !matches!(self.0, Kind::KeepAlive(_)) {
+            *req.uri_mut() = dest.uri(req.uri().path_and_query())?;
+        }
         match &self.0 {
             Kind::KeepAlive(pool) => {
-                let response = pool.send(req).await?;
+                let response = pool.send(dest, req).await?;
                 Ok((response.map(|b| ResponseBody(Read::H1(b))), Sent(Carrier::Body)))
             }
             Kind::Pooled(client) => {
@@ -248,7 +252,7 @@ impl Pool {
                 Ok((response.map(ResponseBody::hyper), sent))
             }
             Kind::Streams(streams) => {
-                let (response, stream) = streams.send(req).await?;
+                let (response, stream) = streams.send(dest, req).await?;
                 let sent = Sent(Carrier::Stream { _held: stream });
                 refuse_ambiguous(&response, &sent)?;
                 Ok((response.map(ResponseBody::hyper), sent))
@@ -321,17 +325,68 @@ impl http_body::Body for ResponseBody {
 /// Where a connection goes: scheme and authority of the endpoint.
 type Key = (http::uri::Scheme, http::uri::Authority);
 
-/// The scheme and authority of an absolute URI.
-fn key(uri: &http::Uri) -> Result<Key, PoolError> {
-    match (uri.scheme(), uri.authority()) {
-        (Some(scheme), Some(authority)) => Ok((scheme.clone(), authority.clone())),
-        _ => Err(PoolError::Connect(format!("not an absolute URI: {uri}"))),
+/// An endpoint as the pool knows it: where its connections go, hashed once
+/// when the endpoint is made. Every request looks its endpoint's
+/// connections up by this, and an authority hashes and compares byte by
+/// byte, case-insensitively: that cost ~1,000 instructions per request when
+/// the key was taken from each request's URI. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Destination(Arc<Hashed>);
+
+#[derive(Debug)]
+struct Hashed {
+    key: Key,
+    hash: u64,
+}
+
+impl Destination {
+    /// The endpoint at `scheme://authority`.
+    pub fn new(scheme: http::uri::Scheme, authority: http::uri::Authority) -> Self {
+        use std::hash::BuildHasher;
+        let key = (scheme, authority);
+        let hash = rustc_hash::FxBuildHasher.hash_one(&key);
+        Self(Arc::new(Hashed { key, hash }))
+    }
+
+    fn key(&self) -> &Key {
+        &self.0.key
+    }
+
+    /// The absolute URI of `path` on this endpoint, which hyper's clients
+    /// want (our HTTP/1.1 client needs only the path).
+    fn uri(&self, path: Option<&http::uri::PathAndQuery>) -> Result<http::Uri, PoolError> {
+        let (scheme, authority) = self.key();
+        http::Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query(
+                path.cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            )
+            .build()
+            .map_err(|e| PoolError::Protocol(e.to_string()))
     }
 }
 
-/// Opens a connection (TLS included for `https`) to `key`, for hyper.
-async fn open(connector: Counted, key: &Key) -> Result<CountedIo<Conn>, PoolError> {
-    let (stream, open) = connector.open(key).await?;
+impl std::hash::Hash for Destination {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl PartialEq for Destination {
+    fn eq(&self, other: &Self) -> bool {
+        // The same endpoint's destination is usually the very same one; another
+        // endpoint's almost always differs in the hash.
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.hash == other.0.hash && self.0.key == other.0.key)
+    }
+}
+
+impl Eq for Destination {}
+
+/// Opens a connection (TLS included for `https`) to `dest`, for hyper.
+async fn open(connector: Counted, dest: &Destination) -> Result<CountedIo<Conn>, PoolError> {
+    let (stream, open) = connector.open(dest).await?;
     Ok(CountedIo {
         io: Conn::from(stream),
         _open: open,
@@ -437,15 +492,10 @@ pub(super) struct Counted {
 }
 
 impl Counted {
-    /// Opens a connection (TLS included for `https`) to `key`, counted
+    /// Opens a connection (TLS included for `https`) to `dest`, counted
     /// until the returned [`Opened`] is dropped.
-    pub(super) async fn open(&self, key: &Key) -> Result<(Stream, Opened), PoolError> {
-        let uri = http::Uri::builder()
-            .scheme(key.0.clone())
-            .authority(key.1.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| PoolError::Connect(e.to_string()))?;
+    pub(super) async fn open(&self, dest: &Destination) -> Result<(Stream, Opened), PoolError> {
+        let uri = dest.uri(None)?;
         let stream = connect(self.inner.clone(), self.tls.clone(), uri)
             .await
             .map_err(|e| classify_error(&*e, true))?;

@@ -24,7 +24,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 
 use super::h1::{self, Decoded, Decoder, Framing, Malformed};
-use super::{Counted, Key, Opened, PoolError, Stream};
+use super::{Counted, Destination, Opened, PoolError, Stream};
 use crate::body::{BoxBody, BoxError};
 
 /// A connection's read buffer: what one read asks for at most, and the
@@ -54,10 +54,8 @@ struct Inner {
     idle_timeout: Duration,
     max_idle: usize,
     /// By endpoint. Every request looks its endpoint up here twice (to take
-    /// a connection and to put it back), and an authority hashes byte by
-    /// byte, which SipHash makes dear; the keys come from the config, not
-    /// from clients, so a fast hash without flooding resistance is safe.
-    idle: Mutex<HashMap<Key, Vec<Idle>, rustc_hash::FxBuildHasher>>,
+    /// a connection and to put it back), by the hash its [`Destination`] keeps.
+    idle: Mutex<HashMap<Destination, Vec<Idle>, rustc_hash::FxBuildHasher>>,
 }
 
 struct Idle {
@@ -216,15 +214,14 @@ impl KeepAlive {
         Self { inner }
     }
 
-    /// Sends `req` (whose URI names the endpoint) on an idle connection,
-    /// or a new one, and waits for the response head.
-    pub(super) async fn send(&self, req: Request<BoxBody>) -> Result<Response<Body>, PoolError> {
-        let key = super::key(req.uri())?;
+    /// Sends `req` to `dest` on an idle connection, or a new one, and
+    /// waits for the response head.
+    pub(super) async fn send(&self, dest: &Destination, req: Request<BoxBody>) -> Result<Response<Body>, PoolError> {
         let (mut parts, mut body) = req.into_parts();
         // HTTP/1.1 wants the origin form; Host names the endpoint when the
         // client gave none.
         if !parts.headers.contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(key.1.as_str())
+            && let Ok(host) = HeaderValue::from_str(dest.key().1.as_str())
         {
             parts.headers.insert(header::HOST, host);
         }
@@ -238,10 +235,10 @@ impl KeepAlive {
         // of system time per request with the 3-plugin chain (bench/RESULTS.md).
         tokio::task::yield_now().await;
         loop {
-            let (mut conn, reused) = match self.take(&key) {
+            let (mut conn, reused) = match self.take(dest) {
                 Some(conn) => (conn, true),
                 None => {
-                    let (stream, open) = self.inner.connector.open(&key).await?;
+                    let (stream, open) = self.inner.connector.open(dest).await?;
                     (Conn::new(stream, open), false)
                 }
             };
@@ -281,7 +278,7 @@ impl KeepAlive {
             let mut body = Body {
                 conn: Some(conn),
                 decoder,
-                home: reuse.then(|| (Arc::downgrade(&self.inner), key)),
+                home: reuse.then(|| (Arc::downgrade(&self.inner), dest.clone())),
                 failed: None,
             };
             if body.decoder.is_done() {
@@ -295,13 +292,13 @@ impl KeepAlive {
         }
     }
 
-    /// The most recently used idle connection to `key` that can carry a
+    /// The most recently used idle connection to `dest` that can carry a
     /// request.
-    fn take(&self, key: &Key) -> Option<Conn> {
+    fn take(&self, dest: &Destination) -> Option<Conn> {
         loop {
             let mut conn = {
                 let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-                idle.get_mut(key)?.pop()?.conn
+                idle.get_mut(dest)?.pop()?.conn
             };
             if conn.is_usable() {
                 return Some(conn);
@@ -434,7 +431,7 @@ pub(super) struct Body {
     conn: Option<Conn>,
     decoder: Decoder,
     /// Where the connection goes back to, if it may be used again.
-    home: Option<(Weak<Inner>, Key)>,
+    home: Option<(Weak<Inner>, Destination)>,
     /// A failure waiting to be reported (see [`Body::fail`]).
     failed: Option<BoxError>,
 }

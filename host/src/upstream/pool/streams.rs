@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::TokioExecutor;
 
-use super::{Counted, Key, PoolError};
+use super::{Counted, Destination, PoolError};
 use crate::body::BoxBody;
 
 /// A connection being opened, or opened: every request that picked it
@@ -46,7 +46,7 @@ struct Inner {
     max_streams: usize,
     idle_timeout: Duration,
     max_idle: usize,
-    endpoints: Mutex<HashMap<Key, Vec<Arc<Slot>>>>,
+    endpoints: Mutex<HashMap<Destination, Vec<Arc<Slot>>, rustc_hash::FxBuildHasher>>,
 }
 
 /// One connection and the streams it carries now.
@@ -119,18 +119,18 @@ impl Streams {
         Self { inner }
     }
 
-    /// Sends `req` (whose URI names the endpoint) on a connection with a
-    /// free stream, opening one if none has.
+    /// Sends `req` to `dest` on a connection with a free stream, opening
+    /// one if none has.
     pub(super) async fn send(
         &self,
+        dest: &Destination,
         mut req: http::Request<BoxBody>,
     ) -> Result<(http::Response<Incoming>, StreamGuard), PoolError> {
-        let key = super::key(req.uri())?;
         // A connection that closed between the checkout and the send gives
         // the request back unsent: it goes on another connection, once.
         let mut retried = false;
         loop {
-            let guard = self.checkout(&key);
+            let guard = self.checkout(dest);
             let mut send = guard.slot.connecting.clone().await?;
             match send.try_send_request(req).await {
                 Ok(response) => return Ok((response, guard)),
@@ -145,12 +145,12 @@ impl Streams {
         }
     }
 
-    /// A stream on the first connection to `key` with room for one, or on a
+    /// A stream on the first connection to `dest` with room for one, or on a
     /// new connection.
-    fn checkout(&self, key: &Key) -> StreamGuard {
+    fn checkout(&self, dest: &Destination) -> StreamGuard {
         let inner = &self.inner;
         let mut endpoints = inner.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        let slots = endpoints.entry(key.clone()).or_default();
+        let slots = endpoints.entry(dest.clone()).or_default();
         slots.retain(|s| !s.is_dead());
         // Filling the oldest connections first leaves the newest to fall
         // idle and close when the load drops.
@@ -166,7 +166,7 @@ impl Streams {
             .cloned();
         let slot = found.unwrap_or_else(|| {
             let slot = Arc::new(Slot {
-                connecting: connect(inner, key).shared(),
+                connecting: connect(inner, dest).shared(),
                 active: AtomicUsize::new(1),
                 idle_since: Mutex::new(Instant::now()),
             });
@@ -177,13 +177,13 @@ impl Streams {
     }
 }
 
-/// Opens a connection to `key` and hands its driver to the runtime.
-fn connect(inner: &Inner, key: &Key) -> BoxFuture<'static, Result<SendRequest<BoxBody>, PoolError>> {
+/// Opens a connection to `dest` and hands its driver to the runtime.
+fn connect(inner: &Inner, dest: &Destination) -> BoxFuture<'static, Result<SendRequest<BoxBody>, PoolError>> {
     let connector = inner.connector.clone();
     let builder = inner.builder.clone();
-    let key = key.clone();
+    let dest = dest.clone();
     async move {
-        let io = super::open(connector, &key).await?;
+        let io = super::open(connector, &dest).await?;
         let (send, connection) = builder
             .handshake(io)
             .await
