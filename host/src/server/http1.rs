@@ -228,7 +228,8 @@ struct Framing {
     /// Something only hyper handles: `Transfer-Encoding`, `Upgrade`,
     /// `Expect`, or a `Content-Length` that is not one plain number.
     other: bool,
-    close: bool,
+    /// What `Connection` said of the connection itself.
+    connection: h1::Connection,
 }
 
 impl Conn {
@@ -319,7 +320,11 @@ impl Conn {
             let path = req.path.ok_or(HandOver)?;
             let target = offset(path.as_ptr()) as usize..offset(path.as_ptr()) as usize + path.len();
             for h in req.headers.iter() {
-                framing.note(h.name.as_bytes(), h.value);
+                // A `Connection` that only says `keep-alive` or `close` is
+                // noted and dropped here: the proxy would strip it anyway.
+                if framing.note(h.name.as_bytes(), h.value) {
+                    continue;
+                }
                 let (name, value) = (offset(h.name.as_ptr()), offset(h.value.as_ptr()));
                 at.push([name, name + h.name.len() as u32, value, value + h.value.len() as u32]);
             }
@@ -361,7 +366,7 @@ impl Conn {
         *req.headers_mut() = headers;
         Ok(Some(Parsed {
             req,
-            keep_alive: !framing.close,
+            keep_alive: !framing.connection.close,
             has_body: length != 0,
         }))
     }
@@ -588,8 +593,9 @@ impl Conn {
 struct HandOver;
 
 impl Framing {
-    /// Notes a header that bears on framing or on this path.
-    fn note(&mut self, name: &[u8], value: &[u8]) {
+    /// Notes a header that bears on framing or on this path; true for a
+    /// `Connection` that names no other header, which need not be kept.
+    fn note(&mut self, name: &[u8], value: &[u8]) -> bool {
         let is = |known: &[u8]| name.len() == known.len() && name.eq_ignore_ascii_case(known);
         match name.len() {
             14 if is(b"content-length") => {
@@ -602,15 +608,10 @@ impl Framing {
             17 if is(b"transfer-encoding") => self.other = true,
             7 if is(b"upgrade") => self.other = true,
             6 if is(b"expect") => self.other = true,
-            10 if is(b"connection")
-                && value
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")) =>
-            {
-                self.close = true;
-            }
+            10 if is(b"connection") => return self.connection.note(value),
             _ => {}
         }
+        false
     }
 }
 
@@ -809,7 +810,7 @@ mod tests {
     fn framing(fields: &[(&str, &str)]) -> Framing {
         let mut f = Framing::default();
         for (name, value) in fields {
-            f.note(name.as_bytes(), value.as_bytes());
+            let _ = f.note(name.as_bytes(), value.as_bytes());
         }
         f
     }
@@ -817,9 +818,15 @@ mod tests {
     #[test]
     fn heads_framed_by_one_plain_length_stay_on_this_path() {
         let f = framing(&[("Host", "x"), ("CONTENT-LENGTH", "12")]);
-        assert_eq!((f.length, f.lengths, f.other, f.close), (Some(12), 1, false, false));
+        assert_eq!(
+            (f.length, f.lengths, f.other, f.connection.close),
+            (Some(12), 1, false, false)
+        );
         let f = framing(&[("connection", "keep-alive, Close")]);
-        assert!(f.close && !f.other);
+        assert!(f.connection.close && !f.other);
+        // Kept only when it names another header, for the proxy to strip.
+        assert!(Framing::default().note(b"Connection", b"keep-alive"));
+        assert!(!Framing::default().note(b"Connection", b"close, x-secret"));
     }
 
     #[test]

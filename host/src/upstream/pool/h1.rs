@@ -99,7 +99,36 @@ pub(crate) fn put_field(name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8
 pub(super) struct Head {
     pub(super) status: StatusCode,
     pub(super) version: Version,
+    /// Without `Connection` when it only said `keep-alive` or `close`:
+    /// that belongs to this hop, and is kept in `connection` instead.
     pub(super) headers: HeaderMap,
+    pub(super) connection: Connection,
+}
+
+/// What a `Connection` header said of the connection itself (the server
+/// side reads the client's with this too).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Connection {
+    pub(crate) close: bool,
+    pub(crate) keep_alive: bool,
+}
+
+impl Connection {
+    /// Notes the tokens of one `Connection` value; true when it named
+    /// nothing else, so the header need not be kept.
+    pub(crate) fn note(&mut self, value: &[u8]) -> bool {
+        let mut only_ours = true;
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !token.is_empty() {
+                only_ours = false;
+            }
+        }
+        only_ours
+    }
 }
 
 /// Why a response could not be read: the backend does not speak HTTP/1.1
@@ -157,8 +186,14 @@ pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Op
     let mut headers = std::mem::take(spare);
     headers.clear();
     headers.reserve(at.len());
+    let mut connection = Connection::default();
     for &[n0, n1, v0, v1] in &at {
         let (n, v) = (n0 as usize..n1 as usize, v0 as usize..v1 as usize);
+        // Nearly every backend says `Connection: keep-alive`; read here, it
+        // costs no header to make, look up and strip again.
+        if head[n.clone()].eq_ignore_ascii_case(b"connection") && connection.note(&head[v.clone()]) {
+            continue;
+        }
         match (
             HeaderName::from_bytes(&head[n]),
             HeaderValue::from_maybe_shared(head.slice(v)),
@@ -174,6 +209,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Op
         status,
         version,
         headers,
+        connection,
     }))
 }
 
@@ -206,10 +242,9 @@ pub(super) fn response_body(method: &Method, head: &Head) -> Result<Decoder, Mal
 
 /// Whether the connection may carry another request after this response.
 pub(super) fn keeps_alive(head: &Head) -> bool {
-    let has = |token| crate::proxy::has_token(&head.headers, &header::CONNECTION, token);
     match head.version {
-        Version::HTTP_11 => !has("close"),
-        _ => has("keep-alive"),
+        Version::HTTP_11 => !head.connection.close,
+        _ => head.connection.keep_alive,
     }
 }
 
@@ -555,6 +590,20 @@ mod tests {
         assert!(!alive(b"HTTP/1.1 200 OK\r\nConnection: x, Close\r\n\r\n"));
         assert!(!alive(b"HTTP/1.0 200 OK\r\n\r\n"));
         assert!(alive(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(!alive(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n"
+        ));
+        // Only a `Connection` that names other headers stays, for the proxy
+        // to strip them.
+        let h = head(b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nX-A: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.headers.contains_key(header::CONNECTION));
+        let h = head(b"HTTP/1.1 200 OK\r\nConnection: close, X-A\r\nX-A: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.headers[header::CONNECTION], "close, X-A");
+        assert!(!keeps_alive(&h));
     }
 
     #[test]
