@@ -176,6 +176,8 @@ struct Instance {
     fields: wasmtime::component::Resource<host::FieldsEntry>,
     /// When the current call checked the instance out.
     since: std::time::Instant,
+    /// Set while a call has the instance checked out.
+    running: Option<engine::Running>,
 }
 
 /// An instance's exported hooks, looked up once when it is made.
@@ -396,19 +398,21 @@ impl Plugin {
 
     /// A new instance, initialised with the plugin's config.
     fn instantiate(&self) -> Result<(Instance, Needs), Failure> {
+        // The start function and `init` run guest code too.
+        let _running = engine::Running::start();
         let mut store = Store::new(
             self.engine,
             HostState::new(Arc::clone(&self.name), self.limits.memory.as_usize()),
         );
         store.limiter(|s| &mut s.limiter);
-        self.arm(&mut store)?;
+        self.arm(&mut store, std::time::Instant::now())?;
         let instance = self.pre.instantiate(&mut store).map_err(|e| self.classify(e, &store))?;
         let started = |e: wasmtime::Error| Failure::Instantiate {
             message: format!("{e:#}"),
         };
         let lifecycle = self.indices.lifecycle.load(&mut store, &instance).map_err(started)?;
         let hooks = self.indices.load(&mut store, &instance).map_err(started)?;
-        self.arm(&mut store)?;
+        self.arm(&mut store, std::time::Instant::now())?;
         let needs = match lifecycle.call_init(&mut store, &self.config_json) {
             Ok(Ok(flags)) => {
                 use exports::lifecycle::Needs as N;
@@ -432,13 +436,17 @@ impl Plugin {
                 head: hooks::empty_head(),
                 fields,
                 since: std::time::Instant::now(),
+                running: None,
             },
             needs,
         ))
     }
 
     /// Sets the per-call limits on a store before entering the guest.
-    fn arm(&self, store: &mut Store<HostState>) -> Result<(), Failure> {
+    fn arm(&self, store: &mut Store<HostState>, now: std::time::Instant) -> Result<(), Failure> {
+        // The deadline counts from the epoch, which the ticker may have let
+        // fall behind while no call ran.
+        engine::catch_up(self.limits.fuel.is_some(), now);
         let ticks = self.limits.time.get().as_millis().div_ceil(engine::TICK.as_millis()) as u64;
         // +1: the tick in progress when the call starts may end at once.
         store.set_epoch_deadline(ticks + 1);
@@ -468,10 +476,11 @@ impl Plugin {
             },
         };
         instance.since = since;
-        if let Err(failure) = self.arm(&mut instance.store) {
+        if let Err(failure) = self.arm(&mut instance.store, since) {
             self.stats.record(since.elapsed(), Some(&failure));
             return Err(failure);
         }
+        instance.running = Some(engine::Running::start());
         Ok(instance)
     }
 
@@ -496,7 +505,8 @@ impl Plugin {
     }
 
     /// Ends a call: pools the instance unless the failure poisoned it.
-    fn finish<T>(&self, instance: Instance, result: Result<T, Failure>) -> Result<T, Failure> {
+    fn finish<T>(&self, mut instance: Instance, result: Result<T, Failure>) -> Result<T, Failure> {
+        instance.running = None;
         self.stats.record(instance.since.elapsed(), result.as_ref().err());
         match &result {
             Err(f) if f.poisons_instance() => drop(instance),

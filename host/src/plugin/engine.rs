@@ -3,28 +3,110 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::config::MAX_PLUGIN_MEMORY;
 
-/// How often the epoch advances; a call's time limit is counted in ticks.
+/// How often the epoch advances while a call is running; a call's time
+/// limit is counted in ticks.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
 
-static PLAIN: OnceLock<Result<Engine, String>> = OnceLock::new();
-static FUELED: OnceLock<Result<Engine, String>> = OnceLock::new();
+/// How long the ticker sleeps when no call was running as it last looked.
+/// Each wake-up is a context switch: at one a millisecond the ticker took
+/// 2.4% of a core under load, 0.7 µs per request with the 3-plugin chain
+/// (bench/RESULTS.md, session 10). Calls are usually over in microseconds,
+/// so the ticker mostly sleeps this long. A call that runs long is seen
+/// within this much of its start, and stopped within a tick of its limit
+/// from then on.
+const IDLE_TICK: Duration = Duration::from_millis(10);
 
-/// The engine for plugins without (`fuel = false`) or with a fuel limit.
-/// Fuel metering slows every call, so only plugins that ask for it pay.
-pub(crate) fn engine(fuel: bool) -> Result<&'static Engine, String> {
+/// Calls running now, in any engine.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a call into a plugin as running until dropped, so the ticker
+/// ticks every [`TICK`] while it lasts.
+#[derive(Debug)]
+pub(crate) struct Running(());
+
+impl Running {
+    pub(crate) fn start() -> Self {
+        RUNNING.fetch_add(1, Ordering::Relaxed);
+        Self(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An engine's epoch as a clock: its value is the time since `start` in
+/// ticks. The ticker brings it up to date when it wakes, and so does every
+/// call just before it sets its deadline, which is then counted from the
+/// true time even when the ticker has slept for [`IDLE_TICK`].
+#[derive(Debug)]
+struct Clock {
+    start: Instant,
+    /// Ticks added to the epoch so far.
+    ticks: AtomicU64,
+}
+
+impl Clock {
+    fn catch_up(&self, engine: &Engine, now: Instant) {
+        let due = (now.saturating_duration_since(self.start).as_nanos() / TICK.as_nanos()) as u64;
+        let mut seen = self.ticks.load(Ordering::Relaxed);
+        // Each tick is claimed once, by whoever wins it, ticker or call: the
+        // epoch never runs ahead of the time.
+        while seen < due {
+            match self
+                .ticks
+                .compare_exchange_weak(seen, seen + 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    engine.increment_epoch();
+                    seen += 1;
+                }
+                Err(current) => seen = current,
+            }
+        }
+    }
+}
+
+/// An engine and its epoch clock.
+struct Ticking {
+    engine: Engine,
+    clock: Arc<Clock>,
+}
+
+static PLAIN: OnceLock<Result<Ticking, String>> = OnceLock::new();
+static FUELED: OnceLock<Result<Ticking, String>> = OnceLock::new();
+
+fn ticking(fuel: bool) -> Result<&'static Ticking, String> {
     let cell = if fuel { &FUELED } else { &PLAIN };
     cell.get_or_init(|| build(fuel)).as_ref().map_err(Clone::clone)
 }
 
-fn build(fuel: bool) -> Result<Engine, String> {
+/// The engine for plugins without (`fuel = false`) or with a fuel limit.
+/// Fuel metering slows every call, so only plugins that ask for it pay.
+pub(crate) fn engine(fuel: bool) -> Result<&'static Engine, String> {
+    ticking(fuel).map(|t| &t.engine)
+}
+
+/// Brings the epoch of the engine for `fuel` up to `now`, before a call
+/// sets its deadline.
+pub(crate) fn catch_up(fuel: bool, now: Instant) {
+    if let Ok(t) = ticking(fuel) {
+        t.clock.catch_up(&t.engine, now);
+    }
+}
+
+fn build(fuel: bool) -> Result<Ticking, String> {
     let mut pool = PoolingAllocationConfig::new();
     // A Rust wasip2 component is several core instances; slots are cheap
     // address space until used.
@@ -46,18 +128,23 @@ fn build(fuel: bool) -> Result<Engine, String> {
         .max_wasm_stack(512 << 10)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config).map_err(|e| format!("cannot start the WebAssembly engine: {e}"))?;
-    let ticker = engine.weak();
+    let clock = Arc::new(Clock {
+        start: Instant::now(),
+        ticks: AtomicU64::new(0),
+    });
+    let (ticker, ticker_clock) = (engine.weak(), Arc::clone(&clock));
     std::thread::Builder::new()
         .name(if fuel { "plumeway-epoch-fuel" } else { "plumeway-epoch" }.into())
         .spawn(move || {
             while let Some(engine) = ticker.upgrade() {
-                engine.increment_epoch();
+                ticker_clock.catch_up(&engine, Instant::now());
                 drop(engine);
-                std::thread::sleep(TICK);
+                let running = RUNNING.load(Ordering::Relaxed) > 0;
+                std::thread::sleep(if running { TICK } else { IDLE_TICK });
             }
         })
         .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
-    Ok(engine)
+    Ok(Ticking { engine, clock })
 }
 
 /// Compiles `wasm`, reusing an earlier compilation of the same bytes (a
@@ -201,4 +288,29 @@ fn hash(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     h.write(bytes);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The epoch is the time in ticks: however long the ticker slept, it
+    /// catches up at once, and never runs ahead when asked twice or asked
+    /// about a moment already counted.
+    #[test]
+    fn the_epoch_catches_up_with_the_time() {
+        let engine = Engine::default();
+        let start = Instant::now();
+        let clock = Clock {
+            start,
+            ticks: AtomicU64::new(0),
+        };
+        clock.catch_up(&engine, start + Duration::from_micros(25_400));
+        assert_eq!(clock.ticks.load(Ordering::Relaxed), 25);
+        clock.catch_up(&engine, start + Duration::from_millis(25));
+        clock.catch_up(&engine, start + Duration::from_millis(3));
+        assert_eq!(clock.ticks.load(Ordering::Relaxed), 25);
+        clock.catch_up(&engine, start + Duration::from_millis(26));
+        assert_eq!(clock.ticks.load(Ordering::Relaxed), 26);
+    }
 }
