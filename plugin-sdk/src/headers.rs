@@ -139,18 +139,19 @@ impl<'a> Headers<'a> {
 
     /// Replaces every value of `name` with `value`.
     pub fn set(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), HeaderError> {
-        let value = value.as_ref().to_vec();
+        let value = value.as_ref();
         match &mut self.inner {
             Inner::Host { fields, read_only } => {
                 if *read_only {
                     return Err(HeaderError::Immutable);
                 }
-                fields.set(name, &[value]).map_err(Into::into)
+                // The value goes to the host as it is: no copy, no list.
+                fields.set_one(name, value).map_err(Into::into)
             }
             Inner::Local { list, read_only } => {
-                check_local(name, Some(&value), *read_only)?;
+                check_local(name, Some(value), *read_only)?;
                 list.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-                list.push((name.to_ascii_lowercase(), value));
+                list.push((name.to_ascii_lowercase(), value.to_vec()));
                 Ok(())
             }
         }
@@ -158,17 +159,17 @@ impl<'a> Headers<'a> {
 
     /// Adds a value to `name`, keeping the ones it has.
     pub fn append(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), HeaderError> {
-        let value = value.as_ref().to_vec();
+        let value = value.as_ref();
         match &mut self.inner {
             Inner::Host { fields, read_only } => {
                 if *read_only {
                     return Err(HeaderError::Immutable);
                 }
-                fields.append(name, &value).map_err(Into::into)
+                fields.append(name, value).map_err(Into::into)
             }
             Inner::Local { list, read_only } => {
-                check_local(name, Some(&value), *read_only)?;
-                list.push((name.to_ascii_lowercase(), value));
+                check_local(name, Some(value), *read_only)?;
+                list.push((name.to_ascii_lowercase(), value.to_vec()));
                 Ok(())
             }
         }

@@ -216,6 +216,21 @@ impl types::HostFields for HostState {
         }))
     }
 
+    fn set_one(
+        &mut self,
+        this: Resource<FieldsEntry>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        let (name, value) = match parse_name(&name).and_then(|n| Ok((n, parse_value(value)?))) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self.writable(&this)?.map(|headers| {
+            headers.insert(name, value);
+        }))
+    }
+
     fn append(
         &mut self,
         this: Resource<FieldsEntry>,
