@@ -97,7 +97,7 @@ def main():
             ).stdout
             lines = [line.rstrip() for line in report.splitlines() if line.strip() and not line.startswith("#")]
             print("\n".join(lines[: args.top]))
-            events = [f"syscalls:sys_enter_{name}" for name in SYSCALLS] + ["sched:sched_switch", "sched:sched_wakeup"]
+            events = [f"syscalls:sys_enter_{name}" for name in SYSCALLS] + ["sched:sched_switch", "sched:sched_wakeup", "page-faults", "cpu-migrations"]
             stat = subprocess.Popen(
                 ["perf", "stat", "-x", ",", "-e", ",".join(events), "-p", str(proxy.pid)],
                 stdout=subprocess.DEVNULL,
