@@ -167,6 +167,24 @@ impl HostState {
     }
 }
 
+impl HostState {
+    /// `set-one` and `append`: the name and value are checked first, so a
+    /// bad one leaves the headers as they were.
+    fn edit_one(
+        &mut self,
+        this: &Resource<FieldsEntry>,
+        name: &str,
+        value: Vec<u8>,
+        edit: impl FnOnce(&mut HeaderMap, HeaderName, HeaderValue),
+    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        let (name, value) = match parse_name(name).and_then(|n| Ok((n, parse_value(value)?))) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self.writable(this)?.map(|headers| edit(headers, name, value)))
+    }
+}
+
 impl types::HostFields for HostState {
     fn get(&mut self, this: Resource<FieldsEntry>, name: String) -> wasmtime::Result<Vec<Vec<u8>>> {
         let entry = self.table.get(&this)?;
@@ -222,13 +240,9 @@ impl types::HostFields for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        let (name, value) = match parse_name(&name).and_then(|n| Ok((n, parse_value(value)?))) {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.writable(&this)?.map(|headers| {
+        self.edit_one(&this, &name, value, |headers, name, value| {
             headers.insert(name, value);
-        }))
+        })
     }
 
     fn append(
@@ -237,13 +251,9 @@ impl types::HostFields for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        let (name, value) = match parse_name(&name).and_then(|n| Ok((n, parse_value(value)?))) {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.writable(&this)?.map(|headers| {
+        self.edit_one(&this, &name, value, |headers, name, value| {
             headers.append(name, value);
-        }))
+        })
     }
 
     fn delete(
