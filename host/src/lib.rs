@@ -9,6 +9,7 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 mod demo;
 pub mod discovery;
 #[doc(hidden)]

@@ -19,8 +19,8 @@ mod websocket;
 
 /// Shared with the upstream pool's HTTP/1.1 client, which refuses
 /// ambiguous responses and reads `Connection`.
-pub(crate) use headers::has_token;
-pub(crate) use validate::framing;
+pub(crate) use headers::{has_token, merge_added};
+pub(crate) use validate::{framing, framing_of};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,6 +99,9 @@ pub struct Client {
     pub ip: Arc<str>,
     /// The same, as a header value.
     pub ip_header: HeaderValue,
+    /// Where the connection keeps the deadline of the request in flight,
+    /// on the server's own HTTP/1.1 path (see [`crate::deadline`]).
+    pub deadline: Option<Arc<crate::deadline::Slot>>,
 }
 
 impl Client {
@@ -111,6 +114,7 @@ impl Client {
             // An IP address in text is always a valid header value.
             ip_header: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             ip,
+            deadline: None,
         }
     }
 }
@@ -399,7 +403,10 @@ impl Proxy {
     }
 
     async fn serve(&self, mut req: Request<RequestBody>, ex: &mut Exchange) -> Response<BoxBody> {
-        if let Err(err) = check_head(&mut req, &self.config.server) {
+        // The server's own HTTP/1.1 reader leaves every head with a framing
+        // of its own to hyper: one it read has one plain length or none.
+        let framed = matches!(req.body(), RequestBody::Read(_) | RequestBody::Empty);
+        if let Err(err) = check_head(&mut req, &self.config.server, framed) {
             return self.failed(None, None, err, ex).await;
         }
         let Some(route) = self.router.route(&req) else {
@@ -435,11 +442,9 @@ impl Proxy {
         body: RequestBody,
         ex: &mut Exchange,
     ) -> Result<Response<BoxBody>, ProxyError> {
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        // The declared length, as the body's reader took it from the head
+        // (no header lookup).
+        let declared = http_body::Body::size_hint(&body).exact();
         if declared.is_some_and(|n| n > self.max_body.get()) {
             return Err(ProxyError::BodyTooLarge { limit: self.max_body });
         }
@@ -609,8 +614,8 @@ impl Proxy {
         // The client's headers stay for an error plugin; retries resend a
         // copy of the prepared head instead.
         let mut head = upstream_head(parts, Keep::for_route(route));
-        self.prepare_head(route, &mut head, ex);
-        let key = upstream.hash_key(&head.headers, ex.client.peer.ip());
+        let added = self.prepare_head(route, &mut head, ex);
+        let key = upstream.hash_key(&head.headers, &added, ex.client.peer.ip());
         let mut body = Some(body);
         // One snapshot of the endpoints for the whole request: indexes in
         // `tried` stay meaningful even if the set changes meanwhile.
@@ -644,7 +649,7 @@ impl Proxy {
                 (None, None) => unreachable!("a body that cannot be replayed is never retried"),
             };
             let sent_at = Instant::now();
-            // One timer per attempt: the response head must come within
+            // One deadline per attempt: the response head must come within
             // `response_header`, and within what is left of the request's
             // own deadline.
             let header = upstream.timeouts().response_header;
@@ -652,13 +657,18 @@ impl Proxy {
                 by_header if by_header < deadline => (by_header, header),
                 _ => (deadline, total),
             };
-            let sent = tokio::time::timeout_at(until, self.send(upstream, endpoint, attempt_head, attempt_body)).await;
+            let sent = crate::deadline::timeout_at(
+                ex.client.deadline.as_deref(),
+                until,
+                self.send(upstream, endpoint, attempt_head, &added, attempt_body),
+            )
+            .await;
             let took = sent_at.elapsed();
             upstream.record_latency(endpoint, took);
             ex.upstream_time += took;
             let (upstream_name, endpoint_name) = (Arc::clone(upstream.name()), Arc::clone(endpoint.label()));
             let outcome = match sent {
-                Err(_elapsed) => {
+                Err(()) => {
                     upstream.record(endpoint, false);
                     return Err(ProxyError::ResponseTimeout {
                         upstream: upstream_name,
@@ -721,7 +731,7 @@ impl Proxy {
                     reason: "this connection cannot be upgraded".into(),
                 })?;
         let set = upstream.current();
-        let hash = upstream.hash_key(&parts.headers, ex.client.peer.ip());
+        let hash = upstream.hash_key(&parts.headers, &[], ex.client.peer.ip());
         let i = self.pick(route, &set, parts, &[], hash.as_deref(), ex).await?;
         let endpoint = &set.endpoints()[i];
         ex.facts.endpoint = Some(Arc::clone(endpoint.label()));
@@ -733,7 +743,8 @@ impl Proxy {
         };
 
         let mut head = upstream_head(parts, Keep::for_route(route));
-        self.prepare_head(route, &mut head, ex);
+        let added = self.prepare_head(route, &mut head, ex);
+        headers::merge_added(&mut head.headers, &added);
         websocket::mark_upgrade(&mut head.headers);
         head.uri = head
             .uri
@@ -911,25 +922,21 @@ impl Proxy {
         }
     }
 
-    /// The forwarding headers, once per request: hop-by-hop headers out,
-    /// `X-Forwarded-*`, `Via`, `Host` and the request id in.
-    fn prepare_head(&self, route: &Route, out: &mut request::Parts, ex: &Exchange) {
-        // The Host the client asked for (the URI's authority for HTTP/2
-        // and absolute-form requests).
-        let host = crate::router::request_host_value(&out.uri, &out.headers);
+    /// The forwarding headers, once per request: hop-by-hop headers out of
+    /// the head, and what the proxy adds (`X-Forwarded-*`, `Via`, `Host`,
+    /// the request id) returned beside it, for the pool to write.
+    fn prepare_head(&self, route: &Route, out: &mut request::Parts, ex: &Exchange) -> headers::Added {
         let peer = ex.client.peer.ip();
-        let trusted = self.config.server.trusted_proxies.iter().any(|net| net.contains(&peer));
-        headers::sanitize(&mut out.headers, &ex.client, host.as_ref(), trusted);
-        for name in &route.strip_headers {
-            out.headers.remove(name);
-        }
-        headers::append_via(&mut out.headers, out.version);
-        // The upstream sees that Host (HTTP/1.1 has no place for :authority
-        // but Host).
-        if let Some(h) = host {
-            out.headers.insert(header::HOST, h);
-        }
-        out.headers.insert(request_id::HEADER, ex.request_id_header.clone());
+        let forwarding = headers::Forwarding {
+            client: &ex.client,
+            trusted: self.config.server.trusted_proxies.iter().any(|net| net.contains(&peer)),
+            host: crate::router::request_host_value(&out.uri, &out.headers),
+            host_from_uri: out.uri.authority().is_some(),
+            strip: &route.strip_headers,
+            version: out.version,
+            request_id: &ex.request_id_header,
+        };
+        forwarding.apply(&mut out.headers)
     }
 
     /// One attempt on one endpoint, up to the response head (the caller
@@ -940,6 +947,7 @@ impl Proxy {
         upstream: &Upstream,
         endpoint: &crate::upstream::Endpoint,
         mut out: request::Parts,
+        added: &[(HeaderName, HeaderValue)],
         body: ReqBody,
     ) -> Result<Response<BoxBody>, ProxyError> {
         // The origin form: the pool knows where the endpoint is (a client's
@@ -972,7 +980,7 @@ impl Proxy {
         endpoint.dispatched();
         let (resp, connection) = match upstream
             .pool()
-            .send(endpoint.pool_target(), Request::from_parts(out, body))
+            .send(endpoint.pool_target(), Request::from_parts(out, body), added)
             .await
         {
             Ok(sent) => sent,
@@ -1177,21 +1185,32 @@ fn log_failure(plugin: &Plugin, failure: &Failure, ex: &Exchange) {
 #[doc(hidden)]
 pub fn sanitize_for_fuzzing(h: &mut http::HeaderMap, peer: std::net::IpAddr, trusted: bool) {
     let client = Client::new(SocketAddr::new(peer, 0), "http");
-    headers::sanitize(h, &client, Some(&HeaderValue::from_static("fuzz.example")), trusted);
+    let forwarding = headers::Forwarding {
+        client: &client,
+        trusted,
+        host: Some(HeaderValue::from_static("fuzz.example")),
+        host_from_uri: false,
+        strip: &[],
+        version: http::Version::HTTP_11,
+        request_id: &HeaderValue::from_static("fuzz"),
+    };
+    let added = forwarding.apply(h);
+    headers::merge_added(h, &added);
 }
 
 /// The head checks `serve` applies, for the fuzz targets: the normalised
 /// path, or the status of the refusal.
 #[doc(hidden)]
 pub fn check_for_fuzzing<B>(req: &mut Request<B>, server: &crate::config::ServerConfig) -> Result<String, u16> {
-    check_head(req, server).map_err(|e| e.status().as_u16())?;
+    check_head(req, server, false).map_err(|e| e.status().as_u16())?;
     Ok(req.uri().path().to_owned())
 }
 
 /// Refuses ambiguous or oversized heads and paths that do not normalise,
 /// and puts the normalised path into the request, before any routing.
-fn check_head<B>(req: &mut Request<B>, server: &crate::config::ServerConfig) -> Result<(), ProxyError> {
-    validate::request(req, &server.limits)?;
+/// `framed`: the head's framing is known to be unambiguous already.
+fn check_head<B>(req: &mut Request<B>, server: &crate::config::ServerConfig, framed: bool) -> Result<(), ProxyError> {
+    validate::request(req, &server.limits, framed)?;
     match path::normalize(req.uri().path(), &server.paths) {
         Ok(std::borrow::Cow::Borrowed(_)) => Ok(()),
         Ok(std::borrow::Cow::Owned(normal)) => {

@@ -311,11 +311,21 @@ impl Upstream {
 
     /// The key consistent hashing routes this request by, if the balancer
     /// hashes and the request has one.
-    pub fn hash_key(&self, headers: &HeaderMap, client: std::net::IpAddr) -> Option<Vec<u8>> {
+    /// `added` holds the headers the proxy adds beside the client's map.
+    pub fn hash_key(
+        &self,
+        headers: &HeaderMap,
+        added: &[(http::HeaderName, http::HeaderValue)],
+        client: std::net::IpAddr,
+    ) -> Option<Vec<u8>> {
         match &self.hash_by {
             HashBy::Nothing => None,
             HashBy::ClientIp => Some(client.to_string().into_bytes()),
-            HashBy::Header(name) => headers.get(name).map(|v| v.as_bytes().to_vec()),
+            HashBy::Header(name) => added
+                .iter()
+                .find_map(|(n, v)| (n == name).then_some(v))
+                .or_else(|| headers.get(name))
+                .map(|v| v.as_bytes().to_vec()),
             HashBy::Cookie(name) => headers
                 .get_all(http::header::COOKIE)
                 .iter()
@@ -410,9 +420,12 @@ impl Upstream {
     /// Counts the time from sending a request to `endpoint` to its
     /// response head.
     pub fn record_latency(&self, endpoint: &Endpoint, took: std::time::Duration) {
-        self.metrics
-            .upstream_duration
-            .get_or_create(&self.labels(endpoint))
+        endpoint
+            .latency(|| {
+                self.metrics
+                    .upstream_duration
+                    .get_or_create_owned(&self.labels(endpoint))
+            })
             .observe(took.as_secs_f64());
     }
 

@@ -8,14 +8,15 @@
 //! `Content-Length`s, `Transfer-Encoding` on HTTP/1.0, 431 for oversized
 //! heads); what it lets through and is refused here:
 
-use http::{HeaderMap, Request, Version, header};
+use http::{HeaderMap, HeaderValue, Request, Version, header};
 
 use super::ProxyError;
 use crate::config::Limits;
 
 /// Checks a request head; any problem is a 400 (414 for a long target)
-/// that closes the connection.
-pub(super) fn request<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyError> {
+/// that closes the connection. `framed`: its framing is known to be
+/// unambiguous already.
+pub(super) fn request<B>(req: &Request<B>, limits: &Limits, framed: bool) -> Result<(), ProxyError> {
     let bad = |reason: &str| {
         Err(ProxyError::BadRequest {
             reason: reason.to_owned(),
@@ -28,7 +29,7 @@ pub(super) fn request<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyE
         });
     }
     let h = req.headers();
-    if let Some(reason) = framing(h) {
+    if let Some(reason) = framing(h).filter(|_| !framed) {
         return bad(reason);
     }
     if req.version() == Version::HTTP_11 || req.version() == Version::HTTP_10 {
@@ -56,17 +57,22 @@ pub(super) fn request<B>(req: &Request<B>, limits: &Limits) -> Result<(), ProxyE
 /// value), or `Transfer-Encoding` more than once. Shared by requests and
 /// responses.
 pub(crate) fn framing(h: &HeaderMap) -> Option<&'static str> {
-    // Two lookups, on every request and response: one per name.
+    // Two lookups: one per name.
     let lengths = h.get_all(header::CONTENT_LENGTH).iter().count();
-    let mut encodings = h.get_all(header::TRANSFER_ENCODING).iter();
-    let (te, more) = (encodings.next(), encodings.next().is_some());
-    if lengths > 0 && te.is_some() {
+    let encodings = h.get_all(header::TRANSFER_ENCODING);
+    framing_of(lengths, encodings.iter().count(), encodings.iter().next())
+}
+
+/// [`framing`] from the counts of each field and the first
+/// `Transfer-Encoding`, for a parser that noted them as it read the head.
+pub(crate) fn framing_of(lengths: usize, encodings: usize, te: Option<&HeaderValue>) -> Option<&'static str> {
+    if lengths > 0 && encodings > 0 {
         return Some("both Content-Length and Transfer-Encoding");
     }
     if lengths > 1 {
         return Some("Content-Length more than once");
     }
-    if more {
+    if encodings > 1 {
         return Some("Transfer-Encoding more than once");
     }
     if te.is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"chunked")) {
@@ -90,7 +96,7 @@ mod tests {
     #[test]
     fn ambiguous_framing_is_refused() {
         let limits = Limits::default();
-        assert!(request(&req(&[("host", "a")]), &limits).is_ok());
+        assert!(request(&req(&[("host", "a")]), &limits, false).is_ok());
         for lines in [
             &[("host", "a"), ("content-length", "5"), ("transfer-encoding", "chunked")][..],
             &[("host", "a"), ("content-length", "5"), ("content-length", "5")],
@@ -104,7 +110,7 @@ mod tests {
             &[("host", "a"), ("host", "b")],
         ] {
             assert!(
-                matches!(request(&req(lines), &limits), Err(ProxyError::BadRequest { .. })),
+                matches!(request(&req(lines), &limits, false), Err(ProxyError::BadRequest { .. })),
                 "{lines:?}"
             );
         }
@@ -118,7 +124,10 @@ mod tests {
             .header("host", "a")
             .body(())
             .unwrap();
-        assert!(matches!(request(&long, &limits), Err(ProxyError::UriTooLong { .. })));
+        assert!(matches!(
+            request(&long, &limits, false),
+            Err(ProxyError::UriTooLong { .. })
+        ));
     }
 
     #[test]
@@ -131,7 +140,7 @@ mod tests {
                 .body(())
                 .unwrap()
         };
-        assert!(request(&r("good.example"), &limits).is_ok());
-        assert!(request(&r("evil.example"), &limits).is_err());
+        assert!(request(&r("good.example"), &limits, false).is_ok());
+        assert!(request(&r("evil.example"), &limits, false).is_err());
     }
 }

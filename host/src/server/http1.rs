@@ -32,6 +32,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::State;
 use crate::body::RequestBody;
+use crate::deadline::Slot;
 use crate::proxy::{Client, Served, has_token};
 use crate::upstream::h1;
 
@@ -101,10 +102,13 @@ pub(super) enum Ended {
 /// Serves requests on `socket` until the connection ends or needs hyper.
 pub(super) async fn serve(
     socket: Arc<Socket>,
-    client: Client,
+    mut client: Client,
     state: &Arc<State>,
     mut stop: watch::Receiver<()>,
 ) -> Ended {
+    // The deadline of the request in flight is kept by `timer` below.
+    let slot = Arc::new(Slot::new());
+    client.deadline = Some(Arc::clone(&slot));
     let mut conn = Conn {
         socket,
         buf: BytesMut::with_capacity(READ_SIZE),
@@ -114,7 +118,8 @@ pub(super) async fn serve(
     let header_read = state.current().proxy.config().server.timeouts.header_read.get();
     // One timer for the connection's life, moved only when it fires
     // early: re-arming it for every request would cost a timer-wheel
-    // insert and remove per request.
+    // insert and remove per request. While a request is in flight it
+    // serves that request's upstream deadline (see `crate::deadline`).
     let mut timer = pin!(tokio::time::sleep(header_read));
     loop {
         let limits = {
@@ -151,8 +156,10 @@ pub(super) async fn serve(
         // it.
         let answered = {
             let mut handled = pin!(serving.proxy.handle(req, client.clone()));
-            poll_fn(|cx| conn.poll_answered(cx, handled.as_mut(), !has_body)).await
+            let mut armed = None;
+            poll_fn(|cx| conn.poll_answered(cx, handled.as_mut(), !has_body, timer.as_mut(), (&slot, &mut armed))).await
         };
+        slot.clear();
         let Some(resp) = answered else {
             // The client went away: dropping the request's future cancels
             // its upstream exchange.
@@ -253,6 +260,11 @@ impl Conn {
         stop: &mut watch::Receiver<()>,
     ) -> Next {
         let mut stopped = pin!(stop.changed());
+        // The last request's deadline may have moved the timer past this
+        // head's.
+        if timer.deadline() > limits.deadline {
+            timer.as_mut().reset(limits.deadline);
+        }
         poll_fn(|cx| {
             loop {
                 if !self.buf.is_empty() {
@@ -387,15 +399,47 @@ impl Conn {
 
     /// Polls the request's future for its response. When the request has
     /// no body to read, the socket is watched meanwhile: a client that
-    /// closes the connection no longer wants the answer (`None`).
+    /// closes the connection no longer wants the answer (`None`). The
+    /// deadline the request waits on (in the slot) is kept by `timer`;
+    /// `armed` is the deadline it was last polled for.
     fn poll_answered<F: Future>(
         &mut self,
         cx: &mut Context<'_>,
-        handled: Pin<&mut F>,
+        mut handled: Pin<&mut F>,
         watch: bool,
+        mut timer: Pin<&mut Sleep>,
+        (slot, armed): (&Slot, &mut Option<Instant>),
     ) -> Poll<Option<F::Output>> {
-        if let Poll::Ready(resp) = handled.poll(cx) {
-            return Poll::Ready(Some(resp));
+        let mut fired = false;
+        loop {
+            if let Poll::Ready(resp) = handled.as_mut().poll(cx) {
+                return Poll::Ready(Some(resp));
+            }
+            // Told once per wake-up: a request that does not take it now
+            // is not waiting on it.
+            let Some(at) = slot.wanted().filter(|_| !fired) else {
+                break;
+            };
+            // Polled for this deadline already: it will wake the task.
+            if *armed == Some(at) && !timer.is_elapsed() {
+                break;
+            }
+            // Moved earlier only when it must be; when it fires early it
+            // is moved on to the deadline.
+            if timer.deadline() > at {
+                timer.as_mut().reset(at);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                *armed = Some(at);
+                break;
+            }
+            *armed = None;
+            if Instant::now() >= at {
+                slot.fire();
+                fired = true;
+            } else {
+                timer.as_mut().reset(at);
+            }
         }
         // Bytes of a pipelined request are kept for later, in the room the
         // buffer has: growing it now would copy it, as the request's header

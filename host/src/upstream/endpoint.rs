@@ -1,9 +1,11 @@
 //! One endpoint of an upstream and what the proxy knows about it right now:
 //! requests in flight, active health, passive ejection.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use prometheus_client::metrics::histogram::Histogram;
 
 use tokio::time::Instant;
 
@@ -45,6 +47,10 @@ struct State {
     ejections: AtomicU32,
     ejected_until_ms: AtomicU64,
     epoch: Instant,
+    /// `plumeway_upstream_duration_seconds` for this endpoint, found in
+    /// its family once: finding it per request hashed two labels with
+    /// SipHash under a lock.
+    latency: OnceLock<Histogram>,
 }
 
 /// Counts a request as in flight to an endpoint until dropped (the guard
@@ -65,6 +71,7 @@ impl Endpoint {
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            latency: OnceLock::new(),
         };
         Self {
             label: url.to_string().into(),
@@ -130,6 +137,11 @@ impl Endpoint {
     /// `http://host:port`, for logs and error messages.
     pub fn label(&self) -> &Arc<str> {
         &self.label
+    }
+
+    /// The endpoint's latency histogram, from `resolve` the first time.
+    pub(crate) fn latency(&self, resolve: impl FnOnce() -> Histogram) -> &Histogram {
+        self.state.latency.get_or_init(resolve)
     }
 
     /// Where the upstream's pool sends this endpoint's requests.

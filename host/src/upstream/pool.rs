@@ -225,20 +225,24 @@ impl Pool {
     }
 
     /// Sends `req` to `dest` and waits for the response head; only the
-    /// path and query of the request's URI are used. Keep the second value
-    /// with the response body. A response whose length could be read two
+    /// path and query of the request's URI are used; `added` are fields
+    /// the proxy adds, which the request's map does not hold. Keep the
+    /// second value with the response body. A response whose length could be read two
     /// ways is refused, and its connection is not used again.
     pub async fn send(
         &self,
         dest: &Destination,
         mut req: http::Request<BoxBody>,
+        added: &[(http::HeaderName, http::HeaderValue)],
     ) -> Result<(http::Response<ResponseBody>, Sent), PoolError> {
         if !matches!(self.0, Kind::KeepAlive(_)) {
             *req.uri_mut() = dest.uri(req.uri().path_and_query())?;
+            // hyper's clients write the map as it is.
+            crate::proxy::merge_added(req.headers_mut(), added);
         }
         match &self.0 {
             Kind::KeepAlive(pool) => {
-                let response = pool.send(dest, req).await?;
+                let response = pool.send(dest, req, added).await?;
                 Ok((response.map(|b| ResponseBody(Read::H1(b))), Sent(Carrier::Body)))
             }
             Kind::Pooled(client) => {

@@ -41,10 +41,19 @@ impl Framing {
     }
 }
 
-/// Writes the request line and headers to `out`. The framing headers are
-/// ours: the client's `Content-Length` is replaced by what the body is, so
-/// the backend can never read the message another way than we send it.
-pub(super) fn encode_head(method: &Method, target: &str, headers: &HeaderMap, framing: Framing, out: &mut Vec<u8>) {
+/// Writes the request line and headers to `out`: `headers`, then `added`
+/// (the proxy's own, which `headers` does not hold). The framing headers
+/// are ours: the client's `Content-Length` is replaced by what the body
+/// is, so the backend can never read the message another way than we send
+/// it.
+pub(super) fn encode_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    added: &[(HeaderName, HeaderValue)],
+    framing: Framing,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -53,6 +62,9 @@ pub(super) fn encode_head(method: &Method, target: &str, headers: &HeaderMap, fr
         if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
             put_field(name, value, out);
         }
+    }
+    for (name, value) in added {
+        put_field(name, value, out);
     }
     match framing {
         Framing::None => {}
@@ -103,6 +115,19 @@ pub(super) struct Head {
     /// that belongs to this hop, and is kept in `connection` instead.
     pub(super) headers: HeaderMap,
     pub(super) connection: Connection,
+    /// The framing headers, noted while the head was read so that judging
+    /// the body looks nothing up.
+    framing: Fields,
+}
+
+/// How many `Content-Length` and `Transfer-Encoding` fields a head has, and
+/// the first value of each.
+#[derive(Debug, Default)]
+struct Fields {
+    lengths: usize,
+    length: Option<HeaderValue>,
+    encodings: usize,
+    encoding: Option<HeaderValue>,
 }
 
 /// What a `Connection` header said of the connection itself (the server
@@ -187,6 +212,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Op
     headers.clear();
     headers.reserve(at.len());
     let mut connection = Connection::default();
+    let mut framing = Fields::default();
     for &[n0, n1, v0, v1] in &at {
         let (n, v) = (n0 as usize..n1 as usize, v0 as usize..v1 as usize);
         // Nearly every backend says `Connection: keep-alive`; read here, it
@@ -199,6 +225,13 @@ pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Op
             HeaderValue::from_maybe_shared(head.slice(v)),
         ) {
             (Ok(name), Ok(value)) => {
+                if name == header::CONTENT_LENGTH {
+                    framing.lengths += 1;
+                    framing.length.get_or_insert_with(|| value.clone());
+                } else if name == header::TRANSFER_ENCODING {
+                    framing.encodings += 1;
+                    framing.encoding.get_or_insert_with(|| value.clone());
+                }
                 headers.append(name, value);
             }
             _ => return malformed("invalid response header"),
@@ -210,6 +243,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Op
         version,
         headers,
         connection,
+        framing,
     }))
 }
 
@@ -217,20 +251,21 @@ pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Op
 /// length could be read two ways is refused: the client must never get an
 /// ambiguous response.
 pub(super) fn response_body(method: &Method, head: &Head) -> Result<Decoder, Malformed> {
-    if let Some(reason) = crate::proxy::framing(&head.headers) {
+    let f = &head.framing;
+    if let Some(reason) = crate::proxy::framing_of(f.lengths, f.encodings, f.encoding.as_ref()) {
         return malformed(format!("ambiguous response: {reason}"));
     }
     let status = head.status;
     if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Decoder::Done);
     }
-    if head.headers.contains_key(header::TRANSFER_ENCODING) {
+    if f.encodings > 0 {
         if head.version == Version::HTTP_10 {
             return malformed("ambiguous response: Transfer-Encoding in an HTTP/1.0 response");
         }
         return Ok(Decoder::Chunked(Chunk::Size));
     }
-    match head.headers.get(header::CONTENT_LENGTH) {
+    match &f.length {
         Some(value) => match parse_length(value.as_bytes()) {
             Some(0) => Ok(Decoder::Done),
             Some(n) => Ok(Decoder::Length(n)),
@@ -483,13 +518,13 @@ mod tests {
         headers.append("x-a", HeaderValue::from_static("1"));
         headers.append("x-a", HeaderValue::from_static("2"));
         let mut out = Vec::new();
-        encode_head(&Method::POST, "/p?q=1", &headers, Framing::Length(5), &mut out);
+        encode_head(&Method::POST, "/p?q=1", &headers, &[], Framing::Length(5), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nhost: b.example\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 5\r\n\r\n"
         );
         let mut out = Vec::new();
-        encode_head(&Method::PUT, "/", &headers, Framing::Chunked, &mut out);
+        encode_head(&Method::PUT, "/", &headers, &[], Framing::Chunked, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("transfer-encoding: chunked\r\n\r\n"), "{text}");
         assert!(!text.contains("content-length"), "{text}");

@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 
@@ -216,11 +216,18 @@ impl KeepAlive {
 
     /// Sends `req` to `dest` on an idle connection, or a new one, and
     /// waits for the response head.
-    pub(super) async fn send(&self, dest: &Destination, req: Request<BoxBody>) -> Result<Response<Body>, PoolError> {
+    /// `added` are fields written after the request's own.
+    pub(super) async fn send(
+        &self,
+        dest: &Destination,
+        req: Request<BoxBody>,
+        added: &[(HeaderName, HeaderValue)],
+    ) -> Result<Response<Body>, PoolError> {
         let (mut parts, mut body) = req.into_parts();
         // HTTP/1.1 wants the origin form; Host names the endpoint when the
         // client gave none.
-        if !parts.headers.contains_key(header::HOST)
+        if !added.iter().any(|(name, _)| name == header::HOST)
+            && !parts.headers.contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(dest.key().1.as_str())
         {
             parts.headers.insert(header::HOST, host);
@@ -243,7 +250,7 @@ impl KeepAlive {
                 }
             };
             conn.out.clear();
-            h1::encode_head(&parts.method, target, &parts.headers, framing, &mut conn.out);
+            h1::encode_head(&parts.method, target, &parts.headers, added, framing, &mut conn.out);
             let mut consumed = false;
             // An early answer's headers: the request's map must stay whole
             // for a retry while the request is still going out.
