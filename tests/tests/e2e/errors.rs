@@ -85,6 +85,36 @@ async fn hung_backend_is_504_at_the_deadline() {
 }
 
 #[tokio::test]
+async fn the_deadline_holds_on_a_kept_alive_connection() {
+    // The connection's own timer keeps the request's deadline: here it
+    // waits on a 30 s head-read deadline, and must fire at 300 ms anyway,
+    // then serve the next request on the same connection.
+    let backend = Backend::start(|req: hyper::Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            std::future::pending::<()>().await;
+        }
+        hyper::Response::new(plumeway_tests::backend::full("fast"))
+    })
+    .await;
+    let config = format!(
+        "[server]\ntimeouts = {{ header_read = \"30s\" }}\n{}",
+        single(&backend.url(), "timeouts = { response_header = \"300ms\" }")
+    );
+    let proxy = TestProxy::start(&config).await;
+    let client = proxy.client();
+    assert_eq!(client.get("/fast").await.text(), "fast");
+    for _ in 0..2 {
+        let started = Instant::now();
+        let reply = client.get("/slow").await;
+        let waited = started.elapsed();
+        assert_eq!(reply.status, 504);
+        assert!(waited >= Duration::from_millis(300), "before the deadline: {waited:?}");
+        assert!(waited < Duration::from_secs(5), "long after the deadline: {waited:?}");
+        assert_eq!(client.get("/fast").await.text(), "fast");
+    }
+}
+
+#[tokio::test]
 async fn declared_body_over_the_limit_is_413_before_any_upstream() {
     let backend = Backend::echo("b").await;
     let config = format!(
