@@ -589,9 +589,15 @@ impl Proxy {
         let upstream = &route.upstream;
         ex.facts.upstream = Some(Arc::clone(upstream.name()));
         upstream.budget().deposit();
-        // A gRPC client's own deadline (`grpc-timeout`) shortens ours.
+        // A gRPC client's own deadline (`grpc-timeout`) shortens ours; only
+        // a gRPC call (by its content type) is looked at for one.
         const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-        let total = match parts.headers.get(GRPC_TIMEOUT).and_then(grpc::timeout) {
+        let client_deadline = if ex.grpc {
+            parts.headers.get(GRPC_TIMEOUT).and_then(grpc::timeout)
+        } else {
+            None
+        };
+        let total = match client_deadline {
             Some(grpc) if grpc < upstream.timeouts().request.get() => crate::config::Duration::from(grpc),
             _ => upstream.timeouts().request,
         };
