@@ -235,10 +235,7 @@ fn forwarded(
     present: Present,
     added: &mut Added,
 ) {
-    let joined = |headers: &HeaderMap, name: &HeaderName| {
-        let prior: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-        (!prior.is_empty()).then(|| prior.join(", "))
-    };
+    let joined = |headers: &HeaderMap, name: &HeaderName| joined(headers.get_all(name).iter());
     // The address was written once for the connection; its header value is
     // shared, not copied.
     let ip = &*client.ip;
@@ -369,11 +366,17 @@ fn hop(version: Version) -> &'static str {
 
 fn joined_via<'a>(prior: impl Iterator<Item = &'a HeaderValue>, version: Version) -> HeaderValue {
     let hop = hop(version);
-    let prior: Vec<&str> = prior.filter_map(|v| v.to_str().ok()).collect();
-    if prior.is_empty() {
-        return HeaderValue::from_static(hop);
+    match joined(prior) {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {hop}")).unwrap_or(HeaderValue::from_static(hop)),
+        None => HeaderValue::from_static(hop),
     }
-    HeaderValue::from_str(&format!("{}, {hop}", prior.join(", "))).unwrap_or(HeaderValue::from_static(hop))
+}
+
+/// The text values of a header, as one comma-separated list; `None` when
+/// there is none.
+fn joined<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String> {
+    let values: Vec<&str> = values.filter_map(|v| v.to_str().ok()).collect();
+    (!values.is_empty()).then(|| values.join(", "))
 }
 
 #[cfg(test)]
@@ -473,6 +476,14 @@ mod tests {
         assert_eq!(untrusted["x-forwarded-proto"], "http");
         assert_eq!(untrusted["x-real-ip"], "::1");
         assert_eq!(untrusted.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn the_quick_classification_knows_every_hop_by_hop_name() {
+        // `kind` spells the names out for speed; it must agree with the list.
+        for name in &HOP_BY_HOP {
+            assert!(matches!(kind(name), Kind::HopByHop), "{name}");
+        }
     }
 
     #[test]

@@ -227,8 +227,8 @@ impl Pool {
     /// Sends `req` to `dest` and waits for the response head; only the
     /// path and query of the request's URI are used; `added` are fields
     /// the proxy adds, which the request's map does not hold. Keep the
-    /// second value with the response body. A response whose length could be read two
-    /// ways is refused, and its connection is not used again.
+    /// second value with the response body. A response whose length could
+    /// be read two ways is refused, and its connection is not used again.
     pub async fn send(
         &self,
         dest: &Destination,
