@@ -19,7 +19,7 @@ mod websocket;
 
 /// Shared with the upstream pool's HTTP/1.1 client, which refuses
 /// ambiguous responses and reads `Connection`.
-pub(crate) use headers::{has_token, merge_added};
+pub(crate) use headers::{has_token_in, merge_added};
 pub(crate) use validate::{framing, framing_of};
 
 use std::net::SocketAddr;
@@ -404,7 +404,8 @@ impl Proxy {
 
     async fn serve(&self, mut req: Request<RequestBody>, ex: &mut Exchange) -> Response<BoxBody> {
         // The server's own HTTP/1.1 reader leaves every head with a framing
-        // of its own to hyper: one it read has one plain length or none.
+        // of its own to hyper: one it read has one plain length or none,
+        // and exactly one Host.
         let framed = matches!(req.body(), RequestBody::Read(_) | RequestBody::Empty);
         if let Err(err) = check_head(&mut req, &self.config.server, framed) {
             return self.failed(None, None, err, ex).await;

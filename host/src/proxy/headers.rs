@@ -31,11 +31,14 @@ pub(super) fn accepts_trailers(headers: &HeaderMap) -> bool {
 pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     // On the bytes: every request and response asks this of `Connection`,
     // and checking each value is text first cost more than the search.
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+    headers.get_all(name).iter().any(|v| has_token_in(v.as_bytes(), token))
+}
+
+/// Whether one comma-separated value holds `token` (case-insensitive).
+pub(crate) fn has_token_in(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Removes hop-by-hop headers from an upstream's response, including

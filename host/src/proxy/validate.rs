@@ -15,7 +15,7 @@ use crate::config::Limits;
 
 /// Checks a request head; any problem is a 400 (414 for a long target)
 /// that closes the connection. `framed`: its framing is known to be
-/// unambiguous already.
+/// unambiguous already, and it has exactly one Host.
 pub(super) fn request<B>(req: &Request<B>, limits: &Limits, framed: bool) -> Result<(), ProxyError> {
     let bad = |reason: &str| {
         Err(ProxyError::BadRequest {
@@ -29,10 +29,12 @@ pub(super) fn request<B>(req: &Request<B>, limits: &Limits, framed: bool) -> Res
         });
     }
     let h = req.headers();
-    if let Some(reason) = framing(h).filter(|_| !framed) {
+    // The server's own reader hands every head with framing of its own, or
+    // without exactly one Host, to hyper (and so here unframed).
+    if !framed && let Some(reason) = framing(h) {
         return bad(reason);
     }
-    if req.version() == Version::HTTP_11 || req.version() == Version::HTTP_10 {
+    if !framed && (req.version() == Version::HTTP_11 || req.version() == Version::HTTP_10) {
         let hosts = h.get_all(header::HOST).iter().count();
         match hosts {
             0 if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
@@ -41,13 +43,15 @@ pub(super) fn request<B>(req: &Request<B>, limits: &Limits, framed: bool) -> Res
             2.. => return bad("more than one Host header"),
             _ => {}
         }
-        // An absolute-form target names the host itself; a Host header
-        // that says otherwise would let routing and the upstream disagree.
-        if let (Some(authority), Some(host)) = (req.uri().authority(), h.get(header::HOST))
-            && !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
-        {
-            return bad("the Host header does not match the request target");
-        }
+    }
+    // An absolute-form target names the host itself; a Host header that
+    // says otherwise would let routing and the upstream disagree.
+    if (req.version() == Version::HTTP_11 || req.version() == Version::HTTP_10)
+        && let Some(authority) = req.uri().authority()
+        && let Some(host) = h.get(header::HOST)
+        && !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return bad("the Host header does not match the request target");
     }
     Ok(())
 }

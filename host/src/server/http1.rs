@@ -5,12 +5,12 @@
 //! per request and handed each one through its dispatcher.
 //!
 //! What this path does not take — HTTP/2's preface, HTTP/1.0, `CONNECT`,
-//! upgrades, `Expect`, `Transfer-Encoding`, several `Content-Length`s, and
-//! anything malformed or oversized — is handed over, with every byte
-//! already read, to hyper for the rest of the connection, which answers it
-//! as it always has (400, 414, 431, a WebSocket upgrade, h2c …). So there
-//! is one parser of record for the hard cases, and this one only has to
-//! recognise the plain ones.
+//! upgrades, `Expect`, `Transfer-Encoding`, several `Content-Length`s, no
+//! `Host` or several, anything malformed or oversized — is handed over,
+//! with every byte already read, to hyper for the rest of the connection,
+//! which answers it as it always has (400, 414, 431, a WebSocket upgrade,
+//! h2c …). So there is one parser of record for the hard cases, and this
+//! one only has to recognise the plain ones.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -33,7 +33,7 @@ use tokio::time::{Instant, Sleep};
 use super::State;
 use crate::body::RequestBody;
 use crate::deadline::Slot;
-use crate::proxy::{Client, Served, has_token};
+use crate::proxy::{Client, Served, has_token_in};
 use crate::upstream::h1;
 
 /// The read buffer's size; a request head of ordinary size arrives in one
@@ -106,6 +106,14 @@ pub(super) async fn serve(
     state: &Arc<State>,
     mut stop: watch::Receiver<()>,
 ) -> Ended {
+    // One wait on the server's stop for the connection's life: a wait made
+    // and dropped per request cost a waiter-list insert and remove each
+    // time. The sender is only ever dropped, so it resolves once, at
+    // shutdown.
+    let mut stop = Stop {
+        changed: pin!(stop.changed()),
+        stopped: false,
+    };
     // The deadline of the request in flight is kept by `timer` below.
     let slot = Arc::new(Slot::new());
     client.deadline = Some(Arc::clone(&slot));
@@ -177,7 +185,7 @@ pub(super) async fn serve(
         // The request's body must be over, or the next head would be read
         // from the middle of it.
         let body_over = Arc::strong_count(&conn.socket) == 1 && conn.socket.body_left.load(Ordering::Relaxed) == 0;
-        let stopping = stop.has_changed().is_err();
+        let stopping = poll_fn(|cx| Poll::Ready(stop.poll(cx))).await;
         if !(reusable && body_over) || stopping {
             if body_over && conn.buf.is_empty() {
                 conn.close();
@@ -186,6 +194,21 @@ pub(super) async fn serve(
             }
             return Ended::Closed;
         }
+    }
+}
+
+/// The server's stop, as one connection waits on it.
+struct Stop<'a, F> {
+    changed: Pin<&'a mut F>,
+    /// It has come: `changed` is done and is not polled again.
+    stopped: bool,
+}
+
+impl<F: Future> Stop<'_, F> {
+    /// Whether the server is stopping; if not, `cx` is woken when it does.
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        self.stopped = self.stopped || self.changed.as_mut().poll(cx).is_ready();
+        self.stopped
     }
 }
 
@@ -232,6 +255,9 @@ struct Parsed {
 struct Framing {
     length: Option<u64>,
     lengths: u32,
+    /// `Host` fields: a head without exactly one is refused on hyper's
+    /// path, where the proxy checks it (see `proxy::validate`).
+    hosts: u32,
     /// Something only hyper handles: `Transfer-Encoding`, `Upgrade`,
     /// `Expect`, or a `Content-Length` that is not one plain number.
     other: bool,
@@ -257,9 +283,8 @@ impl Conn {
         &mut self,
         limits: &Limits,
         mut timer: Pin<&mut Sleep>,
-        stop: &mut watch::Receiver<()>,
+        stop: &mut Stop<'_, impl Future>,
     ) -> Next {
-        let mut stopped = pin!(stop.changed());
         // The last request's deadline may have moved the timer past this
         // head's.
         if timer.deadline() > limits.deadline {
@@ -282,7 +307,7 @@ impl Conn {
                 }
             }
             // Shutdown closes a connection between requests at once.
-            if self.buf.is_empty() && stopped.as_mut().poll(cx).is_ready() {
+            if self.buf.is_empty() && stop.poll(cx) {
                 return Poll::Ready(Next::Closed);
             }
             while timer.as_mut().poll(cx).is_ready() {
@@ -342,7 +367,7 @@ impl Conn {
             }
             (len, method, target)
         };
-        if framing.other || framing.lengths > 1 {
+        if framing.other || framing.lengths > 1 || framing.hosts != 1 {
             return Err(HandOver);
         }
         let head = self.buf.split_to(len).freeze();
@@ -548,11 +573,13 @@ impl Conn {
         let empty = body.is_end_stream();
         let mut length = None;
         let mut dated = false;
-        let said_close = has_token(&parts.headers, &header::CONNECTION, "close");
-        if said_close {
-            *keep_alive = false;
-        }
+        // Whether the response's own `Connection` says `close` (an error
+        // response that ends the connection): noted in the one pass below.
+        let mut said_close = false;
         for (name, value) in &parts.headers {
+            if name == header::CONNECTION && !said_close {
+                said_close = has_token_in(value.as_bytes(), "close");
+            }
             if name == header::CONTENT_LENGTH {
                 // Only the first, and only where a length means something:
                 // an empty body's is dropped as hyper drops it, except for
@@ -592,7 +619,9 @@ impl Conn {
                 Encoder::Chunked
             }
         };
-        if !*keep_alive && !said_close {
+        if said_close {
+            *keep_alive = false;
+        } else if !*keep_alive {
             // RFC 9112 §9.6: the closing side says so.
             out.extend_from_slice(b"connection: close\r\n");
         }
@@ -653,6 +682,7 @@ impl Framing {
             7 if is(b"upgrade") => self.other = true,
             6 if is(b"expect") => self.other = true,
             10 if is(b"connection") => return self.connection.note(value),
+            4 if is(b"host") => self.hosts += 1,
             _ => {}
         }
         false

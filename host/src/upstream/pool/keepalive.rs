@@ -143,7 +143,9 @@ impl Conn {
     /// The final response head, if `buf` holds one; interim (1xx) heads
     /// before it are dropped, as a `100 Continue` answers only us.
     fn take_head(&mut self, spare: &mut HeaderMap) -> Result<Option<h1::Head>, Failure> {
-        loop {
+        // Nothing read yet (the first poll, and each wake-up before a
+        // read): nothing to parse.
+        while !self.buf.is_empty() {
             let Some(head) = h1::parse_head(&mut self.buf, spare)? else {
                 return Ok(None);
             };
@@ -158,6 +160,7 @@ impl Conn {
             }
             *spare = head.headers;
         }
+        Ok(None)
     }
 }
 
