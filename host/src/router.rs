@@ -10,6 +10,9 @@ use crate::config::{Config, RouteConfig};
 #[derive(Debug)]
 pub struct Router<T> {
     routes: Vec<Entry<T>>,
+    /// Whether any route matches on the host: if none does, no request's
+    /// host is looked up.
+    by_host: bool,
 }
 
 #[derive(Debug)]
@@ -56,12 +59,17 @@ impl<T> Router<T> {
             })
             .collect();
         routes.sort_by_key(|e| e.matcher.priority());
-        Self { routes }
+        let by_host = routes.iter().any(|e| e.matcher.host.is_some());
+        Self { routes, by_host }
     }
 
     /// The route for `req`, or `None` when no route matches (a 404).
     pub fn route<B>(&self, req: &Request<B>) -> Option<&Arc<T>> {
-        let host = request_host(req.uri(), req.headers()).map(strip_port);
+        let host = if self.by_host {
+            request_host(req.uri(), req.headers()).map(strip_port)
+        } else {
+            None
+        };
         let path = req.uri().path();
         self.routes
             .iter()

@@ -161,26 +161,33 @@ pub(super) async fn serve(
         let serving = state.current();
         // Pinned where it is made and polled in place: the request's
         // future is kilobytes, and handing it to another future would copy
-        // it.
-        let answered = {
+        // it. The response, hundreds of bytes, is put where it stays until
+        // it is written, for the same reason.
+        let mut answered = None;
+        {
             let mut handled = pin!(serving.proxy.handle(req, client.clone()));
             let mut armed = None;
-            poll_fn(|cx| conn.poll_answered(cx, handled.as_mut(), !has_body, timer.as_mut(), (&slot, &mut armed))).await
-        };
+            poll_fn(|cx| {
+                let deadline = (&*slot, &mut armed);
+                conn.poll_answered(cx, handled.as_mut(), !has_body, timer.as_mut(), deadline, &mut answered)
+            })
+            .await;
+        }
         slot.clear();
-        let Some(resp) = answered else {
+        let Some(resp) = answered.as_mut() else {
             // The client went away: dropping the request's future cancels
             // its upstream exchange.
             conn.close();
             return Ended::Closed;
         };
         drop(serving);
-        let reusable = match conn.respond(resp, head, keep_alive).await {
-            Ok(reusable) => reusable,
-            Err(_) => {
-                conn.close();
-                return Ended::Closed;
-            }
+        let written = conn.respond(resp, head, keep_alive).await;
+        // The body goes now (its end is logged, what it holds let go), not
+        // after a lingering close.
+        drop(answered);
+        let Ok(reusable) = written else {
+            conn.close();
+            return Ended::Closed;
         };
         // The request's body must be over, or the next head would be read
         // from the middle of it.
@@ -422,9 +429,10 @@ impl Conn {
         Some(headers)
     }
 
-    /// Polls the request's future for its response. When the request has
-    /// no body to read, the socket is watched meanwhile: a client that
-    /// closes the connection no longer wants the answer (`None`). The
+    /// Polls the request's future until its response is in `answered`.
+    /// When the request has no body to read, the socket is watched
+    /// meanwhile: a client that closes the connection no longer wants the
+    /// answer (ready, with `answered` left `None`). The
     /// deadline the request waits on (in the slot) is kept by `timer`;
     /// `armed` is the deadline it was last polled for.
     fn poll_answered<F: Future>(
@@ -434,11 +442,13 @@ impl Conn {
         watch: bool,
         mut timer: Pin<&mut Sleep>,
         (slot, armed): (&Slot, &mut Option<Instant>),
-    ) -> Poll<Option<F::Output>> {
+        answered: &mut Option<F::Output>,
+    ) -> Poll<()> {
         let mut fired = false;
         loop {
             if let Poll::Ready(resp) = handled.as_mut().poll(cx) {
-                return Poll::Ready(Some(resp));
+                *answered = Some(resp);
+                return Poll::Ready(());
             }
             // Told once per wake-up: a request that does not take it now
             // is not waiting on it.
@@ -471,7 +481,7 @@ impl Conn {
         // values still share it. Past that the client waits on TCP.
         while watch && self.buf.capacity() - self.buf.len() >= MIN_READ {
             match self.poll_fill(cx) {
-                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => break,
             }
@@ -481,14 +491,19 @@ impl Conn {
 
     /// Writes the response: its head, then its body framed by length or in
     /// chunks. `Ok(true)` when the connection may carry another request.
-    async fn respond(&mut self, resp: http::Response<Served>, head: bool, mut keep_alive: bool) -> io::Result<bool> {
-        let (mut parts, mut body) = resp.into_parts();
-        let mut encoder = self.encode_head(&mut parts, &body, head, &mut keep_alive);
+    async fn respond(
+        &mut self,
+        resp: &mut http::Response<Served>,
+        head: bool,
+        mut keep_alive: bool,
+    ) -> io::Result<bool> {
+        let mut encoder = self.encode_head(resp, head, &mut keep_alive);
         // The map serves the next request's head. Its values go now: they
         // may share an upstream connection's read buffer, which can be
         // reused only once nothing else holds it.
-        parts.headers.clear();
-        self.headers = std::mem::take(&mut parts.headers);
+        resp.headers_mut().clear();
+        self.headers = std::mem::take(resp.headers_mut());
+        let body = resp.body_mut();
         let mut big = Bytes::new();
         let mut written = 0;
         let mut over = matches!(encoder, Encoder::Length(0));
@@ -496,7 +511,7 @@ impl Conn {
             loop {
                 // Gather what the body has ready.
                 while !over && big.is_empty() && self.out.len() < MAX_WRITE {
-                    match Pin::new(&mut body).poll_frame(cx) {
+                    match Pin::new(&mut *body).poll_frame(cx) {
                         Poll::Ready(Some(Ok(frame))) => {
                             let end = body.is_end_stream();
                             over = encoder.put(frame, end, &mut self.out, &mut big)?;
@@ -549,14 +564,8 @@ impl Conn {
     /// body follows. The framing is the same as hyper's server gives: a
     /// `Content-Length` already in the head stands, then the body's exact
     /// size, then chunks; none for HEAD, 1xx, 204 and 304.
-    fn encode_head(
-        &mut self,
-        parts: &mut http::response::Parts,
-        body: &Served,
-        head: bool,
-        keep_alive: &mut bool,
-    ) -> Encoder {
-        let status = parts.status;
+    fn encode_head(&mut self, resp: &http::Response<Served>, head: bool, keep_alive: &mut bool) -> Encoder {
+        let (status, body) = (resp.status(), resp.body());
         let out = &mut self.out;
         if status == StatusCode::OK {
             out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
@@ -576,7 +585,7 @@ impl Conn {
         // Whether the response's own `Connection` says `close` (an error
         // response that ends the connection): noted in the one pass below.
         let mut said_close = false;
-        for (name, value) in &parts.headers {
+        for (name, value) in resp.headers() {
             if name == header::CONNECTION && !said_close {
                 said_close = has_token_in(value.as_bytes(), "close");
             }
