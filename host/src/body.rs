@@ -190,6 +190,11 @@ impl<B: http_body::Body, D: Done> Metered<B, D> {
             done: Some(done),
         }
     }
+
+    /// What will hear how the body ended, until it has.
+    pub fn pending(&self) -> Option<&D> {
+        self.done.as_ref()
+    }
 }
 
 impl<B: http_body::Body<Data = Bytes>, D: Done> http_body::Body for Metered<B, D> {

@@ -20,6 +20,7 @@ mod websocket;
 /// Shared with the upstream pool's HTTP/1.1 client, which refuses
 /// ambiguous responses and reads `Connection`.
 pub(crate) use headers::{has_token_in, merge_added};
+pub(crate) use request_id::HEADER as REQUEST_ID;
 pub(crate) use validate::{framing, framing_of};
 
 use std::net::SocketAddr;
@@ -102,6 +103,11 @@ pub struct Client {
     /// Where the connection keeps the deadline of the request in flight,
     /// on the server's own HTTP/1.1 path (see [`crate::deadline`]).
     pub deadline: Option<Arc<crate::deadline::Slot>>,
+    /// The server writes `X-Request-Id` into each response head itself,
+    /// from the response's access record (the server's own HTTP/1.1
+    /// path): the proxy then leaves it out of the response's map, which
+    /// saves an insert per request.
+    pub writes_request_id: bool,
 }
 
 impl Client {
@@ -115,6 +121,7 @@ impl Client {
             ip_header: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             ip,
             deadline: None,
+            writes_request_id: false,
         }
     }
 }
@@ -369,8 +376,10 @@ impl Proxy {
         };
         let mut resp = self.serve(req, &mut ex).await;
         *resp.version_mut() = version;
-        resp.headers_mut()
-            .insert(request_id::HEADER, ex.request_id_header.clone());
+        if !ex.client.writes_request_id {
+            resp.headers_mut()
+                .insert(request_id::HEADER, ex.request_id_header.clone());
+        }
         let finished = access::Finished {
             metrics: Arc::clone(&self.metrics),
             route_duration: ex.route_duration.take(),

@@ -149,6 +149,13 @@ pub(crate) struct Finished {
     pub(super) _counted: InFlight,
 }
 
+impl Finished {
+    /// The request's id, as its `X-Request-Id` says.
+    pub(crate) fn request_id(&self) -> &str {
+        &self.entry.request_id
+    }
+}
+
 /// One request in `plumeway_requests_in_flight`, from its head until its
 /// response is over, or until the client gave up before the head.
 #[derive(Debug)]

@@ -33,7 +33,7 @@ use tokio::time::{Instant, Sleep};
 use super::State;
 use crate::body::RequestBody;
 use crate::deadline::Slot;
-use crate::proxy::{Client, Served, has_token_in};
+use crate::proxy::{Client, REQUEST_ID, Served, has_token_in};
 use crate::upstream::h1;
 
 /// The read buffer's size; a request head of ordinary size arrives in one
@@ -117,6 +117,7 @@ pub(super) async fn serve(
     // The deadline of the request in flight is kept by `timer` below.
     let slot = Arc::new(Slot::new());
     client.deadline = Some(Arc::clone(&slot));
+    client.writes_request_id = true;
     let mut conn = Conn {
         socket,
         buf: BytesMut::with_capacity(READ_SIZE),
@@ -585,9 +586,16 @@ impl Conn {
         // Whether the response's own `Connection` says `close` (an error
         // response that ends the connection): noted in the one pass below.
         let mut said_close = false;
+        // The request's id is written from its access record (the proxy
+        // leaves it out of the map on this path; see `Client`), in place
+        // of any the upstream sent.
+        let request_id = body.pending().map(|f| f.request_id());
         for (name, value) in resp.headers() {
             if name == header::CONNECTION && !said_close {
                 said_close = has_token_in(value.as_bytes(), "close");
+            }
+            if request_id.is_some() && name == REQUEST_ID {
+                continue;
             }
             if name == header::CONTENT_LENGTH {
                 // Only the first, and only where a length means something:
@@ -633,6 +641,11 @@ impl Conn {
         } else if !*keep_alive {
             // RFC 9112 §9.6: the closing side says so.
             out.extend_from_slice(b"connection: close\r\n");
+        }
+        if let Some(id) = request_id {
+            out.extend_from_slice(b"x-request-id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         if !dated {
             out.extend_from_slice(b"date: ");

@@ -278,3 +278,76 @@ async fn a_client_that_leaves_cancels_its_upstream_request() {
     .await;
     backend.abort();
 }
+
+/// The `X-Request-Id` lines of each response in `text`, with its body.
+fn request_ids(text: &str) -> Vec<(Vec<String>, String)> {
+    text.split("HTTP/1.")
+        .skip(1)
+        .map(|response| {
+            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
+            let ids = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .filter(|(name, _)| name.eq_ignore_ascii_case("x-request-id"))
+                .map(|(_, value)| value.trim().to_owned())
+                .collect();
+            (ids, body.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_response_carries_its_request_id_once_in_place_of_the_upstreams() {
+    // The backend sends an id of its own and says which one it was sent.
+    let backend = Backend::start(|req| async move {
+        let sent = req
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let mut resp = Response::new(full(format!("saw {}", sent.unwrap_or_default())));
+        resp.headers_mut()
+            .insert("x-request-id", http::HeaderValue::from_static("backend-made"));
+        resp
+    })
+    .await;
+    let proxy = TestProxy::start(&config(&backend.url(), "")).await;
+
+    // The server's own path: the client's id, then one the proxy made.
+    let text = exchange(
+        proxy.addr,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nX-Request-Id: client-7\r\n\r\n\
+          GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let got = request_ids(&text);
+    assert_eq!(got.len(), 2, "{text}");
+    assert_eq!(
+        got[0],
+        (vec!["client-7".to_owned()], "saw client-7".to_owned()),
+        "{text}"
+    );
+    let (ids, body) = &got[1];
+    assert_eq!(ids.len(), 1, "{text}");
+    assert!(!ids[0].is_empty() && ids[0] != "backend-made", "{text}");
+    assert_eq!(*body, format!("saw {}", ids[0]), "{text}");
+
+    // HTTP/1.0 goes through hyper's server: the same.
+    let text = exchange(proxy.addr, b"GET /c HTTP/1.0\r\nHost: x\r\nX-Request-Id: old-1\r\n\r\n").await;
+    assert_eq!(
+        request_ids(&text),
+        vec![(vec!["old-1".to_owned()], "saw old-1".to_owned())],
+        "{text}"
+    );
+
+    // A response the proxy makes itself (the upstream refuses) has it too.
+    let refused = TestProxy::start(&config("http://127.0.0.1:1", "")).await;
+    let text = exchange(
+        refused.addr,
+        b"GET /d HTTP/1.1\r\nHost: x\r\nX-Request-Id: err-3\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let got = request_ids(&text);
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert_eq!(got.len(), 1, "{text}");
+    assert_eq!(got[0].0, vec!["err-3".to_owned()], "{text}");
+}
