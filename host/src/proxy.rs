@@ -108,6 +108,10 @@ pub struct Client {
     /// path): the proxy then leaves it out of the response's map, which
     /// saves an insert per request.
     pub writes_request_id: bool,
+    /// The connection's last `Forwarded` element and the host it names:
+    /// the connection's requests nearly always ask for one host, and the
+    /// element is then made and checked once, not per request.
+    forwarded: Arc<std::sync::Mutex<Option<(Option<HeaderValue>, HeaderValue)>>>,
 }
 
 impl Client {
@@ -122,6 +126,7 @@ impl Client {
             ip,
             deadline: None,
             writes_request_id: false,
+            forwarded: Arc::default(),
         }
     }
 }
@@ -1285,24 +1290,27 @@ impl Keep {
 /// The head of the upstream request, taking from the client's head what
 /// `keep` says will not be looked at again.
 fn upstream_head(parts: &mut request::Parts, keep: Keep) -> request::Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = match keep {
-        Keep::All | Keep::Target => parts.uri.clone(),
-        Keep::Nothing => std::mem::take(&mut parts.uri),
-    };
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = match keep {
-        Keep::All => parts.headers.clone(),
-        Keep::Target | Keep::Nothing => {
-            let headers = std::mem::take(&mut parts.headers);
-            if keep == Keep::Target
-                && let Some(host) = headers.get(header::HOST)
-            {
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = parts.method.clone();
+    head.version = parts.version;
+    // Swapped rather than taken: the empty map and URI left behind are the
+    // new head's own, so none is made and dropped per request.
+    match keep {
+        Keep::All => {
+            head.uri = parts.uri.clone();
+            head.headers = parts.headers.clone();
+        }
+        Keep::Target => {
+            head.uri = parts.uri.clone();
+            std::mem::swap(&mut head.headers, &mut parts.headers);
+            if let Some(host) = head.headers.get(header::HOST) {
                 parts.headers.insert(header::HOST, host.clone());
             }
-            headers
         }
-    };
-    req.into_parts().0
+        Keep::Nothing => {
+            std::mem::swap(&mut head.uri, &mut parts.uri);
+            std::mem::swap(&mut head.headers, &mut parts.headers);
+        }
+    }
+    head
 }

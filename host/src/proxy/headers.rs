@@ -259,22 +259,23 @@ fn forwarded(
         added.push((XFF, v));
     }
 
-    let host_text = host.and_then(|h| h.to_str().ok());
-    let element = forwarded_element(client.peer.ip(), ip, client.proto, host_text);
     let prior_forwarded = if trusted && present.has(Present::FORWARDED) {
         joined(headers, &header::FORWARDED)
     } else {
         None
     };
     let value = match prior_forwarded {
-        Some(prior) => format!("{prior}, {element}"),
-        None => element,
+        Some(prior) => {
+            let host_text = host.and_then(|h| h.to_str().ok());
+            let element = forwarded_element(client.peer.ip(), ip, client.proto, host_text);
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("{prior}, {element}"))).ok()
+        }
+        None => client.forwarded_element(host),
     };
     if present.has(Present::FORWARDED) {
         headers.remove(header::FORWARDED);
     }
-    // The text becomes the value as it is, without a copy.
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+    if let Some(v) = value {
         added.push((header::FORWARDED, v));
     }
 
@@ -293,6 +294,25 @@ fn forwarded(
     set(XFP, Present::XFP, Some(HeaderValue::from_static(client.proto)));
     set(XFH, Present::XFH, host.cloned());
     set(REAL_IP, Present::REAL_IP, Some(client.ip_header.clone()));
+}
+
+impl Client {
+    /// This client's `Forwarded` element for a request to `host`, made
+    /// once for as long as the connection's requests name the same host.
+    fn forwarded_element(&self, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+        let mut last = self.forwarded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((for_host, value)) = &*last
+            && for_host.as_ref() == host
+        {
+            return Some(value.clone());
+        }
+        let host_text = host.and_then(|h| h.to_str().ok());
+        let element = forwarded_element(self.peer.ip(), &self.ip, self.proto, host_text);
+        // The text becomes the value as it is, without a copy.
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(element)).ok()?;
+        *last = Some((host.cloned(), value.clone()));
+        Some(value)
+    }
 }
 
 /// One `Forwarded` element (RFC 7239): `for=…;proto=…;host=…`, quoting
@@ -479,6 +499,23 @@ mod tests {
         assert_eq!(untrusted["x-forwarded-proto"], "http");
         assert_eq!(untrusted["x-real-ip"], "::1");
         assert_eq!(untrusted.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn each_request_of_a_connection_gets_a_forwarded_element_for_its_own_host() {
+        // The element is kept per connection: a host change must not reuse it.
+        let client = Client::new("192.0.2.7:40000".parse().unwrap(), "http");
+        for host in ["a.example", "a.example", "b.example:81", "a.example"] {
+            let mut h = HeaderMap::new();
+            h.insert("host", HeaderValue::from_static(host));
+            forward(&mut h, &client, false, host, &[]);
+            let quoted = if host.contains(':') {
+                format!("\"{host}\"")
+            } else {
+                host.to_owned()
+            };
+            assert_eq!(h["forwarded"], format!("for=192.0.2.7;proto=http;host={quoted}"));
+        }
     }
 
     #[test]
