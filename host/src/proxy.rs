@@ -111,7 +111,7 @@ pub struct Client {
     /// The connection's last `Forwarded` element and the host it names:
     /// the connection's requests nearly always ask for one host, and the
     /// element is then made and checked once, not per request.
-    forwarded: Arc<std::sync::Mutex<Option<(Option<HeaderValue>, HeaderValue)>>>,
+    forwarded: Arc<headers::LastForwarded>,
 }
 
 impl Client {

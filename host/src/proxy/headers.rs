@@ -296,6 +296,9 @@ fn forwarded(
     set(REAL_IP, Present::REAL_IP, Some(client.ip_header.clone()));
 }
 
+/// A connection's last `Forwarded` element, with the host it names.
+pub(crate) type LastForwarded = std::sync::Mutex<Option<(Option<HeaderValue>, HeaderValue)>>;
+
 impl Client {
     /// This client's `Forwarded` element for a request to `host`, made
     /// once for as long as the connection's requests name the same host.
