@@ -678,12 +678,11 @@ impl Proxy {
                 by_header if by_header < deadline => (by_header, header),
                 _ => (deadline, total),
             };
-            let sent = crate::deadline::timeout_at(
-                ex.client.deadline.as_deref(),
-                until,
-                self.send(upstream, endpoint, attempt_head, &added, attempt_body),
-            )
-            .await;
+            // Pinned where it is made: the attempt's future is kilobytes,
+            // and the timeout around it would otherwise be built, then
+            // moved to be awaited, copying it each time.
+            let send = std::pin::pin!(self.send(upstream, endpoint, attempt_head, &added, attempt_body));
+            let sent = crate::deadline::timeout_at(ex.client.deadline.as_deref(), until, send).await;
             let took = sent_at.elapsed();
             upstream.record_latency(endpoint, took);
             ex.upstream_time += took;

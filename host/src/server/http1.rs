@@ -164,28 +164,29 @@ pub(super) async fn serve(
         // future is kilobytes, and handing it to another future would copy
         // it. The response, hundreds of bytes, is put where it stays until
         // it is written, for the same reason.
-        let mut answered = None;
-        {
-            let mut handled = pin!(serving.proxy.handle(req, client.clone()));
-            let mut armed = None;
-            poll_fn(|cx| {
-                let deadline = (&*slot, &mut armed);
-                conn.poll_answered(cx, handled.as_mut(), !has_body, timer.as_mut(), deadline, &mut answered)
-            })
-            .await;
-        }
-        slot.clear();
-        let Some(resp) = answered.as_mut() else {
-            // The client went away: dropping the request's future cancels
-            // its upstream exchange.
-            conn.close();
-            return Ended::Closed;
+        let written = {
+            let mut answered = None;
+            {
+                let mut handled = pin!(serving.proxy.handle(req, client.clone()));
+                let mut armed = None;
+                poll_fn(|cx| {
+                    let deadline = (&*slot, &mut armed);
+                    conn.poll_answered(cx, handled.as_mut(), !has_body, timer.as_mut(), deadline, &mut answered)
+                })
+                .await;
+            }
+            slot.clear();
+            let Some(resp) = answered.as_mut() else {
+                // The client went away: dropping the request's future
+                // cancels its upstream exchange.
+                conn.close();
+                return Ended::Closed;
+            };
+            drop(serving);
+            conn.respond(resp, head, keep_alive).await
+            // The response's body goes here, where it lies (its end is
+            // logged, what it holds let go), not after a lingering close.
         };
-        drop(serving);
-        let written = conn.respond(resp, head, keep_alive).await;
-        // The body goes now (its end is logged, what it holds let go), not
-        // after a lingering close.
-        drop(answered);
         let Ok(reusable) = written else {
             conn.close();
             return Ended::Closed;
