@@ -264,13 +264,10 @@ fn forwarded(
     } else {
         None
     };
+    let ours = client.forwarded_element(host);
     let value = match prior_forwarded {
-        Some(prior) => {
-            let host_text = host.and_then(|h| h.to_str().ok());
-            let element = forwarded_element(client.peer.ip(), ip, client.proto, host_text);
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("{prior}, {element}"))).ok()
-        }
-        None => client.forwarded_element(host),
+        Some(prior) => ours.and_then(|e| HeaderValue::try_from(format!("{prior}, {}", e.to_str().ok()?)).ok()),
+        None => ours,
     };
     if present.has(Present::FORWARDED) {
         headers.remove(header::FORWARDED);

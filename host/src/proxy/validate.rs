@@ -34,7 +34,8 @@ pub(super) fn request<B>(req: &Request<B>, limits: &Limits, framed: bool) -> Res
     if !framed && let Some(reason) = framing(h) {
         return bad(reason);
     }
-    if !framed && (req.version() == Version::HTTP_11 || req.version() == Version::HTTP_10) {
+    let http1 = req.version() == Version::HTTP_11 || req.version() == Version::HTTP_10;
+    if !framed && http1 {
         let hosts = h.get_all(header::HOST).iter().count();
         match hosts {
             0 if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
@@ -46,7 +47,7 @@ pub(super) fn request<B>(req: &Request<B>, limits: &Limits, framed: bool) -> Res
     }
     // An absolute-form target names the host itself; a Host header that
     // says otherwise would let routing and the upstream disagree.
-    if (req.version() == Version::HTTP_11 || req.version() == Version::HTTP_10)
+    if http1
         && let Some(authority) = req.uri().authority()
         && let Some(host) = h.get(header::HOST)
         && !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
