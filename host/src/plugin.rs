@@ -465,10 +465,14 @@ impl Plugin {
             Isolation::Pooled => self.idle.lock().ok().and_then(|mut idle| idle.pop()),
             Isolation::PerRequest => None,
         };
-        let mut instance = match warm {
-            Some(i) => i,
+        // The call's time limit is for the hook: a fresh instance's start
+        // and `init` had limits of their own, so the hook's counts from
+        // when they ended (after a reload every new pool starts cold, and
+        // on a busy machine instantiating took most of a 20 ms limit).
+        let (mut instance, armed) = match warm {
+            Some(i) => (i, since),
             None => match self.instantiate() {
-                Ok((i, _)) => i,
+                Ok((i, _)) => (i, std::time::Instant::now()),
                 Err(failure) => {
                     self.stats.record(since.elapsed(), Some(&failure));
                     return Err(failure);
@@ -476,7 +480,7 @@ impl Plugin {
             },
         };
         instance.since = since;
-        if let Err(failure) = self.arm(&mut instance.store, since) {
+        if let Err(failure) = self.arm(&mut instance.store, armed) {
             self.stats.record(since.elapsed(), Some(&failure));
             return Err(failure);
         }
