@@ -11,7 +11,10 @@ told apart as instructions of ours or system calls, and (in a second run
 of wrk) system calls, context switches and wake-ups per request, counted
 by tracepoints. Samples are
 taken by the `cpu-clock` software event, which works on virtual machines
-without hardware counters. `--keep` leaves perf.data for `perf report`.
+without hardware counters. plumeway runs with `PLUMEWAY_PERF_MAP=1`, so
+time inside a plugin is reported by the plugin's own function names
+(wasmtime writes them to /tmp/perf-PID.map, removed at the end).
+`--keep` leaves perf.data for `perf report`.
 Needs perf (Debian's linux-perf), wrk and nginx; stops what it started by
 PID.
 """
@@ -68,7 +71,9 @@ def main():
             else:
                 plugins, route = (CHAIN, CHAIN_ROUTE) if args.chain else ("", "")
                 conf = plumeway_conf(work, "plumeway", port, backend, None, plugins, route)
-                proxy = start(procs, [args.binary, "run", conf, "--log", "warn"])
+                # Names the plugins' compiled functions for perf (/tmp/perf-PID.map).
+                env = dict(os.environ, PLUMEWAY_PERF_MAP="1")
+                proxy = start(procs, [args.binary, "run", conf, "--log", "warn"], env=env)
             wait_port(backend)
             wait_port(port)
             url = f"http://127.0.0.1:{port}{PATH}"
@@ -120,6 +125,8 @@ def main():
                 p.terminate()
             for p in procs:
                 p.wait()
+                if not args.keep and os.path.exists(f"/tmp/perf-{p.pid}.map"):
+                    os.remove(f"/tmp/perf-{p.pid}.map")
 
 
 if __name__ == "__main__":

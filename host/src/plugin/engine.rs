@@ -127,6 +127,12 @@ fn build(fuel: bool) -> Result<Ticking, String> {
         .consume_fuel(fuel)
         .max_wasm_stack(512 << 10)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // For profiling only (bench/profile.py sets it): names each plugin's
+    // compiled functions in /tmp/perf-PID.map, which `perf report` reads,
+    // so time inside a plugin is not one anonymous `[JIT]` lump.
+    if std::env::var_os("PLUMEWAY_PERF_MAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&config).map_err(|e| format!("cannot start the WebAssembly engine: {e}"))?;
     let clock = Arc::new(Clock {
         start: Instant::now(),
