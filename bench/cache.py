@@ -13,7 +13,9 @@ one nginx backend (as in compare.py, no plugins), is warmed by wrk with
 `--seconds`. Prints, per request: instructions, first-level data misses
 (D1, 32 KiB) and last-level data misses (a 512 KiB cache, the size of one
 core's L2 here), and the functions with the most last-level misses, the
-`memcpy` calls among them by caller. The simulation covers the proxy's user
+`memcpy` calls among them by caller. wrk opens its connections anew for
+the counted run, so their accepts are in it, spread over `--seconds`
+(`accept_loop`, which copies each new connection's future into its task). The simulation covers the proxy's user
 code only: the kernel and the other processes that share the real caches
 are not in it, so real misses are more. Needs valgrind, wrk and nginx;
 stops what it started by PID.
@@ -23,14 +25,12 @@ import argparse
 import collections
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import free_port, nginx_conf, plumeway_conf, wait_port  # noqa: E402
+from compare import free_port, nginx_backend, plumeway_conf, wait_listening  # noqa: E402
 
 # Cache geometry: size, bytes per line... as valgrind takes it.
 CACHES = ["--I1=65536,4,64", "--D1=32768,8,64", "--LL=524288,8,64"]
@@ -48,14 +48,7 @@ def run(work, name, binary, backend, connections, seconds):
         stderr=subprocess.DEVNULL,
     )
     try:
-        while proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError(f"{name} exited before it listened")
+        wait_listening(proc, port, name)
         url = f"http://127.0.0.1:{port}/api/hello"
         wrk = ["wrk", "-t1", f"-c{connections}"]
         subprocess.run([*wrk, "-d4s", url], check=True, capture_output=True)
@@ -104,33 +97,32 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--top", type=int, default=20)
     args = ap.parse_args()
-    nginx_bin = "nginx" if subprocess.run(["which", "nginx"], capture_output=True).returncode == 0 else "/usr/sbin/nginx"
-    with tempfile.TemporaryDirectory() as work:
-        backend = free_port()
-        conf = nginx_conf(work, "backend", f"server {{ listen 127.0.0.1:{backend}; location / {{ return 200 'hello\\n'; }} }}")
-        nginx = subprocess.Popen([nginx_bin, "-c", conf, "-p", work])
-        try:
-            wait_port(backend)
-            for build in args.builds:
-                name, binary = build.split("=", 1)
-                path, n = run(work, name, binary, backend, args.connections, args.seconds)
-                own, memcpy = read(path)
-                total = sum(own.values(), collections.Counter())
-                ll = lambda c: (c["DLmr"] + c["DLmw"]) / n  # noqa: E731
-                print(
-                    f"{name}, {args.connections} connections, {n} requests: per request {total['Ir'] / n:,.0f} instructions, "
-                    f"{(total['D1mr'] + total['D1mw']) / n:,.0f} D1 misses, {ll(total):,.0f} last-level misses"
-                )
-                print("  last-level misses per request, by function:")
-                for fn, c in sorted(own.items(), key=lambda kv: ll(kv[1]), reverse=True)[: args.top]:
-                    print(f"  {ll(c):7.1f}  {c['Ir'] / n:7,.0f} instr  {fn[:110]}")
-                print("  ... of which in memcpy, by caller:")
-                for fn, c in sorted(memcpy.items(), key=lambda kv: ll(kv[1]), reverse=True)[:8]:
-                    print(f"  {ll(c):7.1f}  {c['Ir'] / n:7,.0f} instr  {fn[:110]}")
-                sys.stdout.flush()
-        finally:
-            nginx.terminate()
-            nginx.wait()
+    with tempfile.TemporaryDirectory() as work, nginx_backend(work) as backend:
+        for build in args.builds:
+            name, binary = build.split("=", 1)
+            path, n = run(work, name, binary, backend, args.connections, args.seconds)
+            report(name, args.connections, n, *read(path), args.top)
+
+
+def report(name, connections, n, own, memcpy, top):
+    """Prints one build's misses per request: in all, by function, and in
+    `memcpy` by caller."""
+    total = sum(own.values(), collections.Counter())
+
+    def ll(c):
+        return (c["DLmr"] + c["DLmw"]) / n
+
+    print(
+        f"{name}, {connections} connections, {n} requests: per request {total['Ir'] / n:,.0f} instructions, "
+        f"{(total['D1mr'] + total['D1mw']) / n:,.0f} D1 misses, {ll(total):,.0f} last-level misses"
+    )
+    print("  last-level misses per request, by function:")
+    for fn, c in sorted(own.items(), key=lambda kv: ll(kv[1]), reverse=True)[:top]:
+        print(f"  {ll(c):7.1f}  {c['Ir'] / n:7,.0f} instr  {fn[:110]}")
+    print("  ... of which in memcpy, by caller:")
+    for fn, c in sorted(memcpy.items(), key=lambda kv: ll(kv[1]), reverse=True)[:8]:
+        print(f"  {ll(c):7.1f}  {c['Ir'] / n:7,.0f} instr  {fn[:110]}")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

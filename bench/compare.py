@@ -10,6 +10,7 @@ time comes from /proc/PID/stat. Everything started here is stopped by PID.
 """
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -49,14 +50,21 @@ def rss_kib(pid, field="VmRSS"):
     return 0
 
 
+def listening(port):
+    """Whether something accepts connections on `port` now."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_port(port, timeout=20):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        if listening(port):
             return
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
 
 
@@ -101,6 +109,33 @@ http {{
 """
         )
     return path
+
+
+@contextlib.contextmanager
+def nginx_backend(work):
+    """The backend every measurement runs against: one nginx answering
+    every request with a 6-byte body, on a free port (yielded), stopped by
+    PID at the end."""
+    nginx_bin = "nginx" if subprocess.run(["which", "nginx"], capture_output=True).returncode == 0 else "/usr/sbin/nginx"
+    port = free_port()
+    conf = nginx_conf(work, "backend", f"server {{ listen 127.0.0.1:{port}; location / {{ return 200 'hello\\n'; }} }}")
+    nginx = subprocess.Popen([nginx_bin, "-c", conf, "-p", work])
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        nginx.terminate()
+        nginx.wait()
+
+
+def wait_listening(proc, port, name):
+    """Waits until `port` accepts, as long as `proc` lives: a proxy under
+    valgrind takes many seconds to start, and one that fails never does."""
+    while proc.poll() is None:
+        if listening(port):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} exited before it listened")
 
 
 def start(procs, argv, **kw):

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import free_port, nginx_conf, plumeway_conf, wait_port  # noqa: E402
+from compare import free_port, nginx_backend, plumeway_conf, wait_listening  # noqa: E402
 
 REQUEST = b"GET /api/hello HTTP/1.1\r\nHost: bench\r\n\r\n"
 
@@ -66,15 +66,7 @@ def measure(work, keep, name, binary, backend, warmup, requests):
         stderr=log,
     )
     try:
-        # Slow under valgrind: wait while the process lives.
-        while proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError(f"{name} exited before it listened")
+        wait_listening(proc, port, name)
         with socket.create_connection(("127.0.0.1", port)) as sock:
             get_all(sock, warmup)
             subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True)
@@ -108,21 +100,12 @@ def main():
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--keep", metavar="DIR", help="keep the callgrind files here, for callgrind_annotate")
     args = ap.parse_args()
-    nginx_bin = "nginx" if subprocess.run(["which", "nginx"], capture_output=True).returncode == 0 else "/usr/sbin/nginx"
-    with tempfile.TemporaryDirectory() as work:
-        backend = free_port()
-        conf = nginx_conf(work, "backend", f"server {{ listen 127.0.0.1:{backend}; location / {{ return 200 'hello\\n'; }} }}")
-        nginx = subprocess.Popen([nginx_bin, "-c", conf, "-p", work])
-        try:
-            wait_port(backend)
-            for build in args.builds:
-                name, binary = build.split("=", 1)
-                per = measure(work, args.keep, name, binary, backend, args.warmup, args.requests)
-                print(f"{name}: {per:,.0f} instructions per request", flush=True)
-                time.sleep(0.1)
-        finally:
-            nginx.terminate()
-            nginx.wait()
+    with tempfile.TemporaryDirectory() as work, nginx_backend(work) as backend:
+        for build in args.builds:
+            name, binary = build.split("=", 1)
+            per = measure(work, args.keep, name, binary, backend, args.warmup, args.requests)
+            print(f"{name}: {per:,.0f} instructions per request", flush=True)
+            time.sleep(0.1)
 
 
 if __name__ == "__main__":
