@@ -25,6 +25,11 @@ pub(crate) const TICK: Duration = Duration::from_millis(1);
 /// from then on.
 const IDLE_TICK: Duration = Duration::from_millis(10);
 
+/// For profiling only (bench/profile.py sets it to `1`): each plugin's
+/// compiled functions are named in /tmp/perf-PID.map, which `perf report`
+/// reads, so time inside a plugin is not one anonymous `[JIT]` lump.
+const PERF_MAP: &str = "PLUMEWAY_PERF_MAP";
+
 /// Calls running now, in any engine.
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
@@ -127,10 +132,7 @@ fn build(fuel: bool) -> Result<Ticking, String> {
         .consume_fuel(fuel)
         .max_wasm_stack(512 << 10)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    // For profiling only (bench/profile.py sets it): names each plugin's
-    // compiled functions in /tmp/perf-PID.map, which `perf report` reads,
-    // so time inside a plugin is not one anonymous `[JIT]` lump.
-    if std::env::var_os("PLUMEWAY_PERF_MAP").is_some_and(|v| v == "1") {
+    if std::env::var_os(PERF_MAP).is_some_and(|v| v == "1") {
         config.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
     let engine = Engine::new(&config).map_err(|e| format!("cannot start the WebAssembly engine: {e}"))?;
@@ -217,7 +219,9 @@ fn in_child(exe: &Path, engine: &Engine, fuel: bool, wasm: &[u8]) -> Result<Comp
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut command = Command::new(exe);
-    command.arg(COMPILE_COMMAND);
+    // A compiler loads no code to name, and its engine would leave an
+    // empty map file behind.
+    command.arg(COMPILE_COMMAND).env_remove(PERF_MAP);
     if fuel {
         command.arg("--fuel");
     }
