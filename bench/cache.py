@@ -15,10 +15,10 @@ one nginx backend (as in compare.py, no plugins), is warmed by wrk with
 core's L2 here), and the functions with the most last-level misses, the
 `memcpy` calls among them by caller. wrk opens its connections anew for
 the counted run, so their accepts are in it, spread over `--seconds`
-(`accept_loop`, which copies each new connection's future into its task). The simulation covers the proxy's user
-code only: the kernel and the other processes that share the real caches
-are not in it, so real misses are more. Needs valgrind, wrk and nginx;
-stops what it started by PID.
+(`accept_loop`, which copies each new connection's future into its task).
+The simulation covers the proxy's user code only: the kernel and the other
+processes that share the real caches are not in it, so real misses are
+more. Needs valgrind, wrk and nginx; stops what it started by PID.
 """
 
 import argparse
@@ -30,7 +30,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import free_port, nginx_backend, plumeway_conf, wait_listening  # noqa: E402
+from compare import PATH, free_port, nginx_backend, plumeway_conf, wait_listening  # noqa: E402
 
 # Cache geometry: size, bytes per line... as valgrind takes it.
 CACHES = ["--I1=65536,4,64", "--D1=32768,8,64", "--LL=524288,8,64"]
@@ -49,7 +49,7 @@ def run(work, name, binary, backend, connections, seconds):
     )
     try:
         wait_listening(proc, port, name)
-        url = f"http://127.0.0.1:{port}/api/hello"
+        url = f"http://127.0.0.1:{port}{PATH}"
         wrk = ["wrk", "-t1", f"-c{connections}"]
         subprocess.run([*wrk, "-d4s", url], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True)

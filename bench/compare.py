@@ -111,15 +111,25 @@ http {{
     return path
 
 
+def nginx_binary():
+    """nginx on the PATH, else where Debian puts it (/usr/sbin is not on
+    every user's PATH)."""
+    found = subprocess.run(["sh", "-c", "command -v nginx"], capture_output=True).returncode == 0
+    return "nginx" if found else "/usr/sbin/nginx"
+
+
+def backend_conf(work, port):
+    """The config of the backend every measurement runs against: one nginx
+    answering every request on `port` with a 6-byte body."""
+    return nginx_conf(work, "backend", f"server {{ listen 127.0.0.1:{port}; location / {{ return 200 'hello\\n'; }} }}")
+
+
 @contextlib.contextmanager
 def nginx_backend(work):
-    """The backend every measurement runs against: one nginx answering
-    every request with a 6-byte body, on a free port (yielded), stopped by
-    PID at the end."""
-    nginx_bin = "nginx" if subprocess.run(["which", "nginx"], capture_output=True).returncode == 0 else "/usr/sbin/nginx"
+    """The backend (`backend_conf`) on a free port, which is yielded;
+    stopped by PID at the end."""
     port = free_port()
-    conf = nginx_conf(work, "backend", f"server {{ listen 127.0.0.1:{port}; location / {{ return 200 'hello\\n'; }} }}")
-    nginx = subprocess.Popen([nginx_bin, "-c", conf, "-p", work])
+    nginx = subprocess.Popen([nginx_binary(), "-c", backend_conf(work, port), "-p", work])
     try:
         wait_port(port)
         yield port
@@ -146,7 +156,7 @@ def start(procs, argv, **kw):
 
 def start_all(work, procs, nginx_bin, also=(), also_chain=False):
     backend = free_port()
-    start(procs, [nginx_bin, "-c", nginx_conf(work, "backend", f"server {{ listen 127.0.0.1:{backend}; location / {{ return 200 'hello\\n'; }} }}"), "-p", work])
+    start(procs, [nginx_bin, "-c", backend_conf(work, backend), "-p", work])
     ws = subprocess.Popen([os.path.join(RELEASE, "ws-bench"), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     procs.append(ws)
     ws_port = int(ws.stdout.readline())
@@ -347,7 +357,7 @@ def main():
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    nginx_bin = "nginx" if subprocess.run(["sh", "-c", "command -v nginx"], capture_output=True).returncode == 0 else "/usr/sbin/nginx"
+    nginx_bin = nginx_binary()
 
     lines = []
 

@@ -34,6 +34,8 @@ from compare import (  # noqa: E402
     RELEASE,
     cpu_seconds,
     free_port,
+    nginx_backend,
+    nginx_binary,
     nginx_conf,
     plumeway_conf,
     start,
@@ -55,12 +57,10 @@ def main():
     parser.add_argument("--keep", help="directory to leave perf.data in")
     parser.add_argument("--top", type=int, default=60, help="symbols to print")
     args = parser.parse_args()
-    nginx = "nginx" if subprocess.run(["which", "nginx"], capture_output=True).returncode == 0 else "/usr/sbin/nginx"
+    nginx = nginx_binary()
     procs = []
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, nginx_backend(work) as backend:
         try:
-            backend = free_port()
-            start(procs, [nginx, "-c", nginx_conf(work, "backend", f"server {{ listen 127.0.0.1:{backend}; location / {{ return 200 'hello\\n'; }} }}"), "-p", work])
             port = free_port()
             if args.nginx:
                 # nginx as the proxy, configured as compare.py measures it.
@@ -74,7 +74,6 @@ def main():
                 # Names the plugins' compiled functions for perf (/tmp/perf-PID.map).
                 env = dict(os.environ, PLUMEWAY_PERF_MAP="1")
                 proxy = start(procs, [args.binary, "run", conf, "--log", "warn"], env=env)
-            wait_port(backend)
             wait_port(port)
             url = f"http://127.0.0.1:{port}{PATH}"
             # Warm up: pooled plugin instances, backend connections.
