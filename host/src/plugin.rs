@@ -168,8 +168,9 @@ struct Indices {
 struct Instance {
     store: Store<HostState>,
     hooks: Hooks,
-    /// The request head shown to the plugin, refilled for each call.
-    head: bindings::plumeway::plugin::types::RequestHead,
+    /// The one `request-head` entry in the store's table, refilled and
+    /// lent for each call, like `fields`.
+    head: wasmtime::component::Resource<host::HeadEntry>,
     /// The one `fields` entry in the store's table that each call lends
     /// the headers through: made once, so a call does not allocate a table
     /// slot for them.
@@ -424,16 +425,16 @@ impl Plugin {
             Ok(Err(message)) => return Err(Failure::Returned { message }),
             Err(e) => return Err(self.classify(e, &store)),
         };
-        let fields = store
-            .data_mut()
-            .table
-            .push(host::FieldsEntry::default())
-            .map_err(|e| Failure::Instantiate { message: e.to_string() })?;
+        let table = &mut store.data_mut().table;
+        let entries = table
+            .push(host::HeadEntry::default())
+            .and_then(|head| Ok((head, table.push(host::FieldsEntry::default())?)));
+        let (head, fields) = entries.map_err(|e| Failure::Instantiate { message: e.to_string() })?;
         Ok((
             Instance {
                 store,
                 hooks,
-                head: hooks::empty_head(),
+                head,
                 fields,
                 since: std::time::Instant::now(),
                 running: None,

@@ -9,7 +9,7 @@ use crate::bindings::{balancer, error_handler, imports, lifecycle, request_filte
 use crate::{
     Action, Balancer, Config, ErrorHandler, Headers, LocalResponse, Plugin, RequestFilter, ResponseFilter, Rewrite,
 };
-use crate::{Endpoint, ErrorKind, PickContext, ProxyError, Request, RequestHead, Response, ResponseAction};
+use crate::{Endpoint, ErrorKind, PickContext, ProxyError, Request, Response, ResponseAction};
 
 use imports::plumeway::plugin::types as wit;
 
@@ -32,14 +32,6 @@ fn with_plugin<P: 'static, R>(f: impl FnOnce(&P) -> R) -> Result<R, wit::PluginE
             }),
         },
     )
-}
-
-fn head(h: wit::RequestHead) -> RequestHead {
-    RequestHead {
-        method: h.method,
-        path_with_query: h.path_with_query,
-        authority: h.authority,
-    }
 }
 
 fn plugin_error(e: crate::Error) -> wit::PluginError {
@@ -74,20 +66,20 @@ impl<P: Plugin> lifecycle::exports::plumeway::plugin::lifecycle::Guest for Glue<
 }
 
 impl<P: Rewrite> rewrite::exports::plumeway::plugin::rewrite::Guest for Glue<P> {
-    fn rewrite(h: wit::RequestHead, headers: &wit::Fields) -> Result<Option<String>, wit::PluginError> {
-        let req = Request::new(head(h), Headers::host(headers, true), None);
+    fn rewrite(h: &wit::RequestHead, headers: &wit::Fields) -> Result<Option<String>, wit::PluginError> {
+        let req = Request::host(h, Headers::host(headers, true), None);
         with_plugin::<P, _>(|p| p.rewrite(&req))?.map_err(plugin_error)
     }
 }
 
 impl<P: RequestFilter> request_filter::exports::plumeway::plugin::request_filter::Guest for Glue<P> {
     fn on_request(
-        h: wit::RequestHead,
+        h: &wit::RequestHead,
         headers: &wit::Fields,
         body: Option<Vec<u8>>,
     ) -> Result<request_filter::exports::plumeway::plugin::request_filter::RequestAction, wit::PluginError> {
         use request_filter::exports::plumeway::plugin::request_filter::{RequestAction, RequestEdits};
-        let mut req = Request::new(head(h), Headers::host(headers, false), body);
+        let mut req = Request::host(h, Headers::host(headers, false), body);
         let action = with_plugin::<P, _>(|p| p.on_request(&mut req))?.map_err(plugin_error)?;
         Ok(match action {
             Action::Continue => RequestAction::Continue(RequestEdits {
@@ -103,14 +95,14 @@ impl<P: RequestFilter> request_filter::exports::plumeway::plugin::request_filter
 
 impl<P: ResponseFilter> response_filter::exports::plumeway::plugin::response_filter::Guest for Glue<P> {
     fn on_response(
-        h: wit::RequestHead,
+        h: &wit::RequestHead,
         status: u16,
         headers: &wit::Fields,
         body: Option<Vec<u8>>,
         stash: Option<Vec<u8>>,
     ) -> Result<response_filter::exports::plumeway::plugin::response_filter::ResponseAction, wit::PluginError> {
         use response_filter::exports::plumeway::plugin::response_filter::{ResponseAction as WitAction, ResponseEdits};
-        let mut res = Response::new(head(h), status, Headers::host(headers, false), body, stash);
+        let mut res = Response::host(h, status, Headers::host(headers, false), body, stash);
         let action = with_plugin::<P, _>(|p| p.on_response(&mut res))?.map_err(plugin_error)?;
         Ok(match action {
             ResponseAction::Continue => WitAction::Continue(ResponseEdits {
@@ -125,7 +117,7 @@ impl<P: ResponseFilter> response_filter::exports::plumeway::plugin::response_fil
 
 impl<P: ErrorHandler> error_handler::exports::plumeway::plugin::error_handler::Guest for Glue<P> {
     fn on_error(
-        h: wit::RequestHead,
+        h: &wit::RequestHead,
         headers: &wit::Fields,
         err: error_handler::exports::plumeway::plugin::error_handler::ProxyError,
     ) -> Result<wit::Response, wit::PluginError> {
@@ -150,7 +142,7 @@ impl<P: ErrorHandler> error_handler::exports::plumeway::plugin::error_handler::G
             attempts: err.attempts,
             request_id: err.request_id,
         };
-        let req = Request::new(head(h), Headers::host(headers, true), None);
+        let req = Request::host(h, Headers::host(headers, true), None);
         with_plugin::<P, _>(|p| p.on_error(&req, &err))?
             .map(response)
             .map_err(plugin_error)
@@ -159,7 +151,7 @@ impl<P: ErrorHandler> error_handler::exports::plumeway::plugin::error_handler::G
 
 impl<P: Balancer> balancer::exports::plumeway::plugin::balancer::Guest for Glue<P> {
     fn pick(
-        h: wit::RequestHead,
+        h: &wit::RequestHead,
         headers: &wit::Fields,
         endpoints: Vec<balancer::exports::plumeway::plugin::balancer::EndpointState>,
         ctx: balancer::exports::plumeway::plugin::balancer::PickContext,
@@ -174,7 +166,7 @@ impl<P: Balancer> balancer::exports::plumeway::plugin::balancer::Guest for Glue<
             attempt: ctx.attempt,
             tried: ctx.tried.into_iter().map(|i| i as usize).collect(),
         };
-        let req = Request::new(head(h), Headers::host(headers, true), None);
+        let req = Request::host(h, Headers::host(headers, true), None);
         let picked = with_plugin::<P, _>(|p| p.pick(&req, &endpoints, &ctx))?.map_err(plugin_error)?;
         picked
             .map(|i| {

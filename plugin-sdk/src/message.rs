@@ -1,6 +1,9 @@
 //! The request and response a hook sees, and the response a plugin makes.
 
+use std::cell::OnceCell;
+
 use crate::Headers;
+use crate::bindings::imports::plumeway::plugin::types::RequestHead as HostHead;
 
 /// The request line: method, path with query, and authority.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +30,78 @@ impl RequestHead {
     }
 }
 
+/// The request line as a hook sees it. Inside plumeway it is the host's,
+/// lent for the call, and each part is copied in the first time the plugin
+/// looks at it: a hook that never does (a header filter) costs no copies.
+/// In unit tests it is a whole [`RequestHead`] from the builder.
+#[derive(Debug)]
+struct Head<'a> {
+    host: Option<&'a HostHead>,
+    method: OnceCell<String>,
+    path_with_query: OnceCell<String>,
+    authority: OnceCell<Option<String>>,
+    /// Set by the builder, or made from the parts by [`Head::whole`].
+    whole: OnceCell<RequestHead>,
+}
+
+impl<'a> Head<'a> {
+    fn host(head: &'a HostHead) -> Self {
+        Self {
+            host: Some(head),
+            method: OnceCell::new(),
+            path_with_query: OnceCell::new(),
+            authority: OnceCell::new(),
+            whole: OnceCell::new(),
+        }
+    }
+
+    fn local(head: RequestHead) -> Self {
+        Self {
+            host: None,
+            method: OnceCell::new(),
+            path_with_query: OnceCell::new(),
+            authority: OnceCell::new(),
+            whole: OnceCell::from(head),
+        }
+    }
+
+    fn method(&self) -> &str {
+        match self.whole.get() {
+            Some(w) => &w.method,
+            None => self
+                .method
+                .get_or_init(|| self.host.map(HostHead::method).unwrap_or_default()),
+        }
+    }
+
+    fn path_with_query(&self) -> &str {
+        match self.whole.get() {
+            Some(w) => &w.path_with_query,
+            None => self
+                .path_with_query
+                .get_or_init(|| self.host.map(HostHead::path_with_query).unwrap_or_default()),
+        }
+    }
+
+    fn authority(&self) -> Option<&str> {
+        match self.whole.get() {
+            Some(w) => w.authority.as_deref(),
+            None => self
+                .authority
+                .get_or_init(|| self.host.and_then(HostHead::authority))
+                .as_deref(),
+        }
+    }
+
+    fn whole(&self) -> &RequestHead {
+        self.whole.get_or_init(|| RequestHead {
+            method: self.method().to_owned(),
+            path_with_query: self.path_with_query().to_owned(),
+            authority: self.authority().map(str::to_owned),
+        })
+    }
+}
+
 /// The request as a request filter, rewrite, error or balancer hook sees it.
 ///
 /// Header edits go to the proxy at once; path, body and stash edits are
@@ -42,7 +117,7 @@ impl RequestHead {
 /// ```
 #[derive(Debug)]
 pub struct Request<'a> {
-    head: RequestHead,
+    head: Head<'a>,
     headers: Headers<'a>,
     body: Option<Vec<u8>>,
     pub(crate) new_path: Option<String>,
@@ -51,7 +126,11 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    pub(crate) fn new(head: RequestHead, headers: Headers<'a>, body: Option<Vec<u8>>) -> Self {
+    pub(crate) fn host(head: &'a HostHead, headers: Headers<'a>, body: Option<Vec<u8>>) -> Self {
+        Self::new(Head::host(head), headers, body)
+    }
+
+    fn new(head: Head<'a>, headers: Headers<'a>, body: Option<Vec<u8>>) -> Self {
         Self {
             head,
             headers,
@@ -77,7 +156,7 @@ impl<'a> Request<'a> {
 
     /// The method, e.g. `GET`.
     pub fn method(&self) -> &str {
-        &self.head.method
+        self.head.method()
     }
 
     /// The path without query, including this hook's own
@@ -94,17 +173,19 @@ impl<'a> Request<'a> {
 
     /// Path and query, including this hook's own edit.
     pub fn path_with_query(&self) -> &str {
-        self.new_path.as_deref().unwrap_or(&self.head.path_with_query)
+        self.new_path.as_deref().unwrap_or_else(|| self.head.path_with_query())
     }
 
     /// The host the request is for, if known.
     pub fn authority(&self) -> Option<&str> {
-        self.head.authority.as_deref()
+        self.head.authority()
     }
 
-    /// The request line as it arrived at this hook.
+    /// The request line as it arrived at this hook. Copies every part in
+    /// from the host; [`Request::method`], [`Request::path_with_query`] and
+    /// [`Request::authority`] copy only their own.
     pub fn head(&self) -> &RequestHead {
-        &self.head
+        self.head.whole()
     }
 
     /// The headers.
@@ -173,7 +254,7 @@ impl RequestBuilder {
 
     /// The request.
     pub fn build(self) -> Request<'static> {
-        Request::new(self.head, Headers::from_pairs(self.headers), self.body)
+        Request::new(Head::local(self.head), Headers::from_pairs(self.headers), self.body)
     }
 }
 
@@ -189,7 +270,7 @@ impl RequestBuilder {
 /// ```
 #[derive(Debug)]
 pub struct Response<'a> {
-    request: RequestHead,
+    request: Head<'a>,
     status: u16,
     headers: Headers<'a>,
     body: Option<Vec<u8>>,
@@ -199,8 +280,18 @@ pub struct Response<'a> {
 }
 
 impl<'a> Response<'a> {
-    pub(crate) fn new(
-        request: RequestHead,
+    pub(crate) fn host(
+        request: &'a HostHead,
+        status: u16,
+        headers: Headers<'a>,
+        body: Option<Vec<u8>>,
+        stash: Option<Vec<u8>>,
+    ) -> Self {
+        Self::new(Head::host(request), status, headers, body, stash)
+    }
+
+    fn new(
+        request: Head<'a>,
         status: u16,
         headers: Headers<'a>,
         body: Option<Vec<u8>>,
@@ -232,9 +323,10 @@ impl<'a> Response<'a> {
         }
     }
 
-    /// The request this responds to, as it was forwarded.
+    /// The request this responds to, as it was forwarded. Copied in from
+    /// the host the first time a hook asks.
     pub fn request(&self) -> &RequestHead {
-        &self.request
+        self.request.whole()
     }
 
     /// The status, including this hook's own edit.
@@ -312,7 +404,7 @@ impl ResponseBuilder {
     /// The response.
     pub fn build(self) -> Response<'static> {
         Response::new(
-            self.request,
+            Head::local(self.request),
             self.status,
             Headers::from_pairs(self.headers),
             self.body,

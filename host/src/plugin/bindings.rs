@@ -15,5 +15,8 @@ wasmtime::component::bindgen!({
     // host functions trappable, so a bad resource handle ends the call, not
     // the proxy.
     imports: { default: trappable },
-    with: { "plumeway:plugin/types.fields": super::host::FieldsEntry },
+    with: {
+        "plumeway:plugin/types.fields": super::host::FieldsEntry,
+        "plumeway:plugin/types.request-head": super::host::HeadEntry,
+    },
 });

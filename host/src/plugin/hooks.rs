@@ -9,7 +9,7 @@ use wasmtime::component::Resource;
 
 use super::bindings::exports::plumeway::plugin::{balancer, error_handler, request_filter, response_filter};
 use super::bindings::plumeway::plugin::types;
-use super::host::{CallInfo, FieldsEntry};
+use super::host::{CallInfo, FieldsEntry, HeadEntry};
 use super::output::{valid_path, valid_response, valid_status};
 use super::{Failure, Instance, Plugin};
 use crate::body::BoxBody;
@@ -94,14 +94,20 @@ pub struct EndpointView {
     pub in_flight: u32,
 }
 
-/// Writes the request head into an instance's own `RequestHead`, whose
+/// Writes the request head into the instance's `request-head` entry, whose
 /// strings keep their capacity from call to call: a warm call allocates
-/// nothing for the head it shows the plugin.
-fn fill(head: &mut types::RequestHead, parts: &request::Parts) {
+/// nothing for the head it lends the plugin.
+fn fill(instance: &mut Instance, parts: &request::Parts) -> Result<(), Failure> {
     fn set(s: &mut String, value: &str) {
         s.clear();
         s.push_str(value);
     }
+    let head = instance
+        .store
+        .data_mut()
+        .table
+        .get_mut(&instance.head)
+        .map_err(|e| Failure::Instantiate { message: e.to_string() })?;
     set(&mut head.method, parts.method.as_str());
     set(
         &mut head.path_with_query,
@@ -111,22 +117,16 @@ fn fill(head: &mut types::RequestHead, parts: &request::Parts) {
         Some(host) => set(head.authority.get_or_insert_with(String::new), host),
         None => head.authority = None,
     }
-}
-
-/// An empty head, for a new instance to fill.
-pub(super) fn empty_head() -> types::RequestHead {
-    types::RequestHead {
-        method: String::new(),
-        path_with_query: String::new(),
-        authority: None,
-    }
+    Ok(())
 }
 
 /// Moves `headers` into the instance's `fields` entry, and the request's
 /// facts into its store, for one call, and back after, whatever the call's
 /// outcome: a trap never loses the request's headers, and nothing is copied.
+/// Lends the `request-head` entry [`fill`] wrote with them.
 struct Lent {
-    rep: u32,
+    head: u32,
+    fields: u32,
 }
 
 impl Lent {
@@ -145,12 +145,19 @@ impl Lent {
         entry.writable = writable;
         std::mem::swap(&mut state.call, call);
         Ok(Self {
-            rep: instance.fields.rep(),
+            head: instance.head.rep(),
+            fields: instance.fields.rep(),
         })
     }
 
-    fn borrow(&self) -> Resource<FieldsEntry> {
-        Resource::new_borrow(self.rep)
+    /// The head, as the call's `borrow<request-head>`.
+    fn head(&self) -> Resource<HeadEntry> {
+        Resource::new_borrow(self.head)
+    }
+
+    /// The headers, as the call's `borrow<fields>`.
+    fn fields(&self) -> Resource<FieldsEntry> {
+        Resource::new_borrow(self.fields)
     }
 
     fn give_back(self, instance: &mut Instance, headers: &mut HeaderMap, call: &mut CallInfo) {
@@ -184,10 +191,10 @@ impl Plugin {
     /// The `rewrite` hook: a new path and query, or `None` to keep it.
     pub fn rewrite(&self, parts: &mut request::Parts, call: &mut CallInfo) -> Result<Option<PathAndQuery>, Failure> {
         let mut instance = self.checkout()?;
-        fill(&mut instance.head, parts);
+        fill(&mut instance, parts)?;
         let lent = Lent::new(&mut instance, &mut parts.headers, call, false)?;
         let result = match &instance.hooks.rewrite {
-            Some(g) => g.call_rewrite(&mut instance.store, &instance.head, lent.borrow()),
+            Some(g) => g.call_rewrite(&mut instance.store, lent.head(), lent.fields()),
             None => Err(not_exported("rewrite")),
         };
         lent.give_back(&mut instance, &mut parts.headers, call);
@@ -203,10 +210,10 @@ impl Plugin {
         call: &mut CallInfo,
     ) -> Result<RequestOutcome, Failure> {
         let mut instance = self.checkout()?;
-        fill(&mut instance.head, parts);
+        fill(&mut instance, parts)?;
         let lent = Lent::new(&mut instance, &mut parts.headers, call, true)?;
         let result = match &instance.hooks.request {
-            Some(g) => g.call_on_request(&mut instance.store, &instance.head, lent.borrow(), body.map(|b| &b[..])),
+            Some(g) => g.call_on_request(&mut instance.store, lent.head(), lent.fields(), body.map(|b| &b[..])),
             None => Err(not_exported("request-filter")),
         };
         lent.give_back(&mut instance, &mut parts.headers, call);
@@ -241,13 +248,13 @@ impl Plugin {
         call: &mut CallInfo,
     ) -> Result<ResponseOutcome, Failure> {
         let mut instance = self.checkout()?;
-        fill(&mut instance.head, request);
+        fill(&mut instance, request)?;
         let status = parts.status.as_u16();
         let lent = Lent::new(&mut instance, &mut parts.headers, call, true)?;
         let result = match &instance.hooks.response {
             Some(g) => {
                 let body = body.map(|b| &b[..]);
-                g.call_on_response(&mut instance.store, &instance.head, status, lent.borrow(), body, stash)
+                g.call_on_response(&mut instance.store, lent.head(), status, lent.fields(), body, stash)
             }
             None => Err(not_exported("response-filter")),
         };
@@ -300,10 +307,10 @@ impl Plugin {
             request_id: err.request_id.to_string(),
         };
         let mut instance = self.checkout()?;
-        fill(&mut instance.head, parts);
+        fill(&mut instance, parts)?;
         let lent = Lent::new(&mut instance, &mut parts.headers, call, false)?;
         let result = match &instance.hooks.error {
-            Some(g) => g.call_on_error(&mut instance.store, &instance.head, lent.borrow(), &record),
+            Some(g) => g.call_on_error(&mut instance.store, lent.head(), lent.fields(), &record),
             None => Err(not_exported("error-handler")),
         };
         lent.give_back(&mut instance, &mut parts.headers, call);
@@ -334,10 +341,10 @@ impl Plugin {
         };
         let mut instance = self.checkout()?;
         instance.store.data_mut().endpoint_urls = input.endpoints.iter().map(|e| Arc::clone(&e.url)).collect();
-        fill(&mut instance.head, parts);
+        fill(&mut instance, parts)?;
         let lent = Lent::new(&mut instance, &mut parts.headers, call, false)?;
         let result = match &instance.hooks.balancer {
-            Some(g) => g.call_pick(&mut instance.store, &instance.head, lent.borrow(), &states, &ctx),
+            Some(g) => g.call_pick(&mut instance.store, lent.head(), lent.fields(), &states, &ctx),
             None => Err(not_exported("balancer")),
         };
         lent.give_back(&mut instance, &mut parts.headers, call);

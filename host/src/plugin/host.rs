@@ -19,6 +19,18 @@ pub struct FieldsEntry {
     pub(crate) writable: bool,
 }
 
+/// The request line an instance lends to its plugin, refilled for each
+/// call; its strings keep their capacity from call to call, so a warm call
+/// allocates nothing for it. The plugin gets a copy of a part only when it
+/// asks for that part.
+#[derive(Debug, Default)]
+#[expect(unreachable_pub, reason = "named by the generated bindings, which re-export it")]
+pub struct HeadEntry {
+    pub(crate) method: String,
+    pub(crate) path_with_query: String,
+    pub(crate) authority: Option<String>,
+}
+
 /// Facts about the request a call is for, which the plugin can ask for
 /// through the `context` interface.
 #[derive(Debug, Default, Clone)]
@@ -282,6 +294,29 @@ impl types::HostFields for HostState {
     fn drop(&mut self, this: Resource<FieldsEntry>) -> wasmtime::Result<()> {
         // Only the host creates fields and lends them as borrows; an owned
         // handle reaching here is still ours to free.
+        if this.owned() {
+            self.table.delete(this)?;
+        }
+        Ok(())
+    }
+}
+
+impl types::HostRequestHead for HostState {
+    fn method(&mut self, this: Resource<HeadEntry>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&this)?.method.clone())
+    }
+
+    fn path_with_query(&mut self, this: Resource<HeadEntry>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&this)?.path_with_query.clone())
+    }
+
+    fn authority(&mut self, this: Resource<HeadEntry>) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&this)?.authority.clone())
+    }
+
+    fn drop(&mut self, this: Resource<HeadEntry>) -> wasmtime::Result<()> {
+        // As with fields: the host only lends heads, but an owned handle
+        // reaching here is still ours to free.
         if this.owned() {
             self.table.delete(this)?;
         }
