@@ -57,6 +57,10 @@ def main():
     parser.add_argument("--keep", help="directory to leave perf.data in")
     parser.add_argument("--top", type=int, default=60, help="symbols to print")
     args = parser.parse_args()
+    if args.keep:
+        # perf record cannot write into a directory that is not there, and
+        # fails quietly: the profile would come out empty.
+        os.makedirs(args.keep, exist_ok=True)
     nginx = nginx_binary()
     procs = []
     with tempfile.TemporaryDirectory() as work, nginx_backend(work) as backend:
@@ -90,7 +94,8 @@ def main():
             ).stdout
             after = cpu_seconds(proxy.pid)
             perf.send_signal(2)
-            perf.wait()
+            if perf.wait() not in (0, -2) or not os.path.exists(data):
+                sys.exit(f"perf record failed (exit {perf.returncode}); is perf (linux-perf) installed?")
             total = int(re.search(r"(\d+) requests in", out).group(1))
             user, system = ((a - b) * 1e6 / total for a, b in zip(after, before))
             print(f"{total} requests: {user:.2f} µs user + {system:.2f} µs system per request")
