@@ -35,19 +35,22 @@ impl RequestHead {
 /// looks at it: a hook that never does (a header filter) costs no copies.
 /// In unit tests it is a whole [`RequestHead`] from the builder.
 #[derive(Debug)]
-struct Head<'a> {
-    host: Option<&'a HostHead>,
-    method: OnceCell<String>,
-    path_with_query: OnceCell<String>,
-    authority: OnceCell<Option<String>>,
-    /// Set by the builder, or made from the parts by [`Head::whole`].
-    whole: OnceCell<RequestHead>,
+enum Head<'a> {
+    Host {
+        lent: &'a HostHead,
+        method: OnceCell<String>,
+        path_with_query: OnceCell<String>,
+        authority: OnceCell<Option<String>>,
+        /// Made from the parts when a hook asks for the whole head.
+        whole: OnceCell<RequestHead>,
+    },
+    Local(RequestHead),
 }
 
 impl<'a> Head<'a> {
-    fn host(head: &'a HostHead) -> Self {
-        Self {
-            host: Some(head),
+    fn host(lent: &'a HostHead) -> Self {
+        Self::Host {
+            lent,
             method: OnceCell::new(),
             path_with_query: OnceCell::new(),
             authority: OnceCell::new(),
@@ -55,50 +58,38 @@ impl<'a> Head<'a> {
         }
     }
 
-    fn local(head: RequestHead) -> Self {
-        Self {
-            host: None,
-            method: OnceCell::new(),
-            path_with_query: OnceCell::new(),
-            authority: OnceCell::new(),
-            whole: OnceCell::from(head),
-        }
-    }
-
     fn method(&self) -> &str {
-        match self.whole.get() {
-            Some(w) => &w.method,
-            None => self
-                .method
-                .get_or_init(|| self.host.map(HostHead::method).unwrap_or_default()),
+        match self {
+            Self::Host { lent, method, .. } => method.get_or_init(|| lent.method()),
+            Self::Local(head) => &head.method,
         }
     }
 
     fn path_with_query(&self) -> &str {
-        match self.whole.get() {
-            Some(w) => &w.path_with_query,
-            None => self
-                .path_with_query
-                .get_or_init(|| self.host.map(HostHead::path_with_query).unwrap_or_default()),
+        match self {
+            Self::Host {
+                lent, path_with_query, ..
+            } => path_with_query.get_or_init(|| lent.path_with_query()),
+            Self::Local(head) => &head.path_with_query,
         }
     }
 
     fn authority(&self) -> Option<&str> {
-        match self.whole.get() {
-            Some(w) => w.authority.as_deref(),
-            None => self
-                .authority
-                .get_or_init(|| self.host.and_then(HostHead::authority))
-                .as_deref(),
+        match self {
+            Self::Host { lent, authority, .. } => authority.get_or_init(|| lent.authority()).as_deref(),
+            Self::Local(head) => head.authority.as_deref(),
         }
     }
 
     fn whole(&self) -> &RequestHead {
-        self.whole.get_or_init(|| RequestHead {
-            method: self.method().to_owned(),
-            path_with_query: self.path_with_query().to_owned(),
-            authority: self.authority().map(str::to_owned),
-        })
+        match self {
+            Self::Host { whole, .. } => whole.get_or_init(|| RequestHead {
+                method: self.method().to_owned(),
+                path_with_query: self.path_with_query().to_owned(),
+                authority: self.authority().map(str::to_owned),
+            }),
+            Self::Local(head) => head,
+        }
     }
 }
 
@@ -254,7 +245,7 @@ impl RequestBuilder {
 
     /// The request.
     pub fn build(self) -> Request<'static> {
-        Request::new(Head::local(self.head), Headers::from_pairs(self.headers), self.body)
+        Request::new(Head::Local(self.head), Headers::from_pairs(self.headers), self.body)
     }
 }
 
@@ -404,7 +395,7 @@ impl ResponseBuilder {
     /// The response.
     pub fn build(self) -> Response<'static> {
         Response::new(
-            Head::local(self.request),
+            Head::Local(self.request),
             self.status,
             Headers::from_pairs(self.headers),
             self.body,
