@@ -168,9 +168,6 @@ struct Indices {
 struct Instance {
     store: Store<HostState>,
     hooks: Hooks,
-    /// The one `request-head` entry in the store's table, refilled and
-    /// lent for each call, like `fields`.
-    head: wasmtime::component::Resource<host::HeadEntry>,
     /// The one `fields` entry in the store's table that each call lends
     /// the headers through: made once, so a call does not allocate a table
     /// slot for them.
@@ -425,16 +422,13 @@ impl Plugin {
             Ok(Err(message)) => return Err(Failure::Returned { message }),
             Err(e) => return Err(self.classify(e, &store)),
         };
-        let table = &mut store.data_mut().table;
-        let entries = table
-            .push(host::HeadEntry::default())
-            .and_then(|head| Ok((head, table.push(host::FieldsEntry::default())?)));
-        let (head, fields) = entries.map_err(|e| Failure::Instantiate { message: e.to_string() })?;
+        let fields = (store.data_mut().table)
+            .push(host::FieldsEntry::default())
+            .map_err(|e| Failure::Instantiate { message: e.to_string() })?;
         Ok((
             Instance {
                 store,
                 hooks,
-                head,
                 fields,
                 since: std::time::Instant::now(),
                 running: None,

@@ -66,20 +66,19 @@ impl<P: Plugin> lifecycle::exports::plumeway::plugin::lifecycle::Guest for Glue<
 }
 
 impl<P: Rewrite> rewrite::exports::plumeway::plugin::rewrite::Guest for Glue<P> {
-    fn rewrite(h: &wit::RequestHead, headers: &wit::Fields) -> Result<Option<String>, wit::PluginError> {
-        let req = Request::host(h, Headers::host(headers, true), None);
+    fn rewrite(headers: &wit::Fields) -> Result<Option<String>, wit::PluginError> {
+        let req = Request::host(Headers::host(headers, true), None);
         with_plugin::<P, _>(|p| p.rewrite(&req))?.map_err(plugin_error)
     }
 }
 
 impl<P: RequestFilter> request_filter::exports::plumeway::plugin::request_filter::Guest for Glue<P> {
     fn on_request(
-        h: &wit::RequestHead,
         headers: &wit::Fields,
         body: Option<Vec<u8>>,
     ) -> Result<request_filter::exports::plumeway::plugin::request_filter::RequestAction, wit::PluginError> {
         use request_filter::exports::plumeway::plugin::request_filter::{RequestAction, RequestEdits};
-        let mut req = Request::host(h, Headers::host(headers, false), body);
+        let mut req = Request::host(Headers::host(headers, false), body);
         let action = with_plugin::<P, _>(|p| p.on_request(&mut req))?.map_err(plugin_error)?;
         Ok(match action {
             Action::Continue => RequestAction::Continue(RequestEdits {
@@ -95,14 +94,13 @@ impl<P: RequestFilter> request_filter::exports::plumeway::plugin::request_filter
 
 impl<P: ResponseFilter> response_filter::exports::plumeway::plugin::response_filter::Guest for Glue<P> {
     fn on_response(
-        h: &wit::RequestHead,
         status: u16,
         headers: &wit::Fields,
         body: Option<Vec<u8>>,
         stash: Option<Vec<u8>>,
     ) -> Result<response_filter::exports::plumeway::plugin::response_filter::ResponseAction, wit::PluginError> {
         use response_filter::exports::plumeway::plugin::response_filter::{ResponseAction as WitAction, ResponseEdits};
-        let mut res = Response::host(h, status, Headers::host(headers, false), body, stash);
+        let mut res = Response::host(status, Headers::host(headers, false), body, stash);
         let action = with_plugin::<P, _>(|p| p.on_response(&mut res))?.map_err(plugin_error)?;
         Ok(match action {
             ResponseAction::Continue => WitAction::Continue(ResponseEdits {
@@ -117,7 +115,6 @@ impl<P: ResponseFilter> response_filter::exports::plumeway::plugin::response_fil
 
 impl<P: ErrorHandler> error_handler::exports::plumeway::plugin::error_handler::Guest for Glue<P> {
     fn on_error(
-        h: &wit::RequestHead,
         headers: &wit::Fields,
         err: error_handler::exports::plumeway::plugin::error_handler::ProxyError,
     ) -> Result<wit::Response, wit::PluginError> {
@@ -142,7 +139,7 @@ impl<P: ErrorHandler> error_handler::exports::plumeway::plugin::error_handler::G
             attempts: err.attempts,
             request_id: err.request_id,
         };
-        let req = Request::host(h, Headers::host(headers, true), None);
+        let req = Request::host(Headers::host(headers, true), None);
         with_plugin::<P, _>(|p| p.on_error(&req, &err))?
             .map(response)
             .map_err(plugin_error)
@@ -151,7 +148,6 @@ impl<P: ErrorHandler> error_handler::exports::plumeway::plugin::error_handler::G
 
 impl<P: Balancer> balancer::exports::plumeway::plugin::balancer::Guest for Glue<P> {
     fn pick(
-        h: &wit::RequestHead,
         headers: &wit::Fields,
         endpoints: Vec<balancer::exports::plumeway::plugin::balancer::EndpointState>,
         ctx: balancer::exports::plumeway::plugin::balancer::PickContext,
@@ -166,7 +162,7 @@ impl<P: Balancer> balancer::exports::plumeway::plugin::balancer::Guest for Glue<
             attempt: ctx.attempt,
             tried: ctx.tried.into_iter().map(|i| i as usize).collect(),
         };
-        let req = Request::host(h, Headers::host(headers, true), None);
+        let req = Request::host(Headers::host(headers, true), None);
         let picked = with_plugin::<P, _>(|p| p.pick(&req, &endpoints, &ctx))?.map_err(plugin_error)?;
         picked
             .map(|i| {

@@ -3,7 +3,7 @@
 use std::cell::OnceCell;
 
 use crate::Headers;
-use crate::bindings::imports::plumeway::plugin::types::RequestHead as HostHead;
+use crate::bindings::imports::plumeway::plugin::context as host;
 
 /// The request line: method, path with query, and authority.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,13 +31,13 @@ impl RequestHead {
 }
 
 /// The request line as a hook sees it. Inside plumeway it is the host's,
-/// lent for the call, and each part is copied in the first time the plugin
-/// looks at it: a hook that never does (a header filter) costs no copies.
-/// In unit tests it is a whole [`RequestHead`] from the builder.
+/// read through the `context` functions of the call, and each part is
+/// copied in the first time the plugin looks at it: a hook that never does
+/// (a header filter) costs no copies. In unit tests it is a whole
+/// [`RequestHead`] from the builder.
 #[derive(Debug)]
-enum Head<'a> {
+enum Head {
     Host {
-        lent: &'a HostHead,
         method: OnceCell<String>,
         path_with_query: OnceCell<String>,
         authority: OnceCell<Option<String>>,
@@ -47,10 +47,9 @@ enum Head<'a> {
     Local(RequestHead),
 }
 
-impl<'a> Head<'a> {
-    fn host(lent: &'a HostHead) -> Self {
+impl Head {
+    fn host() -> Self {
         Self::Host {
-            lent,
             method: OnceCell::new(),
             path_with_query: OnceCell::new(),
             authority: OnceCell::new(),
@@ -60,23 +59,21 @@ impl<'a> Head<'a> {
 
     fn method(&self) -> &str {
         match self {
-            Self::Host { lent, method, .. } => method.get_or_init(|| lent.method()),
+            Self::Host { method, .. } => method.get_or_init(host::method),
             Self::Local(head) => &head.method,
         }
     }
 
     fn path_with_query(&self) -> &str {
         match self {
-            Self::Host {
-                lent, path_with_query, ..
-            } => path_with_query.get_or_init(|| lent.path_with_query()),
+            Self::Host { path_with_query, .. } => path_with_query.get_or_init(host::path_with_query),
             Self::Local(head) => &head.path_with_query,
         }
     }
 
     fn authority(&self) -> Option<&str> {
         match self {
-            Self::Host { lent, authority, .. } => authority.get_or_init(|| lent.authority()).as_deref(),
+            Self::Host { authority, .. } => authority.get_or_init(host::authority).as_deref(),
             Self::Local(head) => head.authority.as_deref(),
         }
     }
@@ -108,7 +105,7 @@ impl<'a> Head<'a> {
 /// ```
 #[derive(Debug)]
 pub struct Request<'a> {
-    head: Head<'a>,
+    head: Head,
     headers: Headers<'a>,
     body: Option<Vec<u8>>,
     pub(crate) new_path: Option<String>,
@@ -117,11 +114,11 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    pub(crate) fn host(head: &'a HostHead, headers: Headers<'a>, body: Option<Vec<u8>>) -> Self {
-        Self::new(Head::host(head), headers, body)
+    pub(crate) fn host(headers: Headers<'a>, body: Option<Vec<u8>>) -> Self {
+        Self::new(Head::host(), headers, body)
     }
 
-    fn new(head: Head<'a>, headers: Headers<'a>, body: Option<Vec<u8>>) -> Self {
+    fn new(head: Head, headers: Headers<'a>, body: Option<Vec<u8>>) -> Self {
         Self {
             head,
             headers,
@@ -261,7 +258,7 @@ impl RequestBuilder {
 /// ```
 #[derive(Debug)]
 pub struct Response<'a> {
-    request: Head<'a>,
+    request: Head,
     status: u16,
     headers: Headers<'a>,
     body: Option<Vec<u8>>,
@@ -271,23 +268,11 @@ pub struct Response<'a> {
 }
 
 impl<'a> Response<'a> {
-    pub(crate) fn host(
-        request: &'a HostHead,
-        status: u16,
-        headers: Headers<'a>,
-        body: Option<Vec<u8>>,
-        stash: Option<Vec<u8>>,
-    ) -> Self {
-        Self::new(Head::host(request), status, headers, body, stash)
+    pub(crate) fn host(status: u16, headers: Headers<'a>, body: Option<Vec<u8>>, stash: Option<Vec<u8>>) -> Self {
+        Self::new(Head::host(), status, headers, body, stash)
     }
 
-    fn new(
-        request: Head<'a>,
-        status: u16,
-        headers: Headers<'a>,
-        body: Option<Vec<u8>>,
-        stash: Option<Vec<u8>>,
-    ) -> Self {
+    fn new(request: Head, status: u16, headers: Headers<'a>, body: Option<Vec<u8>>, stash: Option<Vec<u8>>) -> Self {
         Self {
             request,
             status,

@@ -17,6 +17,5 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
     with: {
         "plumeway:plugin/types.fields": super::host::FieldsEntry,
-        "plumeway:plugin/types.request-head": super::host::HeadEntry,
     },
 });

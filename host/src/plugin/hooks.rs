@@ -9,7 +9,7 @@ use wasmtime::component::Resource;
 
 use super::bindings::exports::plumeway::plugin::{balancer, error_handler, request_filter, response_filter};
 use super::bindings::plumeway::plugin::types;
-use super::host::{CallInfo, FieldsEntry, HeadEntry};
+use super::host::{CallInfo, FieldsEntry};
 use super::output::{valid_path, valid_response, valid_status};
 use super::{Failure, Instance, Plugin};
 use crate::body::BoxBody;
@@ -94,38 +94,30 @@ pub struct EndpointView {
     pub in_flight: u32,
 }
 
-/// Writes the request head into the instance's `request-head` entry, whose
-/// strings keep their capacity from call to call: a warm call allocates
-/// nothing for the head it lends the plugin.
-fn fill(instance: &mut Instance, parts: &request::Parts) -> Result<(), Failure> {
+/// Writes the request line into the instance's store for the call, where
+/// the `context` functions read it. Its strings keep their capacity from
+/// call to call: a warm call allocates nothing for it.
+fn fill(instance: &mut Instance, parts: &request::Parts) {
     fn set(s: &mut String, value: &str) {
         s.clear();
         s.push_str(value);
     }
-    let head = instance
-        .store
-        .data_mut()
-        .table
-        .get_mut(&instance.head)
-        .map_err(|e| Failure::Instantiate { message: e.to_string() })?;
-    set(&mut head.method, parts.method.as_str());
+    let line = &mut instance.store.data_mut().line;
+    set(&mut line.method, parts.method.as_str());
     set(
-        &mut head.path_with_query,
+        &mut line.path_with_query,
         parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
     );
     match request_host(&parts.uri, &parts.headers) {
-        Some(host) => set(head.authority.get_or_insert_with(String::new), host),
-        None => head.authority = None,
+        Some(host) => set(line.authority.get_or_insert_with(String::new), host),
+        None => line.authority = None,
     }
-    Ok(())
 }
 
 /// Moves `headers` into the instance's `fields` entry, and the request's
 /// facts into its store, for one call, and back after, whatever the call's
 /// outcome: a trap never loses the request's headers, and nothing is copied.
-/// Lends the `request-head` entry [`fill`] wrote with them.
 struct Lent {
-    head: u32,
     fields: u32,
 }
 
@@ -145,14 +137,8 @@ impl Lent {
         entry.writable = writable;
         std::mem::swap(&mut state.call, call);
         Ok(Self {
-            head: instance.head.rep(),
             fields: instance.fields.rep(),
         })
-    }
-
-    /// The head, as the call's `borrow<request-head>`.
-    fn head(&self) -> Resource<HeadEntry> {
-        Resource::new_borrow(self.head)
     }
 
     /// The headers, as the call's `borrow<fields>`.
@@ -191,10 +177,10 @@ impl Plugin {
     /// The `rewrite` hook: a new path and query, or `None` to keep it.
     pub fn rewrite(&self, parts: &mut request::Parts, call: &mut CallInfo) -> Result<Option<PathAndQuery>, Failure> {
         let mut instance = self.checkout()?;
-        fill(&mut instance, parts)?;
+        fill(&mut instance, parts);
         let lent = Lent::new(&mut instance, &mut parts.headers, call, false)?;
         let result = match &instance.hooks.rewrite {
-            Some(g) => g.call_rewrite(&mut instance.store, lent.head(), lent.fields()),
+            Some(g) => g.call_rewrite(&mut instance.store, lent.fields()),
             None => Err(not_exported("rewrite")),
         };
         lent.give_back(&mut instance, &mut parts.headers, call);
@@ -210,10 +196,10 @@ impl Plugin {
         call: &mut CallInfo,
     ) -> Result<RequestOutcome, Failure> {
         let mut instance = self.checkout()?;
-        fill(&mut instance, parts)?;
+        fill(&mut instance, parts);
         let lent = Lent::new(&mut instance, &mut parts.headers, call, true)?;
         let result = match &instance.hooks.request {
-            Some(g) => g.call_on_request(&mut instance.store, lent.head(), lent.fields(), body.map(|b| &b[..])),
+            Some(g) => g.call_on_request(&mut instance.store, lent.fields(), body.map(|b| &b[..])),
             None => Err(not_exported("request-filter")),
         };
         lent.give_back(&mut instance, &mut parts.headers, call);
@@ -248,13 +234,13 @@ impl Plugin {
         call: &mut CallInfo,
     ) -> Result<ResponseOutcome, Failure> {
         let mut instance = self.checkout()?;
-        fill(&mut instance, request)?;
+        fill(&mut instance, request);
         let status = parts.status.as_u16();
         let lent = Lent::new(&mut instance, &mut parts.headers, call, true)?;
         let result = match &instance.hooks.response {
             Some(g) => {
                 let body = body.map(|b| &b[..]);
-                g.call_on_response(&mut instance.store, lent.head(), status, lent.fields(), body, stash)
+                g.call_on_response(&mut instance.store, status, lent.fields(), body, stash)
             }
             None => Err(not_exported("response-filter")),
         };
@@ -307,10 +293,10 @@ impl Plugin {
             request_id: err.request_id.to_string(),
         };
         let mut instance = self.checkout()?;
-        fill(&mut instance, parts)?;
+        fill(&mut instance, parts);
         let lent = Lent::new(&mut instance, &mut parts.headers, call, false)?;
         let result = match &instance.hooks.error {
-            Some(g) => g.call_on_error(&mut instance.store, lent.head(), lent.fields(), &record),
+            Some(g) => g.call_on_error(&mut instance.store, lent.fields(), &record),
             None => Err(not_exported("error-handler")),
         };
         lent.give_back(&mut instance, &mut parts.headers, call);
@@ -341,10 +327,10 @@ impl Plugin {
         };
         let mut instance = self.checkout()?;
         instance.store.data_mut().endpoint_urls = input.endpoints.iter().map(|e| Arc::clone(&e.url)).collect();
-        fill(&mut instance, parts)?;
+        fill(&mut instance, parts);
         let lent = Lent::new(&mut instance, &mut parts.headers, call, false)?;
         let result = match &instance.hooks.balancer {
-            Some(g) => g.call_pick(&mut instance.store, lent.head(), lent.fields(), &states, &ctx),
+            Some(g) => g.call_pick(&mut instance.store, lent.fields(), &states, &ctx),
             None => Err(not_exported("balancer")),
         };
         lent.give_back(&mut instance, &mut parts.headers, call);

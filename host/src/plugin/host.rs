@@ -19,13 +19,12 @@ pub struct FieldsEntry {
     pub(crate) writable: bool,
 }
 
-/// The request line an instance lends to its plugin, refilled for each
-/// call; its strings keep their capacity from call to call, so a warm call
-/// allocates nothing for it. The plugin gets a copy of a part only when it
-/// asks for that part.
+/// The request line of the call in progress, which the plugin can ask for
+/// through the `context` interface; refilled for each call. Its strings
+/// keep their capacity from call to call, so a warm call allocates nothing
+/// for it, and the plugin gets a copy of a part only when it asks.
 #[derive(Debug, Default)]
-#[expect(unreachable_pub, reason = "named by the generated bindings, which re-export it")]
-pub struct HeadEntry {
+pub(crate) struct RequestLine {
     pub(crate) method: String,
     pub(crate) path_with_query: String,
     pub(crate) authority: Option<String>,
@@ -55,6 +54,8 @@ pub(crate) struct HostState {
     pub(crate) plugin: Arc<str>,
     /// The facts of the request being served, lent for each call.
     pub(crate) call: CallInfo,
+    /// The request line of the call in progress.
+    pub(crate) line: RequestLine,
     /// For balancers: the URL of each endpoint in the list given to `pick`.
     pub(crate) endpoint_urls: Vec<Arc<str>>,
     /// What the guest wrote to stderr (a Rust panic message lands here).
@@ -101,6 +102,7 @@ impl HostState {
             limiter: MemoryLimiter { limit: memory_limit },
             plugin,
             call: CallInfo::default(),
+            line: RequestLine::default(),
             endpoint_urls: Vec::new(),
             stderr,
         }
@@ -301,29 +303,6 @@ impl types::HostFields for HostState {
     }
 }
 
-impl types::HostRequestHead for HostState {
-    fn method(&mut self, this: Resource<HeadEntry>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&this)?.method.clone())
-    }
-
-    fn path_with_query(&mut self, this: Resource<HeadEntry>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&this)?.path_with_query.clone())
-    }
-
-    fn authority(&mut self, this: Resource<HeadEntry>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&this)?.authority.clone())
-    }
-
-    fn drop(&mut self, this: Resource<HeadEntry>) -> wasmtime::Result<()> {
-        // As with fields: the host only lends heads, but an owned handle
-        // reaching here is still ours to free.
-        if this.owned() {
-            self.table.delete(this)?;
-        }
-        Ok(())
-    }
-}
-
 impl types::Host for HostState {}
 
 impl log::Host for HostState {
@@ -358,6 +337,18 @@ impl log::Host for HostState {
 }
 
 impl context::Host for HostState {
+    fn method(&mut self) -> wasmtime::Result<String> {
+        Ok(self.line.method.clone())
+    }
+
+    fn path_with_query(&mut self) -> wasmtime::Result<String> {
+        Ok(self.line.path_with_query.clone())
+    }
+
+    fn authority(&mut self) -> wasmtime::Result<Option<String>> {
+        Ok(self.line.authority.clone())
+    }
+
     fn attribute(&mut self, name: String) -> wasmtime::Result<Option<String>> {
         let c = &self.call;
         let value = match name.as_str() {
