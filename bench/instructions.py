@@ -100,6 +100,9 @@ def main():
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--keep", metavar="DIR", help="keep the callgrind files here, for callgrind_annotate")
     args = ap.parse_args()
+    if args.keep:
+        # callgrind cannot write into a directory that is not there.
+        os.makedirs(args.keep, exist_ok=True)
     with tempfile.TemporaryDirectory() as work, nginx_backend(work) as backend:
         for build in args.builds:
             name, binary = build.split("=", 1)
