@@ -227,7 +227,8 @@ mod logger {
         let proxy = BinaryProxy::start(&source).await;
         let client = proxy.client();
         let req = client
-            .request("GET", "/hello")
+            .request("GET", "/hello?x=1")
+            .header("host", "api.example")
             .header("x-request-id", "abc-1")
             .body(empty())
             .unwrap();
@@ -239,6 +240,8 @@ mod logger {
         assert_eq!(seen.header("x-seen-plugin"), Some("p"));
         assert_eq!(seen.header("x-seen-client-ip"), Some("127.0.0.1"));
         assert_eq!(seen.header("x-seen-request-id"), Some("abc-1"));
+        // The request line, read through `context` by the SDK.
+        assert_eq!(seen.header("x-seen-line"), Some("GET /hello?x=1 api.example"));
     }
 }
 

@@ -1,5 +1,5 @@
-//! Logs each request and reports the context attributes it can see in
-//! `x-seen-*` headers.
+//! Logs each request and reports the context attributes and the request
+//! line it can see in `x-seen-*` headers.
 
 use plumeway_sdk::{Action, Config, Error, Plugin, Request, RequestFilter, context};
 
@@ -29,6 +29,13 @@ impl RequestFilter for Logger {
             let value = context::attribute(name).unwrap_or_else(|| "-".into());
             req.headers_mut().set(&format!("x-seen-{name}"), value)?;
         }
+        let line = format!(
+            "{} {} {}",
+            req.method(),
+            req.path_with_query(),
+            req.authority().unwrap_or("-")
+        );
+        req.headers_mut().set("x-seen-line", line)?;
         Ok(Action::Continue)
     }
 }
