@@ -84,6 +84,54 @@ pub struct RequestLabels {
     pub status: &'static str,
 }
 
+/// The labels of one request as the proxy holds them, borrowed: a request
+/// is counted by comparing these with the label sets the thread counted
+/// into last, and a [`RequestLabels`], three names cloned, is made only
+/// for a set not among them.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestKey<'a> {
+    /// The route's name, if one matched.
+    pub route: Option<&'a Arc<str>>,
+    /// The upstream, if one was reached.
+    pub upstream: Option<&'a Arc<str>>,
+    /// The endpoint that answered last, if any.
+    pub endpoint: Option<&'a Arc<str>>,
+    /// From [`method_label`].
+    pub method: &'static str,
+    /// From [`status_class`].
+    pub status: &'static str,
+}
+
+impl RequestKey<'_> {
+    fn matches(&self, labels: &RequestLabels) -> bool {
+        // A name from the config is usually the very string the set holds:
+        // equal pointers need no bytes compared.
+        fn same(label: &Label, value: &str) -> bool {
+            let held = label.as_str();
+            std::ptr::eq(held, value) || held == value
+        }
+        fn name(n: Option<&Arc<str>>) -> &str {
+            n.map_or("-", |n| n)
+        }
+        labels.status == self.status
+            && same(&labels.method, self.method)
+            && same(&labels.endpoint, name(self.endpoint))
+            && same(&labels.route, name(self.route))
+            && same(&labels.upstream, name(self.upstream))
+    }
+
+    fn labels(&self) -> RequestLabels {
+        let label = |n: Option<&Arc<str>>| n.map_or(Label::Static("-"), Label::from);
+        RequestLabels {
+            route: label(self.route),
+            upstream: label(self.upstream),
+            endpoint: label(self.endpoint),
+            method: Label::Static(self.method),
+            status: self.status,
+        }
+    }
+}
+
 /// Labels with a route only.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -286,18 +334,19 @@ impl Metrics {
     }
 
     /// Counts one request.
-    pub fn request(&self, labels: &RequestLabels, route: Option<&Histogram>, took: Duration) {
+    pub fn request(&self, key: RequestKey<'_>, route: Option<&Histogram>, took: Duration) {
         RECENT.with_borrow_mut(|recent| {
-            if let Some(i) = recent.iter().position(|(id, l, _)| *id == self.id && l == labels) {
+            if let Some(i) = recent.iter().position(|(id, l, _)| *id == self.id && key.matches(l)) {
                 recent[i].2.inc();
                 return;
             }
-            let counter = self.requests.get_or_create_owned(labels);
+            let labels = key.labels();
+            let counter = self.requests.get_or_create_owned(&labels);
             counter.inc();
             if recent.len() == RECENT_SETS {
                 recent.pop();
             }
-            recent.insert(0, (self.id, labels.clone(), counter));
+            recent.insert(0, (self.id, labels, counter));
         });
         if let Some(h) = route {
             h.observe(took.as_secs_f64());
@@ -405,12 +454,12 @@ fn escape(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn labels(endpoint: &str, status: &'static str) -> RequestLabels {
-        RequestLabels {
-            route: Label::Static("r"),
-            upstream: Label::from("u"),
-            endpoint: Label::from(endpoint),
-            method: Label::Static("GET"),
+    fn key<'a>(names: &'a [Arc<str>], endpoint: usize, status: &'static str) -> RequestKey<'a> {
+        RequestKey {
+            route: Some(&names[0]),
+            upstream: Some(&names[1]),
+            endpoint: Some(&names[2 + endpoint]),
+            method: "GET",
             status,
         }
     }
@@ -419,27 +468,56 @@ mod tests {
     fn requests_count_into_their_own_series_and_registry() {
         let (one, two) = (Metrics::new(), Metrics::new());
         let took = Duration::from_millis(1);
-        // More label sets than a thread keeps at hand, in turn, twice.
-        let sets: Vec<_> = (0..RECENT_SETS + 2).map(|i| labels(&format!("e{i}"), "2xx")).collect();
+        // The route, the upstream, then more endpoints than a thread keeps
+        // label sets at hand.
+        let names: Vec<Arc<str>> = ["r".to_owned(), "u".to_owned()]
+            .into_iter()
+            .chain((0..RECENT_SETS + 2).map(|i| format!("e{i}")))
+            .map(Arc::from)
+            .collect();
+        // Each set in turn, twice.
         for _ in 0..2 {
-            for l in &sets {
-                one.request(l, None, took);
+            for e in 0..RECENT_SETS + 2 {
+                one.request(key(&names, e, "2xx"), None, took);
             }
         }
-        one.request(&labels("e0", "5xx"), None, took);
+        one.request(key(&names, 0, "5xx"), None, took);
         // A set this thread just counted for `one` is another series in `two`.
-        let last = labels(&format!("e{}", RECENT_SETS + 1), "2xx");
-        two.request(&last, None, took);
-        // The same values held another way are the same series.
-        let mut shared = labels("e1", "2xx");
-        shared.route = Label::from("r");
-        one.request(&shared, None, took);
-        let count = |m: &Metrics, l: &RequestLabels| m.requests.get_or_create(l).get();
-        assert_eq!(count(&one, &labels("e0", "2xx")), 2);
-        assert_eq!(count(&one, &labels("e1", "2xx")), 3);
-        assert_eq!(count(&one, &last), 2);
-        assert_eq!(count(&one, &labels("e0", "5xx")), 1);
-        assert_eq!(count(&two, &last), 1);
-        assert_eq!(count(&two, &labels("e1", "2xx")), 0);
+        let last = RECENT_SETS + 1;
+        two.request(key(&names, last, "2xx"), None, took);
+        // The same values in other allocations are the same series.
+        let copies: Vec<Arc<str>> = names.iter().map(|n| Arc::from(&**n)).collect();
+        one.request(key(&copies, 1, "2xx"), None, took);
+        // No route: counted under `-`.
+        one.request(
+            RequestKey {
+                route: None,
+                ..key(&names, 1, "2xx")
+            },
+            None,
+            took,
+        );
+        let count = |m: &Metrics, k: RequestKey<'_>| m.requests.get_or_create(&k.labels()).get();
+        assert_eq!(count(&one, key(&names, 0, "2xx")), 2);
+        assert_eq!(count(&one, key(&names, 1, "2xx")), 3);
+        assert_eq!(count(&one, key(&names, last, "2xx")), 2);
+        assert_eq!(count(&one, key(&names, 0, "5xx")), 1);
+        assert_eq!(
+            count(
+                &one,
+                RequestKey {
+                    route: None,
+                    ..key(&names, 1, "2xx")
+                }
+            ),
+            1
+        );
+        let dash = RequestLabels {
+            route: Label::Static("-"),
+            ..key(&names, 1, "2xx").labels()
+        };
+        assert_eq!(one.requests.get_or_create(&dash).get(), 1);
+        assert_eq!(count(&two, key(&names, last, "2xx")), 1);
+        assert_eq!(count(&two, key(&names, 1, "2xx")), 0);
     }
 }

@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::body::Done;
 use crate::config::{AccessLogConfig, AccessLogFormat, Invalid};
-use crate::metrics::{Label, Metrics, RequestLabels, method_label, status_class};
+use crate::metrics::{Metrics, RequestKey, method_label, status_class};
 
 /// Lines waiting for the writer at most; beyond that lines are dropped
 /// (and counted) rather than slowing every request down to the disk.
@@ -178,15 +178,14 @@ impl Done for Finished {
     fn done(self, bytes: u64, complete: bool) {
         let took = self.entry.start.elapsed();
         let e = &self.entry;
-        let dash = || Label::Static("-");
-        let labels = RequestLabels {
-            route: e.route.as_ref().map_or_else(dash, Label::from),
-            upstream: e.upstream.as_ref().map_or_else(dash, Label::from),
-            endpoint: e.endpoint.as_ref().map_or_else(dash, Label::from),
-            method: Label::Static(method_label(&e.method)),
+        let key = RequestKey {
+            route: e.route.as_ref(),
+            upstream: e.upstream.as_ref(),
+            endpoint: e.endpoint.as_ref(),
+            method: method_label(&e.method),
             status: status_class(e.status),
         };
-        self.metrics.request(&labels, self.route_duration.as_ref(), took);
+        self.metrics.request(key, self.route_duration.as_ref(), took);
         if self.log.enabled {
             self.log.write(e, bytes, took, complete);
         }
