@@ -133,8 +133,10 @@ impl Client {
 
 /// One request's state as it moves through the pipeline.
 #[derive(Debug)]
-struct Exchange {
-    client: Client,
+struct Exchange<'a> {
+    /// Borrowed from the connection, which outlives its requests: nothing
+    /// of it is cloned per request.
+    client: &'a Client,
     /// The request id, route, upstream and endpoint, as plugins see them
     /// (lent to each call, not copied). The client's IP as text is there
     /// only when the route has plugins.
@@ -339,7 +341,7 @@ impl Proxy {
 
     /// Serves one request to completion of its response head; the access
     /// log line and the request's metrics follow when its body is over.
-    pub(crate) async fn handle(&self, req: Request<RequestBody>, client: Client) -> Response<Served> {
+    pub(crate) async fn handle(&self, req: Request<RequestBody>, client: &Client) -> Response<Served> {
         let start = Instant::now();
         let counted = access::InFlight::new(&self.metrics);
         // What only the access log needs is taken only when it is on.
@@ -416,7 +418,7 @@ impl Proxy {
         self.config.access_log.enabled && self.config.access_log.format != crate::config::AccessLogFormat::Text
     }
 
-    async fn serve(&self, mut req: Request<RequestBody>, ex: &mut Exchange) -> Response<BoxBody> {
+    async fn serve(&self, mut req: Request<RequestBody>, ex: &mut Exchange<'_>) -> Response<BoxBody> {
         // The server's own HTTP/1.1 reader leaves every head with a framing
         // of its own to hyper: one it read has one plain length or none,
         // and exactly one Host.
@@ -455,7 +457,7 @@ impl Proxy {
         route: &Route,
         parts: &mut request::Parts,
         body: RequestBody,
-        ex: &mut Exchange,
+        ex: &mut Exchange<'_>,
     ) -> Result<Response<BoxBody>, ProxyError> {
         // The declared length, as the body's reader took it from the head
         // (no header lookup).
@@ -544,7 +546,7 @@ impl Proxy {
         route: &Route,
         request: &request::Parts,
         resp: Response<BoxBody>,
-        ex: &mut Exchange,
+        ex: &mut Exchange<'_>,
     ) -> Result<Response<BoxBody>, ProxyError> {
         if route.response.is_empty() {
             return Ok(resp);
@@ -599,7 +601,7 @@ impl Proxy {
         route: &Route,
         parts: &mut request::Parts,
         body: ReqBody,
-        ex: &mut Exchange,
+        ex: &mut Exchange<'_>,
     ) -> Result<Response<BoxBody>, ProxyError> {
         let upstream = &route.upstream;
         ex.facts.upstream = Some(Arc::clone(upstream.name()));
@@ -739,7 +741,7 @@ impl Proxy {
         route: &Route,
         parts: &mut request::Parts,
         key: &str,
-        ex: &mut Exchange,
+        ex: &mut Exchange<'_>,
     ) -> Result<Response<BoxBody>, ProxyError> {
         let upstream = &route.upstream;
         ex.facts.upstream = Some(Arc::clone(upstream.name()));
@@ -869,7 +871,7 @@ impl Proxy {
         parts: &mut request::Parts,
         tried: &[usize],
         key: Option<&[u8]>,
-        ex: &mut Exchange,
+        ex: &mut Exchange<'_>,
     ) -> Result<usize, ProxyError> {
         let upstream = &route.upstream;
         let pick = Pick { tried, key };
@@ -945,10 +947,10 @@ impl Proxy {
     /// The forwarding headers, once per request: hop-by-hop headers out of
     /// the head, and what the proxy adds (`X-Forwarded-*`, `Via`, `Host`,
     /// the request id) returned beside it, for the pool to write.
-    fn prepare_head(&self, route: &Route, out: &mut request::Parts, ex: &Exchange) -> headers::Added {
+    fn prepare_head(&self, route: &Route, out: &mut request::Parts, ex: &Exchange<'_>) -> headers::Added {
         let peer = ex.client.peer.ip();
         let forwarding = headers::Forwarding {
-            client: &ex.client,
+            client: ex.client,
             trusted: self.config.server.trusted_proxies.iter().any(|net| net.contains(&peer)),
             host: crate::router::request_host_value(&out.uri, &out.headers),
             host_from_uri: out.uri.authority().is_some(),
@@ -1025,7 +1027,7 @@ impl Proxy {
         route: Option<&Route>,
         parts: Option<&mut request::Parts>,
         err: ProxyError,
-        ex: &mut Exchange,
+        ex: &mut Exchange<'_>,
     ) -> Response<BoxBody> {
         tracing::warn!(
             route = ex.facts.route.as_deref().unwrap_or("-"),
@@ -1166,7 +1168,7 @@ fn stash_for<'a>(stashes: &'a [(Arc<str>, Vec<u8>)], plugin: &str) -> Option<&'a
 /// A plugin call's result under the plugin's `on_failure`: `Ok(None)` when a
 /// failure is skipped, an error for the request when it is not. Either way
 /// the failure is logged with the plugin, route, request and reason.
-fn guarded<T>(plugin: &Plugin, ex: &Exchange, result: Result<T, Failure>) -> Result<Option<T>, ProxyError> {
+fn guarded<T>(plugin: &Plugin, ex: &Exchange<'_>, result: Result<T, Failure>) -> Result<Option<T>, ProxyError> {
     match result {
         Ok(v) => Ok(Some(v)),
         Err(failure) => {
@@ -1190,7 +1192,7 @@ fn guarded<T>(plugin: &Plugin, ex: &Exchange, result: Result<T, Failure>) -> Res
     }
 }
 
-fn log_failure(plugin: &Plugin, failure: &Failure, ex: &Exchange) {
+fn log_failure(plugin: &Plugin, failure: &Failure, ex: &Exchange<'_>) {
     tracing::warn!(
         plugin = &**plugin.name(),
         route = ex.facts.route.as_deref().unwrap_or("-"),

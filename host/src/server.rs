@@ -443,7 +443,7 @@ fn service(
             Ok::<_, Infallible>(
                 serving
                     .proxy
-                    .handle(req.map(crate::body::RequestBody::Hyper), client)
+                    .handle(req.map(crate::body::RequestBody::Hyper), &client)
                     .await,
             )
         }

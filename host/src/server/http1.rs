@@ -167,7 +167,7 @@ pub(super) async fn serve(
         let written = {
             let mut answered = None;
             {
-                let mut handled = pin!(serving.proxy.handle(req, client.clone()));
+                let mut handled = pin!(serving.proxy.handle(req, &client));
                 let mut armed = None;
                 poll_fn(|cx| {
                     let deadline = (&*slot, &mut armed);
