@@ -141,8 +141,9 @@ struct Exchange<'a> {
     /// (lent to each call, not copied). The client's IP as text is there
     /// only when the route has plugins.
     facts: CallInfo,
-    /// The same id as a header value, for the upstream and the response.
-    request_id_header: HeaderValue,
+    /// The request's id, as the upstream request and the response carry it
+    /// (`facts` has a copy as text only when the route has plugins).
+    request_id: HeaderValue,
     attempts: u32,
     /// Time spent waiting for upstream response heads, over all attempts.
     upstream_time: std::time::Duration,
@@ -366,15 +367,11 @@ impl Proxy {
         } else {
             (None, None)
         };
-        let (request_id, request_id_header) = request_id::request_id(req.headers());
         let peer = client.peer.ip();
         let mut ex = Exchange {
             client,
-            facts: CallInfo {
-                request_id,
-                ..CallInfo::default()
-            },
-            request_id_header,
+            facts: CallInfo::default(),
+            request_id: request_id::request_id(req.headers()),
             attempts: 0,
             upstream_time: std::time::Duration::ZERO,
             route_duration: None,
@@ -384,8 +381,7 @@ impl Proxy {
         let mut resp = self.serve(req, &mut ex).await;
         *resp.version_mut() = version;
         if !ex.client.writes_request_id {
-            resp.headers_mut()
-                .insert(request_id::HEADER, ex.request_id_header.clone());
+            resp.headers_mut().insert(request_id::HEADER, ex.request_id.clone());
         }
         let finished = access::Finished {
             metrics: Arc::clone(&self.metrics),
@@ -404,7 +400,7 @@ impl Proxy {
                 endpoint: ex.facts.endpoint,
                 attempts: ex.attempts,
                 upstream_time: ex.upstream_time,
-                request_id: ex.facts.request_id,
+                request_id: ex.request_id,
                 user_agent,
                 referer,
             },
@@ -443,6 +439,7 @@ impl Proxy {
         }
         if route.has_plugins() {
             ex.facts.client_ip = Some(Arc::clone(&ex.client.ip));
+            ex.facts.request_id = request_id::text(&ex.request_id).into();
         }
         let (mut parts, body) = req.into_parts();
         match self.run(route, &mut parts, body, ex).await {
@@ -717,7 +714,7 @@ impl Proxy {
                 Some(reason) if !last && upstream.budget().try_retry() => {
                     tracing::info!(
                         route = ex.facts.route.as_deref().unwrap_or("-"),
-                        request_id = &*ex.facts.request_id,
+                        request_id = request_id::text(&ex.request_id),
                         endpoint = &*endpoint_name,
                         attempt = tried.len(),
                         reason,
@@ -956,7 +953,7 @@ impl Proxy {
             host_from_uri: out.uri.authority().is_some(),
             strip: &route.strip_headers,
             version: out.version,
-            request_id: &ex.request_id_header,
+            request_id: &ex.request_id,
         };
         forwarding.apply(&mut out.headers)
     }
@@ -1031,7 +1028,7 @@ impl Proxy {
     ) -> Response<BoxBody> {
         tracing::warn!(
             route = ex.facts.route.as_deref().unwrap_or("-"),
-            request_id = &*ex.facts.request_id,
+            request_id = request_id::text(&ex.request_id),
             error = %err,
             kind = err.kind().as_str(),
             "request failed"
@@ -1045,7 +1042,7 @@ impl Proxy {
                 upstream: upstream.cloned(),
                 endpoint: endpoint.cloned(),
                 attempts: ex.attempts,
-                request_id: Arc::clone(&ex.facts.request_id),
+                request_id: request_id::text(&ex.request_id).into(),
             };
             match plugin.on_error(parts, &info, &mut ex.facts) {
                 Ok(mut resp) => {
@@ -1175,7 +1172,7 @@ fn guarded<T>(plugin: &Plugin, ex: &Exchange<'_>, result: Result<T, Failure>) ->
             tracing::warn!(
                 plugin = &**plugin.name(),
                 route = ex.facts.route.as_deref().unwrap_or("-"),
-                request_id = &*ex.facts.request_id,
+                request_id = request_id::text(&ex.request_id),
                 failure = failure.kind(),
                 error = %failure,
                 skipped = plugin.on_failure() == OnFailure::Skip,
@@ -1196,7 +1193,7 @@ fn log_failure(plugin: &Plugin, failure: &Failure, ex: &Exchange<'_>) {
     tracing::warn!(
         plugin = &**plugin.name(),
         route = ex.facts.route.as_deref().unwrap_or("-"),
-        request_id = &*ex.facts.request_id,
+        request_id = request_id::text(&ex.request_id),
         failure = failure.kind(),
         error = %failure,
         "error plugin failed; sending the built-in error response"

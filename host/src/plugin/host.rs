@@ -38,7 +38,8 @@ pub struct CallInfo {
     pub route: Option<Arc<str>>,
     /// The client's IP address.
     pub client_ip: Option<Arc<str>>,
-    /// The request's id.
+    /// The request's id. Filled in only on routes with plugins: nothing
+    /// else reads it.
     pub request_id: Arc<str>,
     /// The upstream, once chosen.
     pub upstream: Option<Arc<str>>,

@@ -84,7 +84,7 @@ impl AccessLog {
                 upstream = entry.upstream.as_deref().unwrap_or("-"),
                 endpoint = entry.endpoint.as_deref().unwrap_or("-"),
                 attempts = entry.attempts,
-                request_id = &*entry.request_id,
+                request_id = super::request_id::text(&entry.request_id),
                 duration_us = micros(took),
                 upstream_us = micros(entry.upstream_time),
             ),
@@ -134,7 +134,7 @@ pub(super) struct Entry {
     pub(super) endpoint: Option<Arc<str>>,
     pub(super) attempts: u32,
     pub(super) upstream_time: Duration,
-    pub(super) request_id: Arc<str>,
+    pub(super) request_id: HeaderValue,
     pub(super) user_agent: Option<HeaderValue>,
     pub(super) referer: Option<HeaderValue>,
 }
@@ -151,7 +151,7 @@ pub(crate) struct Finished {
 
 impl Finished {
     /// The request's id, as its `X-Request-Id` says.
-    pub(crate) fn request_id(&self) -> &str {
+    pub(crate) fn request_id(&self) -> &HeaderValue {
         &self.entry.request_id
     }
 }
@@ -213,7 +213,7 @@ fn json_line(e: &Entry, bytes: u64, took: Duration, complete: bool) -> String {
         "upstream": e.upstream.as_deref(),
         "endpoint": e.endpoint.as_deref(),
         "attempts": e.attempts,
-        "request_id": &*e.request_id,
+        "request_id": super::request_id::text(&e.request_id),
         "user_agent": header(&e.user_agent),
         "referer": header(&e.referer),
     })
@@ -250,7 +250,7 @@ fn common_line(e: &Entry, bytes: u64, took: Duration, complete: bool) -> String 
         e.endpoint.as_deref().unwrap_or("-"),
         e.attempts,
         complete,
-        e.request_id,
+        super::request_id::text(&e.request_id),
     );
     line
 }

@@ -1,6 +1,5 @@
 //! Request ids: the client's `X-Request-Id` when it is sane, else a new one.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -11,16 +10,16 @@ pub(crate) const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The id of a request: taken from a well-formed `X-Request-Id`, or made
 /// up. Made-up ids are unique within the process and hard to guess across
-/// restarts (a random seed mixed with a counter). The header value comes
-/// with it, made once for the upstream request and the response.
-pub(crate) fn request_id(headers: &HeaderMap) -> (Arc<str>, HeaderValue) {
+/// restarts (a random seed mixed with a counter). Held as the header value
+/// the upstream request and the response carry, made once; [`text`] reads
+/// it, and only plugins are given a copy of their own.
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(value) = headers.get(HEADER)
-        && let Ok(given) = value.to_str()
-        && !given.is_empty()
-        && given.len() <= 128
-        && given.bytes().all(|b| b.is_ascii_graphic())
+        && !value.is_empty()
+        && value.len() <= 128
+        && value.as_bytes().iter().all(u8::is_ascii_graphic)
     {
-        return (given.into(), value.clone());
+        return value.clone();
     }
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -40,7 +39,11 @@ pub(crate) fn request_id(headers: &HeaderMap) -> (Arc<str>, HeaderValue) {
     for (i, d) in digits.iter_mut().enumerate() {
         *d = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
     }
-    let text = std::str::from_utf8(&digits).unwrap_or_default();
-    let value = HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"));
-    (text.into(), value)
+    HeaderValue::from_bytes(&digits).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// An id from [`request_id`] as text: visible ASCII, by how it was taken
+/// or made.
+pub(crate) fn text(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("-")
 }
