@@ -1,7 +1,9 @@
 //! Request ids: the client's `X-Request-Id` when it is sane, else a new one.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// `X-Request-Id`, read from the client and sent to the upstream and back.
@@ -39,11 +41,67 @@ pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     for (i, d) in digits.iter_mut().enumerate() {
         *d = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&digits).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let id = BLOCK.with_borrow_mut(|block| {
+        if block.capacity() < digits.len() {
+            // Reuses the block in place once every id cut from it is gone.
+            block.reserve(IDS_PER_BLOCK * digits.len());
+        }
+        block.extend_from_slice(&digits);
+        block.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Made-up ids cut from one block of memory, per thread.
+const IDS_PER_BLOCK: usize = 256;
+
+thread_local! {
+    /// Where this thread's made-up ids are cut from. Each is a slice of a
+    /// block that is shared already: an id of its own would allocate
+    /// twice, once for its bytes and once more when first cloned (for the
+    /// upstream request), which makes its shared header.
+    static BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
 /// An id from [`request_id`] as text: visible ASCII, by how it was taken
 /// or made.
 pub(crate) fn text(id: &HeaderValue) -> &str {
     id.to_str().unwrap_or("-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_up_ids_are_distinct_hex_across_blocks() {
+        let none = HeaderMap::new();
+        let ids: Vec<HeaderValue> = (0..IDS_PER_BLOCK * 3).map(|_| request_id(&none)).collect();
+        // Ids outlive the block they were cut from being refilled.
+        let mut seen = std::collections::HashSet::new();
+        for id in &ids {
+            let text = text(id);
+            assert_eq!(text.len(), 16, "{text}");
+            assert!(text.bytes().all(|b| b.is_ascii_hexdigit()), "{text}");
+            assert!(seen.insert(text.to_owned()), "{text} made twice");
+        }
+        // Once every id of a block is gone, its memory is cut again.
+        drop(ids);
+        for _ in 0..IDS_PER_BLOCK * 2 {
+            assert_eq!(text(&request_id(&none)).len(), 16);
+        }
+    }
+
+    #[test]
+    fn a_sane_client_id_is_kept_and_others_replaced() {
+        let with = |v: &'static [u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(HEADER, HeaderValue::from_bytes(v).unwrap());
+            request_id(&h)
+        };
+        assert_eq!(with(b"abc-1"), "abc-1");
+        assert_eq!(text(&with(b"has space")).len(), 16);
+        assert_eq!(text(&with(b"")).len(), 16);
+        assert_eq!(text(&with(&[b'x'; 129])).len(), 16);
+    }
 }
