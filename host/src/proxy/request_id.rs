@@ -41,7 +41,8 @@ pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     for (i, d) in digits.iter_mut().enumerate() {
         *d = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
     }
-    let id = BLOCK.with_borrow_mut(|block| {
+    let cut = BLOCK.try_with(|block| {
+        let mut block = block.borrow_mut();
         if block.capacity() < digits.len() {
             // Reuses the block in place once every id cut from it is gone.
             block.reserve(IDS_PER_BLOCK * digits.len());
@@ -49,6 +50,8 @@ pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
         block.extend_from_slice(&digits);
         block.split().freeze()
     });
+    // A thread that is ending has no block any more: the id gets its own.
+    let id = cut.unwrap_or_else(|_| bytes::Bytes::copy_from_slice(&digits));
     HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
