@@ -427,6 +427,12 @@ impl Proxy {
         };
         ex.facts.route = Some(Arc::clone(&route.name));
         ex.route_duration = Some(route.duration.clone());
+        // Before anything can fail on the route: its error plugin sees
+        // these too.
+        if route.has_plugins() {
+            ex.facts.client_ip = Some(Arc::clone(&ex.client.ip));
+            ex.facts.request_id = request_id::text(&ex.request_id).into();
+        }
         if let Some(limiter) = &route.limiter
             && let Err(retry_after) = limiter.check(ex.client.peer.ip(), req.headers())
         {
@@ -436,10 +442,6 @@ impl Proxy {
                 retry_after,
             };
             return self.failed(Some(route), Some(&mut parts), err, ex).await;
-        }
-        if route.has_plugins() {
-            ex.facts.client_ip = Some(Arc::clone(&ex.client.ip));
-            ex.facts.request_id = request_id::text(&ex.request_id).into();
         }
         let (mut parts, body) = req.into_parts();
         match self.run(route, &mut parts, body, ex).await {
@@ -1042,7 +1044,7 @@ impl Proxy {
                 upstream: upstream.cloned(),
                 endpoint: endpoint.cloned(),
                 attempts: ex.attempts,
-                request_id: request_id::text(&ex.request_id).into(),
+                request_id: Arc::clone(&ex.facts.request_id),
             };
             match plugin.on_error(parts, &info, &mut ex.facts) {
                 Ok(mut resp) => {

@@ -88,7 +88,7 @@ mod tests {
             assert!(text.bytes().all(|b| b.is_ascii_hexdigit()), "{text}");
             assert!(seen.insert(text.to_owned()), "{text} made twice");
         }
-        // Once every id of a block is gone, its memory is cut again.
+        // Ids keep coming whole once the blocks they came from are let go.
         drop(ids);
         for _ in 0..IDS_PER_BLOCK * 2 {
             assert_eq!(text(&request_id(&none)).len(), 16);
