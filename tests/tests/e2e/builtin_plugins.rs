@@ -215,6 +215,31 @@ async fn json_errors_answers_upstream_failures_with_the_request_id() {
 }
 
 #[tokio::test]
+async fn json_errors_answers_a_rate_limited_request_with_its_request_id() {
+    let backend = Backend::echo("b").await;
+    let toml = format!(
+        "[plugins.errors]\nbuiltin = \"json-errors\"\n[upstreams.u]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"u\"\non_error = \"errors\"\nrate_limit = {{ rate = 0.5, burst = 1 }}\n",
+        backend.url()
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let client = proxy.client();
+    let get = |id: &str| {
+        client
+            .request("GET", "/")
+            .header("x-request-id", id)
+            .body(empty())
+            .unwrap()
+    };
+    assert_eq!(client.send(get("req-6")).await.status, 200);
+    // Refused before any plugin ran: the error plugin still knows the id.
+    let reply = client.send(get("req-7")).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.headers["content-type"], "application/json");
+    let body = reply.text();
+    assert!(body.contains("\"request_id\":\"req-7\""), "{body}");
+}
+
+#[tokio::test]
 async fn canary_balancer_sends_its_share_and_honours_the_header() {
     let (stable, canary) = (Backend::echo("stable").await, Backend::echo("canary").await);
     let toml = format!(
