@@ -11,6 +11,7 @@ mod access;
 mod error;
 mod grpc;
 mod headers;
+pub(crate) use headers::hop as via_hop;
 mod limit;
 pub mod path;
 mod request_id;
@@ -41,6 +42,7 @@ use crate::plugin::{
     CallInfo, EndpointView, ErrorInfo, Failure, Hook, PickInput, Plugin, Plugins, RequestOutcome, ResponseOutcome,
 };
 use crate::router::Router;
+use crate::upstream::h1::RawFields;
 use crate::upstream::{EndpointSet, Pick, PoolError, Upstream};
 
 pub use access::AccessLog;
@@ -103,11 +105,13 @@ pub struct Client {
     /// Where the connection keeps the deadline of the request in flight,
     /// on the server's own HTTP/1.1 path (see [`crate::deadline`]).
     pub deadline: Option<Arc<crate::deadline::Slot>>,
-    /// The server writes `X-Request-Id` into each response head itself,
-    /// from the response's access record (the server's own HTTP/1.1
-    /// path): the proxy then leaves it out of the response's map, which
-    /// saves an insert per request.
-    pub writes_request_id: bool,
+    /// The server's own HTTP/1.1 writer answers this connection. It
+    /// writes `X-Request-Id` into each response head itself, from the
+    /// response's access record, so the proxy leaves it out of the
+    /// response's map (an insert saved per request); and it writes a
+    /// backend's fields handed to it raw (see [`RawFields`]), so no map is
+    /// made of them when nothing else reads them.
+    pub own_http1: bool,
     /// The connection's last `Forwarded` element and the host it names:
     /// the connection's requests nearly always ask for one host, and the
     /// element is then made and checked once, not per request.
@@ -125,7 +129,7 @@ impl Client {
             ip_header: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             ip,
             deadline: None,
-            writes_request_id: false,
+            own_http1: false,
             forwarded: Arc::default(),
         }
     }
@@ -380,7 +384,7 @@ impl Proxy {
         };
         let mut resp = self.serve(req, &mut ex).await;
         *resp.version_mut() = version;
-        if !ex.client.writes_request_id {
+        if !ex.client.own_http1 {
             resp.headers_mut().insert(request_id::HEADER, ex.request_id.clone());
         }
         let finished = access::Finished {
@@ -638,6 +642,9 @@ impl Proxy {
         let mut head = upstream_head(parts, Keep::for_route(route));
         let added = self.prepare_head(route, &mut head, ex);
         let key = upstream.hash_key(&head.headers, &added, ex.client.peer.ip());
+        // The response's fields need no map when only the server's own
+        // writer reads them.
+        let raw = ex.client.own_http1 && route.response.is_empty() && !ex.grpc;
         let mut body = Some(body);
         // One snapshot of the endpoints for the whole request: indexes in
         // `tried` stay meaningful even if the set changes meanwhile.
@@ -682,7 +689,7 @@ impl Proxy {
             // Pinned where it is made: the attempt's future is kilobytes,
             // and the timeout around it would otherwise be built, then
             // moved to be awaited, copying it each time.
-            let send = std::pin::pin!(self.send(upstream, endpoint, attempt_head, &added, attempt_body));
+            let send = std::pin::pin!(self.send(upstream, endpoint, attempt_head, &added, attempt_body, raw));
             let sent = crate::deadline::timeout_at(ex.client.deadline.as_deref(), until, send).await;
             let took = sent_at.elapsed();
             upstream.record_latency(endpoint, took);
@@ -970,6 +977,7 @@ impl Proxy {
         mut out: request::Parts,
         added: &[(HeaderName, HeaderValue)],
         body: ReqBody,
+        raw: bool,
     ) -> Result<Response<BoxBody>, ProxyError> {
         // The origin form: the pool knows where the endpoint is (a client's
         // absolute-form URI names the proxy's host, not the endpoint's).
@@ -1001,7 +1009,7 @@ impl Proxy {
         endpoint.dispatched();
         let (resp, connection) = match upstream
             .pool()
-            .send(endpoint.pool_target(), Request::from_parts(out, body), added)
+            .send(endpoint.pool_target(), Request::from_parts(out, body), added, raw)
             .await
         {
             Ok(sent) => sent,
@@ -1010,8 +1018,11 @@ impl Proxy {
         // The pool has refused any response whose length could be read two
         // ways.
         let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop_response(&mut parts.headers);
-        headers::append_via(&mut parts.headers, parts.version);
+        // Raw fields hold nothing to strip; the writer adds their `Via`.
+        if parts.extensions.get::<RawFields>().is_none() {
+            headers::strip_hop_by_hop_response(&mut parts.headers);
+            headers::append_via(&mut parts.headers, parts.version);
+        }
         let body = crate::body::IdleTimeout::new(body, upstream.timeouts().idle.get());
         // The HTTP/2 stream counts against its connection's cap until the
         // body is over.

@@ -377,7 +377,8 @@ fn via_value(headers: &mut HeaderMap, version: Version, prior: bool) -> HeaderVa
     value
 }
 
-fn hop(version: Version) -> &'static str {
+/// This proxy's element of `Via`, for a message received in `version`.
+pub(crate) fn hop(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "0.9 plumeway",
         Version::HTTP_10 => "1.0 plumeway",

@@ -117,7 +117,7 @@ pub(super) async fn serve(
     // The deadline of the request in flight is kept by `timer` below.
     let slot = Arc::new(Slot::new());
     client.deadline = Some(Arc::clone(&slot));
-    client.writes_request_id = true;
+    client.own_http1 = true;
     let mut conn = Conn {
         socket,
         buf: BytesMut::with_capacity(READ_SIZE),
@@ -591,6 +591,25 @@ impl Conn {
         // leaves it out of the map on this path; see `Client`), in place
         // of any the upstream sent.
         let request_id = body.pending().map(|f| f.request_id());
+        if let Some(raw) = resp.extensions().get::<h1::RawFields>() {
+            // A backend's fields, passed on as they came: they hold no
+            // `Connection`, no framing and no request id (see `RawFields`).
+            for span in raw.spans() {
+                out.extend_from_slice(span);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"via: ");
+            out.extend_from_slice(crate::proxy::via_hop(raw.version()).as_bytes());
+            out.extend_from_slice(b"\r\n");
+            dated = raw.dated();
+            if may_have_length
+                && (head || !empty)
+                && let Some(n) = raw.length()
+            {
+                length = Some(n);
+                put_length(n, out);
+            }
+        }
         for (name, value) in resp.headers() {
             if name == header::CONNECTION && !said_close {
                 said_close = has_token_in(value.as_bytes(), "close");
@@ -627,9 +646,7 @@ impl Conn {
                 Encoder::Length(0)
             }
             (None, Some(n)) => {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                out.extend_from_slice(b"\r\n");
+                put_length(n, out);
                 Encoder::Length(n)
             }
             (None, None) => {
@@ -768,6 +785,13 @@ impl Encoder {
             }
         }
     }
+}
+
+/// Writes a `Content-Length` line.
+fn put_length(n: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes the current `Date` value, formatted once a second per thread.

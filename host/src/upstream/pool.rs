@@ -229,11 +229,15 @@ impl Pool {
     /// the proxy adds, which the request's map does not hold. Keep the
     /// second value with the response body. A response whose length could
     /// be read two ways is refused, and its connection is not used again.
+    /// With `raw`, a response read by our HTTP/1.1 client may carry its
+    /// fields as [`h1::RawFields`] in its extensions, its map then empty: for
+    /// a response nothing reads but the server's own HTTP/1.1 writer.
     pub async fn send(
         &self,
         dest: &Destination,
         mut req: http::Request<BoxBody>,
         added: &[(http::HeaderName, http::HeaderValue)],
+        raw: bool,
     ) -> Result<(http::Response<ResponseBody>, Sent), PoolError> {
         if !matches!(self.0, Kind::KeepAlive(_)) {
             *req.uri_mut() = dest.uri(req.uri().path_and_query())?;
@@ -242,7 +246,7 @@ impl Pool {
         }
         match &self.0 {
             Kind::KeepAlive(pool) => {
-                let response = pool.send(dest, req, added).await?;
+                let response = pool.send(dest, req, added, raw).await?;
                 Ok((response.map(|b| ResponseBody(Read::H1(b))), Sent(Carrier::Body)))
             }
             Kind::Pooled(client) => {

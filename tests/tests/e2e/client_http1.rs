@@ -17,7 +17,7 @@ use crate::hardening::config;
 
 /// Sends `bytes` on a new connection and reads until the proxy closes it
 /// (or resets it: what came before still counts).
-async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+pub(crate) async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
     let mut out = Vec::new();

@@ -163,6 +163,55 @@ async fn an_answer_before_the_request_body_is_relayed_at_once() {
 }
 
 #[tokio::test]
+async fn a_plain_response_head_is_passed_on_as_the_backend_wrote_it() {
+    let backend = RawBackend::start(
+        b"HTTP/1.1 200 OK\r\nServer: raw/1\r\nSet-Cookie: a=1\r\nConnection: keep-alive\r\n\
+          Set-Cookie: b=2\r\nX-Request-Id: backend-made\r\nContent-Length: 2\r\n\
+          Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nX-Spaced:  a  b\r\n\r\nok",
+    )
+    .await;
+    let proxy = TestProxy::start(&config(&backend.url(), "")).await;
+    let text = crate::client_http1::exchange(
+        proxy.addr,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nX-Request-Id: mine-1\r\n\r\n\
+          HEAD /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let second = text[1..].find("HTTP/1.1 ").map(|i| i + 1);
+    let (get, head) = text.split_at(second.unwrap_or_else(|| panic!("two responses: {text}")));
+    for response in [get, head] {
+        // The fields as written, in order, the backend's own hop and
+        // request id left out, with the proxy's `Via`, id and length.
+        assert!(
+            response.starts_with(
+                "HTTP/1.1 200 OK\r\nServer: raw/1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+                 Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nX-Spaced:  a  b\r\nvia: 1.1 plumeway\r\ncontent-length: 2\r\n"
+            ),
+            "{text}"
+        );
+        let count = |name: &str| {
+            response
+                .lines()
+                .filter(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+                .count()
+        };
+        assert_eq!(
+            (count("date"), count("via"), count("content-length")),
+            (1, 1, 1),
+            "{text}"
+        );
+        assert!(!response.contains("backend-made"), "{text}");
+        assert!(!response.to_ascii_lowercase().contains("keep-alive"), "{text}");
+    }
+    assert!(get.contains("\r\nx-request-id: mine-1\r\n\r\nok"), "{text}");
+    assert!(head.ends_with("\r\n\r\n"), "a HEAD response has no body: {text}");
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn interim_responses_are_skipped_for_the_final_one() {
     let backend = RawBackend::start(
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\

@@ -113,7 +113,11 @@ pub(super) struct Head {
     pub(super) version: Version,
     /// Without `Connection` when it only said `keep-alive` or `close`:
     /// that belongs to this hop, and is kept in `connection` instead.
+    /// Empty when the fields are in `raw`.
     pub(super) headers: HeaderMap,
+    /// The fields as the backend wrote them, when they were asked for and
+    /// none needs more than passing on (see [`RawFields`]).
+    pub(super) raw: Option<RawFields>,
     pub(super) connection: Connection,
     /// The framing headers, noted while the head was read so that judging
     /// the body looks nothing up.
@@ -142,6 +146,11 @@ impl Connection {
     /// Notes the tokens of one `Connection` value; true when it named
     /// nothing else, so the header need not be kept.
     pub(crate) fn note(&mut self, value: &[u8]) -> bool {
+        // What nearly every backend says, without splitting it.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return true;
+        }
         let mut only_ours = true;
         for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if token.eq_ignore_ascii_case(b"close") {
@@ -154,6 +163,159 @@ impl Connection {
         }
         only_ours
     }
+}
+
+/// A response head's fields as the backend wrote them, for a client that
+/// the server's own HTTP/1.1 writer answers with no response filter in
+/// between: nothing then reads them but that writer, which copies them out
+/// as they came. Making a map of them cost more than anything else in a
+/// plain proxied request (a name looked up, a value checked, a hash and an
+/// insert per field, a `Via` entry, then each field written out and
+/// dropped again). Only heads whose fields need nothing done to them are
+/// kept so; the rest go into a map as before.
+#[derive(Debug, Clone)]
+pub(crate) struct RawFields {
+    /// The whole head; `spans` index it.
+    head: Bytes,
+    /// Runs of whole `name: value` lines that go out as they are, each
+    /// without its last CRLF. The fields the writer writes itself
+    /// (`Content-Length`, `X-Request-Id`) and `Connection` are left out.
+    spans: SmallVec<[[u32; 2]; 4]>,
+    /// The `Content-Length` the backend gave, if any (never more than one).
+    length: Option<u64>,
+    /// Whether the backend sent a `Date`.
+    dated: bool,
+    /// The version the backend answered in, which names this hop in `Via`.
+    version: Version,
+}
+
+impl RawFields {
+    /// The fields to pass on, in order: runs of lines to be written each
+    /// followed by CRLF.
+    pub(crate) fn spans(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().map(|&[a, b]| &self.head[a as usize..b as usize])
+    }
+
+    /// The backend's `Content-Length`.
+    pub(crate) fn length(&self) -> Option<u64> {
+        self.length
+    }
+
+    /// Whether the fields hold a `Date`.
+    pub(crate) fn dated(&self) -> bool {
+        self.dated
+    }
+
+    /// The version the backend answered in.
+    pub(crate) fn version(&self) -> Version {
+        self.version
+    }
+}
+
+/// What a response field's name asks of [`RawFields`].
+enum Kind {
+    /// Passed on as it is.
+    Pass,
+    /// `Date`: passed on, and the writer adds none.
+    Date,
+    /// `Content-Length`: noted; the writer writes its own.
+    Length,
+    /// `Connection`: noted, and dropped if it names nothing else.
+    Connection,
+    /// `X-Request-Id`: the writer writes the request's own.
+    RequestId,
+    /// Anything a map is needed for: a hop-by-hop field to strip (and
+    /// `Transfer-Encoding`, whose framing is rewritten), or a `Via` to
+    /// extend.
+    Map,
+}
+
+fn kind(name: &[u8]) -> Kind {
+    // Most names fall out on their length alone.
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 if is("te") => Kind::Map,
+        3 if is("via") => Kind::Map,
+        4 if is("date") => Kind::Date,
+        7 if is("trailer") || is("upgrade") => Kind::Map,
+        10 if is("connection") => Kind::Connection,
+        10 if is("keep-alive") => Kind::Map,
+        12 if is("x-request-id") => Kind::RequestId,
+        14 if is("content-length") => Kind::Length,
+        16 if is("proxy-connection") => Kind::Map,
+        17 if is("transfer-encoding") => Kind::Map,
+        18 if is("proxy-authenticate") => Kind::Map,
+        19 if is("proxy-authorization") => Kind::Map,
+        _ => Kind::Pass,
+    }
+}
+
+/// The fields of `head` (at `at`, as in [`parse_head`]) as [`RawFields`],
+/// with what they say of the connection and the framing; `None` when one
+/// of them needs a map.
+fn raw_fields(head: &Bytes, at: &[[u32; 4]], version: Version) -> Option<(RawFields, Connection, Fields)> {
+    let mut raw = RawFields {
+        head: head.clone(),
+        spans: SmallVec::new(),
+        length: None,
+        dated: false,
+        version,
+    };
+    let mut connection = Connection::default();
+    let mut framing = Fields::default();
+    // The run being gathered, and whether the last line joined it.
+    let mut open: Option<[u32; 2]> = None;
+    for &[n0, n1, v0, v1] in at {
+        let (name, value) = (&head[n0 as usize..n1 as usize], &head[v0 as usize..v1 as usize]);
+        // An empty value's place in the line is not certain; a map takes it.
+        if value.is_empty() {
+            return None;
+        }
+        let pass = match kind(name) {
+            Kind::Pass => true,
+            Kind::Date => {
+                raw.dated = true;
+                true
+            }
+            Kind::Length => {
+                framing.lengths += 1;
+                if framing.lengths > 1 {
+                    return None;
+                }
+                framing.length = Some(HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize)).ok()?);
+                raw.length = parse_length(value);
+                false
+            }
+            Kind::Connection if connection.note(value) => false,
+            Kind::RequestId => false,
+            Kind::Connection | Kind::Map => return None,
+        };
+        if !pass {
+            if let Some(run) = open.take() {
+                raw.spans.push(run);
+            }
+            continue;
+        }
+        // A run goes on only over a plain CRLF: any other line ending (a
+        // bare LF, trailing spaces) is not passed on.
+        let crlf = head.get(v1 as usize..v1 as usize + 2) == Some(&b"\r\n"[..]);
+        open = match open {
+            Some([start, end]) if end + 2 == n0 => Some([start, v1]),
+            other => {
+                if let Some(run) = other {
+                    raw.spans.push(run);
+                }
+                Some([n0, v1])
+            }
+        };
+        if !crlf && let Some(run) = open.take() {
+            raw.spans.push(run);
+        }
+    }
+    if let Some(run) = open {
+        raw.spans.push(run);
+    }
+    Some((raw, connection, framing))
 }
 
 /// Why a response could not be read: the backend does not speak HTTP/1.1
@@ -170,8 +332,10 @@ fn malformed<T>(reason: impl Into<String>) -> Result<T, Malformed> {
 /// is incomplete. Header values share `buf`'s memory rather than being
 /// copied. The headers go into `spare`'s map (taken, and left untouched
 /// while the head is incomplete): the request's, whose room fits a
-/// response too, so that no map is allocated per response.
-pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Option<Head>, Malformed> {
+/// response too, so that no map is allocated per response. With `raw`,
+/// fields that need nothing done to them are kept as [`RawFields`]
+/// instead, and `spare` is left alone.
+pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap, raw: bool) -> Result<Option<Head>, Malformed> {
     // Where each name and value lies in `buf`: httparse's slices borrow it,
     // and the head is split off before values are made from it.
     let mut at: SmallVec<[[u32; 4]; 32]> = SmallVec::new();
@@ -208,6 +372,17 @@ pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Op
         return malformed(format!("invalid status code {code}"));
     };
     let head = buf.split_to(len).freeze();
+    let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
+    if raw && let Some((raw, connection, framing)) = raw_fields(&head, &at, version) {
+        return Ok(Some(Head {
+            status,
+            version,
+            headers: HeaderMap::new(),
+            raw: Some(raw),
+            connection,
+            framing,
+        }));
+    }
     let mut headers = std::mem::take(spare);
     headers.clear();
     headers.reserve(at.len());
@@ -237,11 +412,11 @@ pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap) -> Result<Op
             _ => return malformed("invalid response header"),
         }
     }
-    let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
     Ok(Some(Head {
         status,
         version,
         headers,
+        raw: None,
         connection,
         framing,
     }))
@@ -285,10 +460,12 @@ pub(super) fn keeps_alive(head: &Head) -> bool {
 
 /// Digits only: no sign, no spaces, no list.
 pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    // 19 digits always fit in a u64.
+    if v.is_empty() || v.len() > 19 {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    v.iter()
+        .try_fold(0u64, |n, &b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
 }
 
 /// Where a response body's reading stands.
@@ -482,11 +659,109 @@ mod tests {
     use super::*;
 
     fn head(raw: &[u8]) -> Result<Option<Head>, Malformed> {
-        parse_head(&mut BytesMut::from(raw), &mut HeaderMap::new())
+        parse_head(&mut BytesMut::from(raw), &mut HeaderMap::new(), false)
     }
 
+    /// The head with its fields kept raw where they can be.
+    fn raw_head(raw: &[u8]) -> Head {
+        parse_head(&mut BytesMut::from(raw), &mut HeaderMap::new(), true)
+            .unwrap()
+            .unwrap()
+    }
+
+    /// The body's framing; the same whether the fields are kept raw or not.
     fn body(method: Method, raw: &[u8]) -> Result<Decoder, Malformed> {
-        response_body(&method, &head(raw)?.expect("a complete head"))
+        let mapped = response_body(&method, &head(raw)?.expect("a complete head"));
+        let kept = parse_head(&mut BytesMut::from(raw), &mut HeaderMap::new(), true)
+            .and_then(|h| response_body(&method, &h.expect("a complete head")));
+        assert_eq!(mapped, kept, "{}", String::from_utf8_lossy(raw));
+        mapped
+    }
+
+    /// The lines `fields` passes on, each with its CRLF.
+    fn lines(fields: &RawFields) -> String {
+        fields
+            .spans()
+            .map(|s| format!("{}\r\n", String::from_utf8_lossy(s)))
+            .collect()
+    }
+
+    #[test]
+    fn plain_fields_are_passed_on_as_written() {
+        let h = raw_head(
+            b"HTTP/1.1 200 OK\r\nServer: raw/1\r\nSet-Cookie: a=1\r\nConnection: Keep-Alive\r\n\
+              Set-Cookie: b=2\r\nX-Request-Id: theirs\r\nX-Spaced:  a  b\r\nContent-Length: 12\r\n\
+              Date: Tue, 01 Dec 2026 00:00:00 GMT\r\n\r\n",
+        );
+        assert!(h.headers.is_empty());
+        let raw = h.raw.expect("kept raw");
+        // `Connection`, the backend's request id and its length are the
+        // writer's to write; a run stops at each.
+        assert_eq!(
+            lines(&raw),
+            "Server: raw/1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Spaced:  a  b\r\n\
+             Date: Tue, 01 Dec 2026 00:00:00 GMT\r\n"
+        );
+        assert_eq!(raw.spans().count(), 4);
+        assert_eq!(
+            (raw.length(), raw.dated(), raw.version()),
+            (Some(12), true, Version::HTTP_11)
+        );
+        assert!(h.connection.keep_alive);
+        assert_eq!(
+            raw_head(b"HTTP/1.0 204 No Content\r\n\r\n").raw.unwrap().version(),
+            Version::HTTP_10
+        );
+        // A line that does not end in CRLF ends its run; what goes out
+        // ends in CRLF all the same.
+        let raw = raw_head(b"HTTP/1.1 200 OK\r\nX-A: 1\nX-B: 2\r\n\r\n").raw.unwrap();
+        assert_eq!(lines(&raw), "X-A: 1\r\nX-B: 2\r\n");
+        assert!(!raw.dated());
+    }
+
+    #[test]
+    fn fields_that_need_work_go_into_a_map() {
+        for needy in [
+            &b"Via: 1.1 edge"[..],
+            b"Keep-Alive: timeout=5",
+            b"Connection: close, X-A",
+            b"Proxy-Authenticate: Basic",
+            b"Proxy-Connection: keep-alive",
+            b"Trailer: x-sum",
+            b"Upgrade: h2c",
+            b"TE: trailers",
+            b"Transfer-Encoding: chunked",
+            b"Content-Length: 2\r\nContent-Length: 2",
+            b"X-Empty:",
+        ] {
+            let mut raw = b"HTTP/1.1 200 OK\r\nX-A: 1\r\n".to_vec();
+            raw.extend_from_slice(needy);
+            raw.extend_from_slice(b"\r\n\r\n");
+            let h = parse_head(&mut BytesMut::from(&raw[..]), &mut HeaderMap::new(), true)
+                .unwrap()
+                .unwrap();
+            assert!(h.raw.is_none(), "{}", String::from_utf8_lossy(needy));
+            assert_eq!(h.headers["x-a"], "1");
+        }
+    }
+
+    #[test]
+    fn lengths_are_digits_only() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"1234"), Some(1234));
+        assert_eq!(parse_length(b"9999999999999999999"), Some(9_999_999_999_999_999_999));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"1,1",
+            b"0x10",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(parse_length(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     /// Feeds `raw` to a decoder a few bytes at a time, as a socket might.
@@ -543,10 +818,10 @@ mod tests {
         let mut buf = BytesMut::from(&raw[..20]);
         let mut spare = HeaderMap::new();
         spare.insert("x-request", HeaderValue::from_static("1"));
-        assert!(parse_head(&mut buf, &mut spare).unwrap().is_none());
+        assert!(parse_head(&mut buf, &mut spare, false).unwrap().is_none());
         assert_eq!(spare.len(), 1, "left alone while the head is incomplete");
         buf.extend_from_slice(&raw[20..]);
-        let head = parse_head(&mut buf, &mut spare).unwrap().unwrap();
+        let head = parse_head(&mut buf, &mut spare, false).unwrap().unwrap();
         assert_eq!(head.headers.len(), 2, "the spare map's old headers are gone");
         assert_eq!(head.status, 200);
         assert_eq!(head.version, Version::HTTP_11);
@@ -620,7 +895,11 @@ mod tests {
 
     #[test]
     fn keep_alive_depends_on_version_and_connection() {
-        let alive = |raw: &[u8]| keeps_alive(&head(raw).unwrap().unwrap());
+        let alive = |raw: &[u8]| {
+            let mapped = keeps_alive(&head(raw).unwrap().unwrap());
+            assert_eq!(mapped, keeps_alive(&raw_head(raw)), "{}", String::from_utf8_lossy(raw));
+            mapped
+        };
         assert!(alive(b"HTTP/1.1 200 OK\r\n\r\n"));
         assert!(!alive(b"HTTP/1.1 200 OK\r\nConnection: x, Close\r\n\r\n"));
         assert!(!alive(b"HTTP/1.0 200 OK\r\n\r\n"));

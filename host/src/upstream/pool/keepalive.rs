@@ -104,10 +104,11 @@ impl Conn {
     }
 
     /// Reads until a final response head (1xx heads are skipped), whose
-    /// headers go into `spare`'s map.
-    async fn read_head(&mut self, spare: &mut HeaderMap) -> Result<h1::Head, Failure> {
+    /// headers go into `spare`'s map, or are kept raw when `raw` allows
+    /// (see [`h1::parse_head`]).
+    async fn read_head(&mut self, spare: &mut HeaderMap, raw: bool) -> Result<h1::Head, Failure> {
         let mut answered = !self.buf.is_empty();
-        poll_fn(|cx| self.poll_head(cx, spare, &mut answered)).await
+        poll_fn(|cx| self.poll_head(cx, spare, raw, &mut answered)).await
     }
 
     /// [`Conn::read_head`], one poll at a time. `answered` says whether any
@@ -117,10 +118,11 @@ impl Conn {
         &mut self,
         cx: &mut Context<'_>,
         spare: &mut HeaderMap,
+        raw: bool,
         answered: &mut bool,
     ) -> Poll<Result<h1::Head, Failure>> {
         loop {
-            if let Some(head) = self.take_head(spare)? {
+            if let Some(head) = self.take_head(spare, raw)? {
                 return Poll::Ready(Ok(head));
             }
             match self.poll_fill(cx) {
@@ -142,11 +144,11 @@ impl Conn {
 
     /// The final response head, if `buf` holds one; interim (1xx) heads
     /// before it are dropped, as a `100 Continue` answers only us.
-    fn take_head(&mut self, spare: &mut HeaderMap) -> Result<Option<h1::Head>, Failure> {
+    fn take_head(&mut self, spare: &mut HeaderMap, raw: bool) -> Result<Option<h1::Head>, Failure> {
         // Nothing read yet (the first poll, and each wake-up before a
         // read): nothing to parse.
         while !self.buf.is_empty() {
-            let Some(head) = h1::parse_head(&mut self.buf, spare)? else {
+            let Some(head) = h1::parse_head(&mut self.buf, spare, raw)? else {
                 return Ok(None);
             };
             if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -158,7 +160,9 @@ impl Conn {
             if !head.status.is_informational() {
                 return Ok(Some(head));
             }
-            *spare = head.headers;
+            if head.raw.is_none() {
+                *spare = head.headers;
+            }
         }
         Ok(None)
     }
@@ -199,8 +203,9 @@ enum Sent {
     /// All of it.
     Whole,
     /// The backend answered before the body was all sent; this head is
-    /// its answer, and the connection cannot be used again.
-    Early(h1::Head),
+    /// its answer, and the connection cannot be used again. Boxed: it is
+    /// rare, and the usual outcome need not be as large.
+    Early(Box<h1::Head>),
 }
 
 impl KeepAlive {
@@ -219,12 +224,15 @@ impl KeepAlive {
 
     /// Sends `req` to `dest` on an idle connection, or a new one, and
     /// waits for the response head.
-    /// `added` are fields written after the request's own.
+    /// `added` are fields written after the request's own. With `raw`, the
+    /// response's fields may come as [`h1::RawFields`] in its extensions,
+    /// its map then empty.
     pub(super) async fn send(
         &self,
         dest: &Destination,
         req: Request<BoxBody>,
         added: &[(HeaderName, HeaderValue)],
+        raw: bool,
     ) -> Result<Response<Body>, PoolError> {
         let (mut parts, mut body) = req.into_parts();
         // HTTP/1.1 wants the origin form; Host names the endpoint when the
@@ -266,11 +274,11 @@ impl KeepAlive {
                 Err(e) => return Err(e.into_pool_error()),
             };
             let (head, early) = match sent {
-                Sent::Early(head) => (head, true),
+                Sent::Early(head) => (*head, true),
                 // The request's header map, no longer needed, takes the
                 // response's headers (it is left alone on failure, for a
                 // retry).
-                Sent::Whole => match conn.read_head(&mut parts.headers).await {
+                Sent::Whole => match conn.read_head(&mut parts.headers, raw).await {
                     Ok(head) => (head, false),
                     // The backend closed an idle connection just as the
                     // request went out, so it most likely never saw it:
@@ -297,7 +305,16 @@ impl KeepAlive {
             let mut response = Response::new(body);
             *response.status_mut() = head.status;
             *response.version_mut() = head.version;
-            *response.headers_mut() = head.headers;
+            match head.raw {
+                None => *response.headers_mut() = head.headers,
+                Some(raw) => {
+                    // The request's map goes back to the server for its
+                    // next request, as a response's map would.
+                    parts.headers.clear();
+                    *response.headers_mut() = std::mem::take(&mut parts.headers);
+                    response.extensions_mut().insert(raw);
+                }
+            }
             return Ok(response);
         }
     }
@@ -402,7 +419,8 @@ async fn exchange_start(
             }
             // Waiting for the socket or the body: has the backend answered?
             // (A 100 Continue, or part of a head, leaves us sending.)
-            return conn.poll_head(cx, spare, &mut answered).map_ok(Sent::Early);
+            // An early answer is rare: its fields go into a map.
+            return conn.poll_head(cx, spare, false, &mut answered).map_ok(|head| Sent::Early(Box::new(head)));
         }
     })
     .await
