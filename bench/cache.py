@@ -8,7 +8,8 @@ simulation is repeatable and needs none.
     python3 bench/cache.py [--connections 200] [--seconds 10] [--top 20] NAME=BINARY ...
 
 Each build runs under `valgrind --tool=callgrind --cache-sim=yes` in front of
-one nginx backend (as in compare.py, no plugins), is warmed by wrk with
+one nginx backend (as in compare.py, no plugins; a BINARY named `nginx` is
+run as the proxy instead, configured as compare.py configures it), is warmed by wrk with
 `--connections` connections, has its counters zeroed, then serves wrk for
 `--seconds`. Prints, per request: instructions, first-level data misses
 (D1, 32 KiB) and last-level data misses (a 512 KiB cache, the size of one
@@ -30,7 +31,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import PATH, free_port, nginx_backend, plumeway_conf, wait_listening  # noqa: E402
+from compare import PATH, free_port, nginx_backend, nginx_conf, plumeway_conf, wait_listening  # noqa: E402
 
 # Cache geometry: size, bytes per line... as valgrind takes it.
 CACHES = ["--I1=65536,4,64", "--D1=32768,8,64", "--LL=524288,8,64"]
@@ -39,11 +40,22 @@ CACHES = ["--I1=65536,4,64", "--D1=32768,8,64", "--LL=524288,8,64"]
 def run(work, name, binary, backend, connections, seconds):
     """Serves wrk under callgrind; returns the counted dump and the requests."""
     port = free_port()
-    conf = plumeway_conf(work, name, port, backend)
+    if os.path.basename(binary) == "nginx":
+        # nginx as the proxy, set up as compare.py sets it up: one worker
+        # process (here, no master), keep-alive to the backend.
+        conf = nginx_conf(
+            work,
+            name,
+            f"""upstream b {{ server 127.0.0.1:{backend}; keepalive 256; }}
+  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""",
+        )
+        argv = [binary, "-c", conf, "-p", work]
+    else:
+        argv = [binary, "run", plumeway_conf(work, name, port, backend), "--log", "warn"]
     out = os.path.join(work, f"{name}.callgrind")
     proc = subprocess.Popen(
         # Names in full in each dump, so the counted one can be read alone.
-        ["valgrind", "--tool=callgrind", "--cache-sim=yes", "--compress-strings=no", *CACHES, f"--callgrind-out-file={out}", binary, "run", conf, "--log", "warn"],
+        ["valgrind", "--tool=callgrind", "--cache-sim=yes", "--compress-strings=no", *CACHES, f"--callgrind-out-file={out}", *argv],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
