@@ -420,7 +420,9 @@ async fn exchange_start(
             // Waiting for the socket or the body: has the backend answered?
             // (A 100 Continue, or part of a head, leaves us sending.)
             // An early answer is rare: its fields go into a map.
-            return conn.poll_head(cx, spare, false, &mut answered).map_ok(|head| Sent::Early(Box::new(head)));
+            return conn
+                .poll_head(cx, spare, false, &mut answered)
+                .map_ok(|head| Sent::Early(Box::new(head)));
         }
     })
     .await
