@@ -1009,7 +1009,7 @@ impl Proxy {
         endpoint.dispatched();
         let (resp, connection) = match upstream
             .pool()
-            .send(endpoint.pool_target(), Request::from_parts(out, body), added, raw)
+            .send(endpoint.pool_target(), out, body, added, raw)
             .await
         {
             Ok(sent) => sent,

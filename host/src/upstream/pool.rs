@@ -224,9 +224,12 @@ impl Pool {
             })
     }
 
-    /// Sends `req` to `dest` and waits for the response head; only the
-    /// path and query of the request's URI are used; `added` are fields
-    /// the proxy adds, which the request's map does not hold. Keep the
+    /// Sends the request (`head` and `body`) to `dest` and waits for the
+    /// response head; only the path and query of the head's URI are used;
+    /// `added` are fields the proxy adds, which the head's map does not
+    /// hold. The head and body come apart: put together into a request
+    /// only for our HTTP/1.1 client to take it apart again, the head
+    /// (hundreds of bytes) would be copied twice more per request. Keep the
     /// second value with the response body. A response whose length could
     /// be read two ways is refused, and its connection is not used again.
     /// With `raw`, a response read by our HTTP/1.1 client may carry its
@@ -235,21 +238,18 @@ impl Pool {
     pub async fn send(
         &self,
         dest: &Destination,
-        mut req: http::Request<BoxBody>,
+        head: http::request::Parts,
+        body: BoxBody,
         added: &[(http::HeaderName, http::HeaderValue)],
         raw: bool,
     ) -> Result<(http::Response<ResponseBody>, Sent), PoolError> {
-        if !matches!(self.0, Kind::KeepAlive(_)) {
-            *req.uri_mut() = dest.uri(req.uri().path_and_query())?;
-            // hyper's clients write the map as it is.
-            crate::proxy::merge_added(req.headers_mut(), added);
-        }
         match &self.0 {
             Kind::KeepAlive(pool) => {
-                let response = pool.send(dest, req, added, raw).await?;
+                let response = pool.send(dest, head, body, added, raw).await?;
                 Ok((response.map(|b| ResponseBody(Read::H1(b))), Sent(Carrier::Body)))
             }
             Kind::Pooled(client) => {
+                let mut req = for_hyper(dest, head, body, added)?;
                 let capture = capture_connection(&mut req);
                 let response = client
                     .request(req)
@@ -260,6 +260,7 @@ impl Pool {
                 Ok((response.map(ResponseBody::hyper), sent))
             }
             Kind::Streams(streams) => {
+                let req = for_hyper(dest, head, body, added)?;
                 let (response, stream) = streams.send(dest, req).await?;
                 let sent = Sent(Carrier::Stream { _held: stream });
                 refuse_ambiguous(&response, &sent)?;
@@ -267,6 +268,19 @@ impl Pool {
             }
         }
     }
+}
+
+/// The request as hyper's clients take it: the endpoint's URI, and the
+/// proxy's fields in the map, which hyper writes as it is.
+fn for_hyper(
+    dest: &Destination,
+    mut head: http::request::Parts,
+    body: BoxBody,
+    added: &[(http::HeaderName, http::HeaderValue)],
+) -> Result<http::Request<BoxBody>, PoolError> {
+    head.uri = dest.uri(head.uri.path_and_query())?;
+    crate::proxy::merge_added(&mut head.headers, added);
+    Ok(http::Request::from_parts(head, body))
 }
 
 /// Refuses a response hyper read whose length could be read two ways, and

@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, header};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 
@@ -222,19 +222,19 @@ impl KeepAlive {
         Self { inner }
     }
 
-    /// Sends `req` to `dest` on an idle connection, or a new one, and
-    /// waits for the response head.
+    /// Sends the request (`parts` and `body`) to `dest` on an idle
+    /// connection, or a new one, and waits for the response head.
     /// `added` are fields written after the request's own. With `raw`, the
     /// response's fields may come as [`h1::RawFields`] in its extensions,
     /// its map then empty.
     pub(super) async fn send(
         &self,
         dest: &Destination,
-        req: Request<BoxBody>,
+        mut parts: http::request::Parts,
+        mut body: BoxBody,
         added: &[(HeaderName, HeaderValue)],
         raw: bool,
     ) -> Result<Response<Body>, PoolError> {
-        let (mut parts, mut body) = req.into_parts();
         // HTTP/1.1 wants the origin form; Host names the endpoint when the
         // client gave none.
         if !added.iter().any(|(name, _)| name == header::HOST)
