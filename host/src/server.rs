@@ -325,7 +325,9 @@ impl Server {
         }
         shutdown.await;
         let started = Instant::now();
-        self.state.draining.store(true, Ordering::Relaxed);
+        // Before the stop is sent: the own HTTP/1.1 path reads this
+        // instead of polling its wait on the stop (see `http1::Stop`).
+        self.state.draining.store(true, Ordering::Release);
         let in_flight = self.state.metrics.in_flight();
         let connections = self
             .state

@@ -132,6 +132,44 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
 }
 
 #[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start(|_req| async { http::Response::new(full("ok")) }).await;
+    // Timeouts far past the test's own: neither the wait for the next
+    // head nor the shutdown's may be what ends the idle connection.
+    let mut proxy = BinaryProxy::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntimeouts = {{ shutdown = \"60s\", header_read = \"60s\" }}\n[upstreams.u]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"u\"\n",
+        backend.url()
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut got = Vec::new();
+    // Two requests, so the connection has gone idle and come back once
+    // before the idle wait the stop must end.
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let before = got.len();
+        within("a response", async {
+            while !String::from_utf8_lossy(&got[before..]).ends_with("\r\n\r\nok") {
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+    }
+    proxy.signal("TERM");
+    within("the idle connection is closed", async {
+        let mut buf = [0u8; 64];
+        assert_eq!(s.read(&mut buf).await.unwrap_or(0), 0, "nothing more is sent");
+    })
+    .await;
+    let status = proxy.wait().await;
+    assert!(status.success(), "exit status {status:?}; logs: {:#?}", proxy.logs());
+}
+
+#[tokio::test]
 async fn one_worker_thread_serves_many_connections_plugins_included() {
     let backend = Backend::start(|_req| async { http::Response::new(full("ok")) }).await;
     let config = |workers: usize| {
