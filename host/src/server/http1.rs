@@ -110,8 +110,11 @@ pub(super) async fn serve(
     // and dropped per request cost a waiter-list insert and remove each
     // time. The sender is only ever dropped, so it resolves once, at
     // shutdown.
+    // Outside tokio's budget: a wait polled when the task's budget has run
+    // out would be told to yield without being armed, and it is polled
+    // only once (see `Stop`).
     let mut stop = Stop {
-        changed: pin!(stop.changed()),
+        changed: pin!(tokio::task::coop::unconstrained(stop.changed())),
         draining: &state.draining,
         waiting: false,
         stopped: false,
@@ -521,6 +524,9 @@ impl Conn {
         // reused only once nothing else holds it.
         resp.headers_mut().clear();
         self.headers = std::mem::take(resp.headers_mut());
+        // Raw fields share the backend connection's read buffer in the same
+        // way.
+        resp.extensions_mut().remove::<h1::RawFields>();
         let body = resp.body_mut();
         let mut big = Bytes::new();
         let mut written = 0;
