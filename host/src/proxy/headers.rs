@@ -41,6 +41,16 @@ pub(crate) fn has_token_in(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// Whether a response field named `name` (as read, in any case) is one
+/// that [`strip_hop_by_hop_response`] removes by its name: the backend's
+/// own HTTP/1.1 reader asks this of fields it keeps out of a map.
+pub(crate) fn is_hop_by_hop_response(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .chain([&header::PROXY_AUTHENTICATE])
+        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+}
+
 /// Removes hop-by-hop headers from an upstream's response, including
 /// every header that `Connection` names; a response also carries
 /// `Proxy-Authenticate` for this hop only.

@@ -604,6 +604,9 @@ impl Conn {
             !(status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED);
         let may_have_body = may_have_length && !head;
         let empty = body.is_end_stream();
+        // An empty body's length is dropped as hyper drops it, except for
+        // HEAD, where it tells what a GET would get.
+        let keeps_length = may_have_length && (head || !empty);
         let mut length = None;
         let mut dated = false;
         // Whether the response's own `Connection` says `close` (an error
@@ -624,10 +627,7 @@ impl Conn {
             out.extend_from_slice(crate::proxy::via_hop(raw.version()).as_bytes());
             out.extend_from_slice(b"\r\n");
             dated = raw.dated();
-            if may_have_length
-                && (head || !empty)
-                && let Some(n) = raw.length()
-            {
+            if keeps_length && let Some(n) = raw.length() {
                 length = Some(n);
                 put_length(n, out);
             }
@@ -640,12 +640,9 @@ impl Conn {
                 continue;
             }
             if name == header::CONTENT_LENGTH {
-                // Only the first, and only where a length means something:
-                // an empty body's is dropped as hyper drops it, except for
-                // HEAD, where it tells what a GET would get.
+                // Only the first, and only where a length is kept.
                 if length.is_none()
-                    && may_have_length
-                    && (head || !empty)
+                    && keeps_length
                     && let Some(n) = h1::parse_length(value.as_bytes())
                 {
                     length = Some(n);

@@ -231,22 +231,20 @@ enum Kind {
 }
 
 fn kind(name: &[u8]) -> Kind {
-    // Most names fall out on their length alone.
     let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-    match name.len() {
-        2 if is("te") => Kind::Map,
-        3 if is("via") => Kind::Map,
-        4 if is("date") => Kind::Date,
-        7 if is("trailer") || is("upgrade") => Kind::Map,
-        10 if is("connection") => Kind::Connection,
-        10 if is("keep-alive") => Kind::Map,
-        12 if is("x-request-id") => Kind::RequestId,
-        14 if is("content-length") => Kind::Length,
-        16 if is("proxy-connection") => Kind::Map,
-        17 if is("transfer-encoding") => Kind::Map,
-        18 if is("proxy-authenticate") => Kind::Map,
-        19 if is("proxy-authorization") => Kind::Map,
-        _ => Kind::Pass,
+    if is("date") {
+        Kind::Date
+    } else if is("connection") {
+        Kind::Connection
+    } else if is("content-length") {
+        Kind::Length
+    } else if is("x-request-id") {
+        Kind::RequestId
+    } else if is("via") || crate::proxy::is_hop_by_hop_response(name) {
+        // The names the map path strips, from its own list.
+        Kind::Map
+    } else {
+        Kind::Pass
     }
 }
 
@@ -263,7 +261,7 @@ fn raw_fields(head: &Bytes, at: &[[u32; 4]], version: Version) -> Option<(RawFie
     };
     let mut connection = Connection::default();
     let mut framing = Fields::default();
-    // The run being gathered, and whether the last line joined it.
+    // The run of lines being gathered.
     let mut open: Option<[u32; 2]> = None;
     for &[n0, n1, v0, v1] in at {
         let (name, value) = (&head[n0 as usize..n1 as usize], &head[v0 as usize..v1 as usize]);
@@ -296,11 +294,10 @@ fn raw_fields(head: &Bytes, at: &[[u32; 4]], version: Version) -> Option<(RawFie
             }
             continue;
         }
-        // A run goes on only over a plain CRLF: any other line ending (a
-        // bare LF, trailing spaces) is not passed on.
-        let crlf = head.get(v1 as usize..v1 as usize + 2) == Some(&b"\r\n"[..]);
+        // A run goes on only over a plain CRLF between the lines: any other
+        // line ending (a bare LF, trailing spaces) is not passed on.
         open = match open {
-            Some([start, end]) if end + 2 == n0 => Some([start, v1]),
+            Some([start, end]) if head.get(end as usize..n0 as usize) == Some(&b"\r\n"[..]) => Some([start, v1]),
             other => {
                 if let Some(run) = other {
                     raw.spans.push(run);
@@ -308,9 +305,6 @@ fn raw_fields(head: &Bytes, at: &[[u32; 4]], version: Version) -> Option<(RawFie
                 Some([n0, v1])
             }
         };
-        if !crlf && let Some(run) = open.take() {
-            raw.spans.push(run);
-        }
     }
     if let Some(run) = open {
         raw.spans.push(run);
@@ -737,9 +731,7 @@ mod tests {
             let mut raw = b"HTTP/1.1 200 OK\r\nX-A: 1\r\n".to_vec();
             raw.extend_from_slice(needy);
             raw.extend_from_slice(b"\r\n\r\n");
-            let h = parse_head(&mut BytesMut::from(&raw[..]), &mut HeaderMap::new(), true)
-                .unwrap()
-                .unwrap();
+            let h = raw_head(&raw);
             assert!(h.raw.is_none(), "{}", String::from_utf8_lossy(needy));
             assert_eq!(h.headers["x-a"], "1");
         }
