@@ -309,26 +309,32 @@ fn init_logging(flag: Option<&str>) {
         .init();
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on the first SIGINT or SIGTERM. Both are caught from the
+/// call, not from the first poll: the server says it is listening before
+/// it polls this, and a SIGTERM sent then (a supervisor, a test) would
+/// otherwise meet the default action and end the process at once, with no
+/// graceful shutdown. That happened when the main thread was slow to get
+/// from its "listening" line to the wait on this.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch SIGTERM; only Ctrl-C will stop plumeway");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+        let caught = signal(SignalKind::terminate()).and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+        async move {
+            match caught {
+                Ok((mut term, mut int)) => tokio::select! {
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                },
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot watch SIGTERM and SIGINT; only Ctrl-C will stop plumeway");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            _ = term.recv() => tracing::info!("SIGTERM received"),
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
