@@ -157,6 +157,10 @@ struct Exchange<'a> {
     grpc: bool,
     /// What each request filter left for its own `on_response`.
     stashes: Vec<(Arc<str>, Vec<u8>)>,
+    /// The fields of the upstream response being sent, when they are passed
+    /// on raw (see [`Client::own_http1`]); set only when that response is
+    /// what `run` returns.
+    raw: Option<RawFields>,
 }
 
 /// A request body: still streaming from the client, or read whole because
@@ -346,7 +350,15 @@ impl Proxy {
 
     /// Serves one request to completion of its response head; the access
     /// log line and the request's metrics follow when its body is over.
-    pub(crate) async fn handle(&self, req: Request<RequestBody>, client: &Client) -> Response<Served> {
+    /// An upstream response's fields passed on raw go to `raw` (only for a
+    /// client with [`Client::own_http1`]): the response's map then lacks
+    /// them.
+    pub(crate) async fn handle(
+        &self,
+        req: Request<RequestBody>,
+        client: &Client,
+        raw: &mut Option<RawFields>,
+    ) -> Response<Served> {
         let start = Instant::now();
         let counted = access::InFlight::new(&self.metrics);
         // What only the access log needs is taken only when it is on.
@@ -381,8 +393,10 @@ impl Proxy {
             route_duration: None,
             grpc: grpc::is_grpc(req.headers()),
             stashes: Vec::new(),
+            raw: None,
         };
         let mut resp = self.serve(req, &mut ex).await;
+        *raw = ex.raw.take();
         *resp.version_mut() = version;
         if !ex.client.own_http1 {
             resp.headers_mut().insert(request_id::HEADER, ex.request_id.clone());
@@ -450,7 +464,11 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         match self.run(route, &mut parts, body, ex).await {
             Ok(resp) => resp,
-            Err(err) => self.failed(Some(route), Some(&mut parts), err, ex).await,
+            Err(err) => {
+                // The response that goes out is not the upstream's.
+                ex.raw = None;
+                self.failed(Some(route), Some(&mut parts), err, ex).await
+            }
         }
     }
 
@@ -538,7 +556,13 @@ impl Proxy {
         let resp = match (local, upgrade) {
             (Some(resp), _) => resp,
             (None, Some(key)) => self.upgrade(route, parts, &key, ex).await?,
-            (None, None) => self.forward(route, parts, body, ex).await?,
+            (None, None) => {
+                let (resp, fields) = self.forward(route, parts, body, ex).await?;
+                // Only a route without response filters gets raw fields:
+                // nothing below changes this response.
+                ex.raw = fields;
+                resp
+            }
         };
         self.filter_response(route, parts, resp, ex).await
     }
@@ -598,14 +622,15 @@ impl Proxy {
 
     /// Picks an endpoint and forwards the request to it, retrying on another
     /// endpoint when that is safe (see [`crate::config::RetryConfig`]), all
-    /// within the upstream's `timeouts.request`.
+    /// within the upstream's `timeouts.request`. The response's fields may
+    /// come beside it, raw (see [`Client::own_http1`]).
     async fn forward(
         &self,
         route: &Route,
         parts: &mut request::Parts,
         body: ReqBody,
         ex: &mut Exchange<'_>,
-    ) -> Result<Response<BoxBody>, ProxyError> {
+    ) -> Result<(Response<BoxBody>, Option<RawFields>), ProxyError> {
         let upstream = &route.upstream;
         ex.facts.upstream = Some(Arc::clone(upstream.name()));
         upstream.budget().deposit();
@@ -707,7 +732,7 @@ impl Proxy {
                 Ok(outcome) => outcome,
             };
             let retry_reason = match &outcome {
-                Ok(resp) => {
+                Ok((resp, _)) => {
                     let status = resp.status();
                     upstream.record(endpoint, !status.is_server_error());
                     upstream
@@ -978,7 +1003,7 @@ impl Proxy {
         added: &[(HeaderName, HeaderValue)],
         body: ReqBody,
         raw: bool,
-    ) -> Result<Response<BoxBody>, ProxyError> {
+    ) -> Result<(Response<BoxBody>, Option<RawFields>), ProxyError> {
         // The origin form: the pool knows where the endpoint is (a client's
         // absolute-form URI names the proxy's host, not the endpoint's).
         if out.uri.scheme().is_some() {
@@ -1007,7 +1032,7 @@ impl Proxy {
         };
         let guard = endpoint.begin();
         endpoint.dispatched();
-        let (resp, connection) = match upstream
+        let (resp, connection, fields) = match upstream
             .pool()
             .send(endpoint.pool_target(), out, body, added, raw)
             .await
@@ -1019,7 +1044,7 @@ impl Proxy {
         // ways.
         let (mut parts, body) = resp.into_parts();
         // Raw fields hold nothing to strip; the writer adds their `Via`.
-        if parts.extensions.get::<RawFields>().is_none() {
+        if fields.is_none() {
             headers::strip_hop_by_hop_response(&mut parts.headers);
             headers::append_via(&mut parts.headers, parts.version);
         }
@@ -1027,7 +1052,7 @@ impl Proxy {
         // The HTTP/2 stream counts against its connection's cap until the
         // body is over.
         let body = crate::body::Guarded::new(body, (guard, connection));
-        Ok(Response::from_parts(parts, boxed(body)))
+        Ok((Response::from_parts(parts, boxed(body)), fields))
     }
 
     /// The response for a failed request: the route's error plugin's, else

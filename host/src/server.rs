@@ -442,10 +442,13 @@ fn service(
         let serving = state.current();
         let client = client.clone();
         async move {
+            // hyper writes the response from its map: no raw fields come
+            // for this client (see `Client::own_http1`).
+            let mut raw = None;
             Ok::<_, Infallible>(
                 serving
                     .proxy
-                    .handle(req.map(crate::body::RequestBody::Hyper), &client)
+                    .handle(req.map(crate::body::RequestBody::Hyper), &client, &mut raw)
                     .await,
             )
         }

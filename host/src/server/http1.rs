@@ -171,8 +171,10 @@ pub(super) async fn serve(
         // it is written, for the same reason.
         let written = {
             let mut answered = None;
+            // The backend's fields, when they are passed on as it wrote them.
+            let mut raw = None;
             {
-                let mut handled = pin!(serving.proxy.handle(req, &client));
+                let mut handled = pin!(serving.proxy.handle(req, &client, &mut raw));
                 let mut armed = None;
                 poll_fn(|cx| {
                     let deadline = (&*slot, &mut armed);
@@ -188,7 +190,7 @@ pub(super) async fn serve(
                 return Ended::Closed;
             };
             drop(serving);
-            conn.respond(resp, head, keep_alive).await
+            conn.respond(resp, raw, head, keep_alive).await
             // The response's body goes here, where it lies (its end is
             // logged, what it holds let go), not after a lingering close.
         };
@@ -515,10 +517,11 @@ impl Conn {
     async fn respond(
         &mut self,
         resp: &mut http::Response<Served>,
+        raw: Option<h1::RawFields>,
         head: bool,
         mut keep_alive: bool,
     ) -> io::Result<bool> {
-        let mut encoder = self.encode_head(resp, head, &mut keep_alive);
+        let mut encoder = self.encode_head(resp, raw.as_ref(), head, &mut keep_alive);
         // The map serves the next request's head. Its values go now: they
         // may share an upstream connection's read buffer, which can be
         // reused only once nothing else holds it.
@@ -526,7 +529,7 @@ impl Conn {
         self.headers = std::mem::take(resp.headers_mut());
         // Raw fields share the backend connection's read buffer in the same
         // way.
-        resp.extensions_mut().remove::<h1::RawFields>();
+        drop(raw);
         let body = resp.body_mut();
         let mut big = Bytes::new();
         let mut written = 0;
@@ -588,7 +591,13 @@ impl Conn {
     /// body follows. The framing is the same as hyper's server gives: a
     /// `Content-Length` already in the head stands, then the body's exact
     /// size, then chunks; none for HEAD, 1xx, 204 and 304.
-    fn encode_head(&mut self, resp: &http::Response<Served>, head: bool, keep_alive: &mut bool) -> Encoder {
+    fn encode_head(
+        &mut self,
+        resp: &http::Response<Served>,
+        raw: Option<&h1::RawFields>,
+        head: bool,
+        keep_alive: &mut bool,
+    ) -> Encoder {
         let (status, body) = (resp.status(), resp.body());
         let out = &mut self.out;
         if status == StatusCode::OK {
@@ -616,7 +625,7 @@ impl Conn {
         // leaves it out of the map on this path; see `Client`), in place
         // of any the upstream sent.
         let request_id = body.pending().map(|f| f.request_id());
-        if let Some(raw) = resp.extensions().get::<h1::RawFields>() {
+        if let Some(raw) = raw {
             // A backend's fields, passed on as they came: they hold no
             // `Connection`, no framing and no request id (see `RawFields`).
             for span in raw.spans() {

@@ -46,7 +46,7 @@ enum Kind {
 
 /// What carried a request: keep it with the response body.
 #[derive(Debug)]
-pub struct Sent(Carrier);
+pub(crate) struct Sent(Carrier);
 
 #[derive(Debug)]
 enum Carrier {
@@ -232,21 +232,24 @@ impl Pool {
     /// (hundreds of bytes) would be copied twice more per request. Keep the
     /// second value with the response body. A response whose length could
     /// be read two ways is refused, and its connection is not used again.
-    /// With `raw`, a response read by our HTTP/1.1 client may carry its
-    /// fields as [`h1::RawFields`] in its extensions, its map then empty: for
-    /// a response nothing reads but the server's own HTTP/1.1 writer.
-    pub async fn send(
+    /// With `raw`, a response read by our HTTP/1.1 client may come with its
+    /// fields as [`h1::RawFields`], the third value, its map then empty: for
+    /// a response nothing reads but the server's own HTTP/1.1 writer. They
+    /// travel beside the response, not in its extensions: a map of
+    /// extensions is two allocations, a hash insert and its drop per
+    /// request.
+    pub(crate) async fn send(
         &self,
         dest: &Destination,
         head: http::request::Parts,
         body: BoxBody,
         added: &[(http::HeaderName, http::HeaderValue)],
         raw: bool,
-    ) -> Result<(http::Response<ResponseBody>, Sent), PoolError> {
+    ) -> Result<(http::Response<ResponseBody>, Sent, Option<h1::RawFields>), PoolError> {
         match &self.0 {
             Kind::KeepAlive(pool) => {
-                let response = pool.send(dest, head, body, added, raw).await?;
-                Ok((response.map(|b| ResponseBody(Read::H1(b))), Sent(Carrier::Body)))
+                let (response, fields) = pool.send(dest, head, body, added, raw).await?;
+                Ok((response.map(|b| ResponseBody(Read::H1(b))), Sent(Carrier::Body), fields))
             }
             Kind::Pooled(client) => {
                 let mut req = for_hyper(dest, head, body, added)?;
@@ -257,14 +260,14 @@ impl Pool {
                     .map_err(|e| classify_error(&e, e.is_connect()))?;
                 let sent = Sent(Carrier::Pooled(capture));
                 refuse_ambiguous(&response, &sent)?;
-                Ok((response.map(ResponseBody::hyper), sent))
+                Ok((response.map(ResponseBody::hyper), sent, None))
             }
             Kind::Streams(streams) => {
                 let req = for_hyper(dest, head, body, added)?;
                 let (response, stream) = streams.send(dest, req).await?;
                 let sent = Sent(Carrier::Stream { _held: stream });
                 refuse_ambiguous(&response, &sent)?;
-                Ok((response.map(ResponseBody::hyper), sent))
+                Ok((response.map(ResponseBody::hyper), sent, None))
             }
         }
     }
@@ -299,7 +302,7 @@ fn refuse_ambiguous(response: &http::Response<Incoming>, sent: &Sent) -> Result<
 /// An upstream's response body: from our own HTTP/1.1 client, or from
 /// hyper's (HTTP/2, and `auto`).
 #[derive(Debug)]
-pub struct ResponseBody(Read);
+pub(crate) struct ResponseBody(Read);
 
 #[derive(Debug)]
 enum Read {

@@ -225,8 +225,8 @@ impl KeepAlive {
     /// Sends the request (`parts` and `body`) to `dest` on an idle
     /// connection, or a new one, and waits for the response head.
     /// `added` are fields written after the request's own. With `raw`, the
-    /// response's fields may come as [`h1::RawFields`] in its extensions,
-    /// its map then empty.
+    /// response's fields may come beside it as [`h1::RawFields`], its map
+    /// then empty.
     pub(super) async fn send(
         &self,
         dest: &Destination,
@@ -234,7 +234,7 @@ impl KeepAlive {
         mut body: BoxBody,
         added: &[(HeaderName, HeaderValue)],
         raw: bool,
-    ) -> Result<Response<Body>, PoolError> {
+    ) -> Result<(Response<Body>, Option<h1::RawFields>), PoolError> {
         // HTTP/1.1 wants the origin form; Host names the endpoint when the
         // client gave none.
         if !added.iter().any(|(name, _)| name == header::HOST)
@@ -305,17 +305,16 @@ impl KeepAlive {
             let mut response = Response::new(body);
             *response.status_mut() = head.status;
             *response.version_mut() = head.version;
-            match head.raw {
+            match &head.raw {
                 None => *response.headers_mut() = head.headers,
-                Some(raw) => {
+                Some(_) => {
                     // The request's map goes back to the server for its
                     // next request, as a response's map would.
                     parts.headers.clear();
                     *response.headers_mut() = std::mem::take(&mut parts.headers);
-                    response.extensions_mut().insert(raw);
                 }
             }
-            return Ok(response);
+            return Ok((response, head.raw));
         }
     }
 
