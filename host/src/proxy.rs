@@ -166,7 +166,7 @@ struct Exchange<'a> {
 /// A request body: still streaming from the client, or read whole because
 /// a plugin asked for it (or replaced it).
 enum ReqBody {
-    Streaming(crate::body::IdleTimeout<RequestBody>),
+    Streaming(RequestBody),
     Whole(Bytes),
 }
 
@@ -486,11 +486,7 @@ impl Proxy {
         if declared.is_some_and(|n| n > self.max_body.get()) {
             return Err(ProxyError::BodyTooLarge { limit: self.max_body });
         }
-        // A client that stops sending its body mid-way is cut off (408).
-        let mut body = ReqBody::Streaming(crate::body::IdleTimeout::new(
-            body,
-            self.config.server.timeouts.body_idle.get(),
-        ));
+        let mut body = ReqBody::Streaming(body);
         // A WebSocket handshake on a WebSocket route must be valid before any
         // plugin or upstream sees it.
         let upgrade = if route.websocket && websocket::is_upgrade(&parts.headers) {
@@ -1022,7 +1018,7 @@ impl Proxy {
             // A request without a body (most of them) needs no box around
             // the client's empty one.
             ReqBody::Streaming(b) if http_body::Body::is_end_stream(&b) => crate::body::empty(),
-            ReqBody::Streaming(b) => boxed(Limited::new(b, self.max_body.as_usize())),
+            ReqBody::Streaming(b) => boxed(Limited::new(self.body_idle(b), self.max_body.as_usize())),
             ReqBody::Whole(b) => {
                 // A whole body's exact length goes out from hyper; whatever
                 // the client declared may no longer be true.
@@ -1105,11 +1101,22 @@ impl Proxy {
         err.to_response()
     }
 
+    /// A client that stops sending its body mid-way is cut off (408). The
+    /// timer goes on where the body is read, not where the request is taken
+    /// in: a request's body is moved half a dozen times on its way to the
+    /// upstream, and with the timer's state it is several times larger.
+    fn body_idle(&self, body: RequestBody) -> crate::body::IdleTimeout<RequestBody> {
+        crate::body::IdleTimeout::new(body, self.config.server.timeouts.body_idle.get())
+    }
+
     /// Reads a streaming request body whole, up to `max_body` (413 beyond).
     async fn read_whole(&self, body: ReqBody) -> Result<ReqBody, ProxyError> {
         match body {
             ReqBody::Whole(b) => Ok(ReqBody::Whole(b)),
-            ReqBody::Streaming(b) => match Limited::new(b, self.max_body.as_usize()).collect().await {
+            ReqBody::Streaming(b) => match Limited::new(self.body_idle(b), self.max_body.as_usize())
+                .collect()
+                .await
+            {
                 Ok(collected) => Ok(ReqBody::Whole(collected.to_bytes())),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                     Err(ProxyError::BodyTooLarge { limit: self.max_body })

@@ -378,6 +378,34 @@ async fn a_stalled_request_body_gets_408() {
 }
 
 #[tokio::test]
+async fn a_stalled_body_read_whole_before_forwarding_gets_408() {
+    // A path marked safe to retry has its body read whole first, so that a
+    // retry can send it again: that read is held to the idle timeout too.
+    let backend = RawBackend::start(OK).await;
+    let proxy = TestProxy::start(&format!(
+        "[server]\ntimeouts = {{ body_idle = \"500ms\" }}\n\
+         [upstreams.u]\ntargets = [\"{}\"]\nretry = {{ attempts = 2, safe_paths = [\"/upload\"] }}\n\
+         [[routes]]\nupstream = \"u\"\n",
+        backend.url()
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let reply = read_all(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(reply.status(), 408, "{}", reply.text);
+    assert!(reply.closed);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "cut off after {took:?}");
+    assert!(
+        backend.heads().is_empty(),
+        "the body was never whole, so nothing went upstream"
+    );
+}
+
+#[tokio::test]
 async fn connections_beyond_the_limit_are_refused_at_once() {
     let backend = RawBackend::start(OK).await;
     let proxy = TestProxy::start(&config(&backend.url(), "[server]\nlimits = { max_connections = 2 }")).await;
