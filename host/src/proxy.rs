@@ -163,6 +163,16 @@ struct Exchange<'a> {
     raw: Option<RawFields>,
 }
 
+/// What [`Proxy::admit`] made of a request.
+enum Admission<'a> {
+    /// Its route runs.
+    Route(&'a Route, request::Parts, RequestBody),
+    /// It is answered with the error (by the route's error handler, once
+    /// there is a route), and the request's head when the handler may see
+    /// it.
+    Refused(Option<&'a Route>, Option<request::Parts>, ProxyError),
+}
+
 /// A request body: still streaming from the client, or read whole because
 /// a plugin asked for it (or replaced it).
 enum ReqBody {
@@ -395,7 +405,21 @@ impl Proxy {
             stashes: Vec::new(),
             raw: None,
         };
-        let mut resp = self.serve(req, &mut ex).await;
+        // The route's pipeline, or the error response for what failed on
+        // the way. Awaited here, not in a function of its own: each async
+        // level is one more state to load on every poll, and one more copy
+        // of the request.
+        let mut resp = match self.admit(req, &mut ex) {
+            Admission::Route(route, mut parts, body) => match self.run(route, &mut parts, body, &mut ex).await {
+                Ok(resp) => resp,
+                Err(err) => {
+                    // The response that goes out is not the upstream's.
+                    ex.raw = None;
+                    self.failed(Some(route), Some(&mut parts), err, &mut ex).await
+                }
+            },
+            Admission::Refused(route, mut parts, err) => self.failed(route, parts.as_mut(), err, &mut ex).await,
+        };
         *raw = ex.raw.take();
         *resp.version_mut() = version;
         if !ex.client.own_http1 {
@@ -432,16 +456,19 @@ impl Proxy {
         self.config.access_log.enabled && self.config.access_log.format != crate::config::AccessLogFormat::Text
     }
 
-    async fn serve(&self, mut req: Request<RequestBody>, ex: &mut Exchange<'_>) -> Response<BoxBody> {
+    /// The checks before a request's route runs: its head, its route and
+    /// the route's rate limit. Not async, so that the request is taken
+    /// apart where it already lies instead of in a future of its own.
+    fn admit(&self, mut req: Request<RequestBody>, ex: &mut Exchange<'_>) -> Admission<'_> {
         // The server's own HTTP/1.1 reader leaves every head with a framing
         // of its own to hyper: one it read has one plain length or none,
         // and exactly one Host.
         let framed = matches!(req.body(), RequestBody::Read(_) | RequestBody::Empty);
         if let Err(err) = check_head(&mut req, &self.config.server, framed) {
-            return self.failed(None, None, err, ex).await;
+            return Admission::Refused(None, None, err);
         }
         let Some(route) = self.router.route(&req) else {
-            return self.failed(None, None, ProxyError::NoRoute, ex).await;
+            return Admission::Refused(None, None, ProxyError::NoRoute);
         };
         ex.facts.route = Some(Arc::clone(&route.name));
         ex.route_duration = Some(route.duration.clone());
@@ -454,22 +481,15 @@ impl Proxy {
         if let Some(limiter) = &route.limiter
             && let Err(retry_after) = limiter.check(ex.client.peer.ip(), req.headers())
         {
-            let (mut parts, _body) = req.into_parts();
+            let (parts, _body) = req.into_parts();
             let err = ProxyError::RateLimited {
                 route: Arc::clone(&route.name),
                 retry_after,
             };
-            return self.failed(Some(route), Some(&mut parts), err, ex).await;
+            return Admission::Refused(Some(route), Some(parts), err);
         }
-        let (mut parts, body) = req.into_parts();
-        match self.run(route, &mut parts, body, ex).await {
-            Ok(resp) => resp,
-            Err(err) => {
-                // The response that goes out is not the upstream's.
-                ex.raw = None;
-                self.failed(Some(route), Some(&mut parts), err, ex).await
-            }
-        }
+        let (parts, body) = req.into_parts();
+        Admission::Route(route, parts, body)
     }
 
     /// The route's pipeline; any error goes to the route's error handler.
@@ -1262,7 +1282,7 @@ pub fn sanitize_for_fuzzing(h: &mut http::HeaderMap, peer: std::net::IpAddr, tru
     headers::merge_added(h, &added);
 }
 
-/// The head checks `serve` applies, for the fuzz targets: the normalised
+/// The head checks `Proxy::admit` applies, for the fuzz targets: the normalised
 /// path, or the status of the refusal.
 #[doc(hidden)]
 pub fn check_for_fuzzing<B>(req: &mut Request<B>, server: &crate::config::ServerConfig) -> Result<String, u16> {
