@@ -727,10 +727,17 @@ impl Proxy {
                 by_header if by_header < deadline => (by_header, header),
                 _ => (deadline, total),
             };
-            // Pinned where it is made: the attempt's future is kilobytes,
-            // and the timeout around it would otherwise be built, then
-            // moved to be awaited, copying it each time.
-            let send = std::pin::pin!(self.send(upstream, endpoint, attempt_head, &added, attempt_body, raw));
+            let (out, out_body) = self.outbound(upstream, attempt_head, attempt_body);
+            // The endpoint counts the attempt as in flight until the
+            // response's body is over, or the attempt fails.
+            let guard = endpoint.begin();
+            endpoint.dispatched();
+            // The pool's own future, awaited here: a function of our own
+            // around it would be one more async level, with one more copy
+            // of the head and of the response. Pinned where it is made: it
+            // is kilobytes, and the timeout around it would otherwise be
+            // built, then moved to be awaited, copying it each time.
+            let send = std::pin::pin!(upstream.pool().send(endpoint.pool_target(), out, out_body, &added, raw));
             let sent = crate::deadline::timeout_at(ex.client.deadline.as_deref(), until, send).await;
             let took = sent_at.elapsed();
             upstream.record_latency(endpoint, took);
@@ -745,7 +752,7 @@ impl Proxy {
                         timeout,
                     });
                 }
-                Ok(outcome) => outcome,
+                Ok(answer) => self.inbound(answer, upstream, endpoint, guard),
             };
             let retry_reason = match &outcome {
                 Ok((resp, _)) => {
@@ -1008,18 +1015,9 @@ impl Proxy {
         forwarding.apply(&mut out.headers)
     }
 
-    /// One attempt on one endpoint, up to the response head (the caller
-    /// bounds it in time). The response body carries the endpoint's
-    /// in-flight guard.
-    async fn send(
-        &self,
-        upstream: &Upstream,
-        endpoint: &crate::upstream::Endpoint,
-        mut out: request::Parts,
-        added: &[(HeaderName, HeaderValue)],
-        body: ReqBody,
-        raw: bool,
-    ) -> Result<(Response<BoxBody>, Option<RawFields>), ProxyError> {
+    /// One attempt's request as the pool takes it: in the origin form, in
+    /// the upstream's version, its body boxed.
+    fn outbound(&self, upstream: &Upstream, mut out: request::Parts, body: ReqBody) -> (request::Parts, BoxBody) {
         // The origin form: the pool knows where the endpoint is (a client's
         // absolute-form URI names the proxy's host, not the endpoint's).
         if out.uri.scheme().is_some() {
@@ -1046,16 +1044,19 @@ impl Proxy {
                 crate::body::full(b)
             }
         };
-        let guard = endpoint.begin();
-        endpoint.dispatched();
-        let (resp, connection, fields) = match upstream
-            .pool()
-            .send(endpoint.pool_target(), out, body, added, raw)
-            .await
-        {
-            Ok(sent) => sent,
-            Err(err) => return Err(self.upstream_error(err, upstream, endpoint)),
-        };
+        (out, body)
+    }
+
+    /// The pool's answer to one attempt, as the client is to get it. The
+    /// response body carries the endpoint's in-flight guard.
+    fn inbound(
+        &self,
+        answer: Result<crate::upstream::Answer, PoolError>,
+        upstream: &Upstream,
+        endpoint: &crate::upstream::Endpoint,
+        guard: crate::upstream::InFlight,
+    ) -> Result<(Response<BoxBody>, Option<RawFields>), ProxyError> {
+        let (resp, connection, fields) = answer.map_err(|err| self.upstream_error(err, upstream, endpoint))?;
         // The pool has refused any response whose length could be read two
         // ways.
         let (mut parts, body) = resp.into_parts();

@@ -24,6 +24,7 @@ use crate::plugin::Plugin;
 pub use balance::{Balance, ConsistentHash, LeastConnections, Pick, RoundRobin, Weighted, eligible};
 pub use circuit::{Circuit, CircuitState};
 pub use endpoint::{Endpoint, InFlight};
+pub(crate) use pool::Answer;
 pub(crate) use pool::chain;
 pub(crate) use pool::h1;
 pub use pool::{Destination, Pool, PoolError, UpstreamTls};

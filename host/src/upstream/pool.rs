@@ -44,6 +44,10 @@ enum Kind {
     Streams(streams::Streams),
 }
 
+/// An upstream's answer to [`Pool::send`]: the response, what carried it,
+/// and its fields when they are passed on raw.
+pub(crate) type Answer = (http::Response<ResponseBody>, Sent, Option<h1::RawFields>);
+
 /// What carried a request: keep it with the response body.
 #[derive(Debug)]
 pub(crate) struct Sent(Carrier);
@@ -245,7 +249,7 @@ impl Pool {
         body: BoxBody,
         added: &[(http::HeaderName, http::HeaderValue)],
         raw: bool,
-    ) -> Result<(http::Response<ResponseBody>, Sent, Option<h1::RawFields>), PoolError> {
+    ) -> Result<Answer, PoolError> {
         match &self.0 {
             Kind::KeepAlive(pool) => {
                 let (response, fields) = pool.send(dest, head, body, added, raw).await?;
