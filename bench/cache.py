@@ -12,8 +12,10 @@ one nginx backend (as in compare.py, no plugins; a BINARY named `nginx` is
 run as the proxy instead, configured as compare.py configures it), is warmed by wrk with
 `--connections` connections, has its counters zeroed, then serves wrk for
 `--seconds`. Prints, per request: instructions, first-level data misses
-(D1, 32 KiB) and last-level data misses (a 512 KiB cache, the size of one
-core's L2 here), and the functions with the most last-level misses, the
+(D1, 32 KiB) and last-level data misses (a 512 KiB cache, one core's L2 on
+the machine this was written on; where a core's L2 is larger, as the 2 MiB
+of session 20's Xeon, these over-count, and fewer of them need not mean less
+time: bench/RESULTS.md, session 20), and the functions with the most last-level misses, the
 `memcpy` calls among them by caller. wrk opens its connections anew for
 the counted run, so their accepts are in it, spread over `--seconds`
 (`accept_loop`, which copies each new connection's future into its task).
