@@ -105,10 +105,17 @@ impl Conn {
 
     /// Reads until a final response head (1xx heads are skipped), whose
     /// headers go into `spare`'s map, or are kept raw when `raw` allows
-    /// (see [`h1::parse_head`]).
-    async fn read_head(&mut self, spare: &mut HeaderMap, raw: bool) -> Result<h1::Head, Failure> {
+    /// (see [`h1::parse_head`]). The head goes into `head`, where the
+    /// caller builds the response from it: handed up by value, hundreds of
+    /// bytes, it was copied at each step.
+    async fn read_head(
+        &mut self,
+        spare: &mut HeaderMap,
+        raw: bool,
+        head: &mut Option<h1::Head>,
+    ) -> Result<(), Failure> {
         let mut answered = !self.buf.is_empty();
-        poll_fn(|cx| self.poll_head(cx, spare, raw, &mut answered)).await
+        poll_fn(|cx| self.poll_head(cx, spare, raw, &mut answered, head)).await
     }
 
     /// [`Conn::read_head`], one poll at a time. `answered` says whether any
@@ -120,10 +127,11 @@ impl Conn {
         spare: &mut HeaderMap,
         raw: bool,
         answered: &mut bool,
-    ) -> Poll<Result<h1::Head, Failure>> {
+        head: &mut Option<h1::Head>,
+    ) -> Poll<Result<(), Failure>> {
         loop {
-            if let Some(head) = self.take_head(spare, raw)? {
-                return Poll::Ready(Ok(head));
+            if self.take_head(spare, raw, head)? {
+                return Poll::Ready(Ok(()));
             }
             match self.poll_fill(cx) {
                 Poll::Ready(Ok(0)) if !*answered => return Poll::Ready(Err(Failure::Closed)),
@@ -142,14 +150,15 @@ impl Conn {
         }
     }
 
-    /// The final response head, if `buf` holds one; interim (1xx) heads
-    /// before it are dropped, as a `100 Continue` answers only us.
-    fn take_head(&mut self, spare: &mut HeaderMap, raw: bool) -> Result<Option<h1::Head>, Failure> {
+    /// Puts the final response head into `out` if `buf` holds one (and
+    /// says so); interim (1xx) heads before it are dropped, as a
+    /// `100 Continue` answers only us.
+    fn take_head(&mut self, spare: &mut HeaderMap, raw: bool, out: &mut Option<h1::Head>) -> Result<bool, Failure> {
         // Nothing read yet (the first poll, and each wake-up before a
         // read): nothing to parse.
         while !self.buf.is_empty() {
             let Some(head) = h1::parse_head(&mut self.buf, spare, raw)? else {
-                return Ok(None);
+                return Ok(false);
             };
             if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 // Upgrades go on connections of their own (see `proxy::websocket`).
@@ -158,13 +167,14 @@ impl Conn {
                 )));
             }
             if !head.status.is_informational() {
-                return Ok(Some(head));
+                *out = Some(head);
+                return Ok(true);
             }
             if head.raw.is_none() {
                 *spare = head.headers;
             }
         }
-        Ok(None)
+        Ok(false)
     }
 }
 
@@ -202,10 +212,9 @@ impl Failure {
 enum Sent {
     /// All of it.
     Whole,
-    /// The backend answered before the body was all sent; this head is
-    /// its answer, and the connection cannot be used again. Boxed: it is
-    /// rare, and the usual outcome need not be as large.
-    Early(Box<h1::Head>),
+    /// The backend answered before the body was all sent, with the head
+    /// put where the caller asked; the connection cannot be used again.
+    Early,
 }
 
 impl KeepAlive {
@@ -266,20 +275,31 @@ impl KeepAlive {
             // An early answer's headers: the request's map must stay whole
             // for a retry while the request is still going out.
             let mut early_headers = HeaderMap::new();
-            let sent = match exchange_start(&mut conn, &mut body, framing, &mut consumed, &mut early_headers).await {
+            // The final response head, where the response is built from it.
+            let mut head = None;
+            let sent = match exchange_start(
+                &mut conn,
+                &mut body,
+                framing,
+                &mut consumed,
+                &mut early_headers,
+                &mut head,
+            )
+            .await
+            {
                 Ok(sent) => sent,
                 // A pooled connection the backend closed meanwhile: the
                 // request goes on another.
                 Err(Failure::Io(_) | Failure::Closed) if reused && !consumed => continue,
                 Err(e) => return Err(e.into_pool_error()),
             };
-            let (head, early) = match sent {
-                Sent::Early(head) => (*head, true),
+            let early = match sent {
+                Sent::Early => true,
                 // The request's header map, no longer needed, takes the
                 // response's headers (it is left alone on failure, for a
                 // retry).
-                Sent::Whole => match conn.read_head(&mut parts.headers, raw).await {
-                    Ok(head) => (head, false),
+                Sent::Whole => match conn.read_head(&mut parts.headers, raw, &mut head).await {
+                    Ok(()) => false,
                     // The backend closed an idle connection just as the
                     // request went out, so it most likely never saw it:
                     // a request that may be repeated goes on another
@@ -291,8 +311,12 @@ impl KeepAlive {
                     Err(e) => return Err(e.into_pool_error()),
                 },
             };
-            let decoder = h1::response_body(&parts.method, &head).map_err(|m| PoolError::Protocol(m.0))?;
-            let reuse = !early && h1::keeps_alive(&head) && decoder != Decoder::UntilClose;
+            let Some(head) = head.as_mut() else {
+                // Both put a head there whenever they end well.
+                return Err(PoolError::Protocol("no response head was read".into()));
+            };
+            let decoder = h1::response_body(&parts.method, head).map_err(|m| PoolError::Protocol(m.0))?;
+            let reuse = !early && h1::keeps_alive(head) && decoder != Decoder::UntilClose;
             let mut body = Body {
                 conn: Some(conn),
                 decoder,
@@ -306,7 +330,7 @@ impl KeepAlive {
             *response.status_mut() = head.status;
             *response.version_mut() = head.version;
             match &head.raw {
-                None => *response.headers_mut() = head.headers,
+                None => *response.headers_mut() = std::mem::take(&mut head.headers),
                 Some(_) => {
                     // The request's map goes back to the server for its
                     // next request, as a response's map would.
@@ -314,7 +338,7 @@ impl KeepAlive {
                     *response.headers_mut() = std::mem::take(&mut parts.headers);
                 }
             }
-            return Ok((response, head.raw));
+            return Ok((response, head.raw.take()));
         }
     }
 
@@ -362,6 +386,7 @@ async fn exchange_start(
     framing: Framing,
     consumed: &mut bool,
     spare: &mut HeaderMap,
+    head: &mut Option<h1::Head>,
 ) -> Result<Sent, Failure> {
     let mut written = 0;
     let mut body_done = framing != Framing::Chunked && framing.length() == 0;
@@ -420,8 +445,8 @@ async fn exchange_start(
             // (A 100 Continue, or part of a head, leaves us sending.)
             // An early answer is rare: its fields go into a map.
             return conn
-                .poll_head(cx, spare, false, &mut answered)
-                .map_ok(|head| Sent::Early(Box::new(head)));
+                .poll_head(cx, spare, false, &mut answered, head)
+                .map_ok(|()| Sent::Early);
         }
     })
     .await
