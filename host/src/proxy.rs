@@ -1036,7 +1036,7 @@ impl Proxy {
             // A request without a body (most of them) needs no box around
             // the client's empty one.
             ReqBody::Streaming(b) if http_body::Body::is_end_stream(&b) => crate::body::empty(),
-            ReqBody::Streaming(b) => boxed(Limited::new(self.body_idle(b), self.max_body.as_usize())),
+            ReqBody::Streaming(b) => boxed(self.client_body(b)),
             ReqBody::Whole(b) => {
                 // A whole body's exact length goes out from hyper; whatever
                 // the client declared may no longer be true.
@@ -1122,22 +1122,23 @@ impl Proxy {
         err.to_response()
     }
 
-    /// A client that stops sending its body mid-way is cut off (408). The
-    /// timer goes on where the body is read, not where the request is taken
-    /// in: a request's body is moved half a dozen times on its way to the
-    /// upstream, and with the timer's state it is several times larger.
-    fn body_idle(&self, body: RequestBody) -> crate::body::IdleTimeout<RequestBody> {
-        crate::body::IdleTimeout::new(body, self.config.server.timeouts.body_idle.get())
+    /// The client's body as it is read, streamed upstream or whole: held to
+    /// `max_body` (413 beyond), and cut off (408) when the client stops
+    /// sending it mid-way. The timer goes on here, not where the request is
+    /// taken in: a request's body is moved half a dozen times on its way to
+    /// the upstream, and with the timer's state it is several times larger.
+    fn client_body(&self, body: RequestBody) -> Limited<crate::body::IdleTimeout<RequestBody>> {
+        Limited::new(
+            crate::body::IdleTimeout::new(body, self.config.server.timeouts.body_idle.get()),
+            self.max_body.as_usize(),
+        )
     }
 
     /// Reads a streaming request body whole, up to `max_body` (413 beyond).
     async fn read_whole(&self, body: ReqBody) -> Result<ReqBody, ProxyError> {
         match body {
             ReqBody::Whole(b) => Ok(ReqBody::Whole(b)),
-            ReqBody::Streaming(b) => match Limited::new(self.body_idle(b), self.max_body.as_usize())
-                .collect()
-                .await
-            {
+            ReqBody::Streaming(b) => match self.client_body(b).collect().await {
                 Ok(collected) => Ok(ReqBody::Whole(collected.to_bytes())),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                     Err(ProxyError::BodyTooLarge { limit: self.max_body })
