@@ -157,10 +157,6 @@ struct Exchange<'a> {
     grpc: bool,
     /// What each request filter left for its own `on_response`.
     stashes: Vec<(Arc<str>, Vec<u8>)>,
-    /// The fields of the upstream response being sent, when they are passed
-    /// on raw (see [`Client::own_http1`]); set only when that response is
-    /// what `run` returns.
-    raw: Option<RawFields>,
 }
 
 /// What [`Proxy::admit`] made of a request.
@@ -403,7 +399,6 @@ impl Proxy {
             route_duration: None,
             grpc: grpc::is_grpc(req.headers()),
             stashes: Vec::new(),
-            raw: None,
         };
         // The route's pipeline, or the error response for what failed on
         // the way. Awaited here, not in a function of its own: each async
@@ -411,16 +406,14 @@ impl Proxy {
         // of the request.
         let mut resp = match self.admit(req, &mut ex) {
             Admission::Route(route, mut parts, body) => match self.run(route, &mut parts, body, &mut ex).await {
-                Ok(resp) => resp,
-                Err(err) => {
-                    // The response that goes out is not the upstream's.
-                    ex.raw = None;
-                    self.failed(Some(route), Some(&mut parts), err, &mut ex).await
+                Ok((resp, fields)) => {
+                    *raw = fields;
+                    resp
                 }
+                Err(err) => self.failed(Some(route), Some(&mut parts), err, &mut ex).await,
             },
             Admission::Refused(route, mut parts, err) => self.failed(route, parts.as_mut(), err, &mut ex).await,
         };
-        *raw = ex.raw.take();
         *resp.version_mut() = version;
         if !ex.client.own_http1 {
             resp.headers_mut().insert(request_id::HEADER, ex.request_id.clone());
@@ -493,13 +486,15 @@ impl Proxy {
     }
 
     /// The route's pipeline; any error goes to the route's error handler.
+    /// An upstream response's fields may come beside it, raw (see
+    /// [`Client::own_http1`]).
     async fn run(
         &self,
         route: &Route,
         parts: &mut request::Parts,
         body: RequestBody,
         ex: &mut Exchange<'_>,
-    ) -> Result<Response<BoxBody>, ProxyError> {
+    ) -> Result<(Response<BoxBody>, Option<RawFields>), ProxyError> {
         // The declared length, as the body's reader took it from the head
         // (no header lookup).
         let declared = http_body::Body::size_hint(&body).exact();
@@ -569,18 +564,15 @@ impl Proxy {
             }
         }
 
-        let resp = match (local, upgrade) {
-            (Some(resp), _) => resp,
-            (None, Some(key)) => self.upgrade(route, parts, &key, ex).await?,
-            (None, None) => {
-                let (resp, fields) = self.forward(route, parts, body, ex).await?;
-                // Only a route without response filters gets raw fields:
-                // nothing below changes this response.
-                ex.raw = fields;
-                resp
-            }
+        let (resp, fields) = match (local, upgrade) {
+            (Some(resp), _) => (resp, None),
+            (None, Some(key)) => (self.upgrade(route, parts, &key, ex).await?, None),
+            (None, None) => self.forward(route, parts, body, ex).await?,
         };
-        self.filter_response(route, parts, resp, ex).await
+        // Only a route without response filters gets raw fields: filtering
+        // leaves those responses as they are.
+        let resp = self.filter_response(route, parts, resp, ex).await?;
+        Ok((resp, fields))
     }
 
     /// Runs the route's response filters, in order.
