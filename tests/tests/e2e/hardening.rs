@@ -368,11 +368,12 @@ async fn a_stalled_request_body_gets_408() {
         "[server]\ntimeouts = { body_idle = \"500ms\" }",
     ))
     .await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
-        .await
-        .unwrap();
-    let reply = read_all(&mut s, Duration::from_secs(5)).await;
+    let reply = raw(
+        proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(reply.status(), 408, "{}", reply.text);
     assert!(reply.closed);
 }
@@ -389,12 +390,13 @@ async fn a_stalled_body_read_whole_before_forwarding_gets_408() {
         backend.url()
     ))
     .await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let started = std::time::Instant::now();
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
-        .await
-        .unwrap();
-    let reply = read_all(&mut s, Duration::from_secs(5)).await;
+    let reply = raw(
+        proxy.addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(reply.status(), 408, "{}", reply.text);
     assert!(reply.closed);
     let took = started.elapsed();
