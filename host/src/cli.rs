@@ -100,10 +100,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !matches!(command, Command::CompilePlugin { .. })
-        && let Ok(exe) = std::env::current_exe()
-    {
-        crate::plugin::compile_in_child_processes(exe);
+    // A compiler child runs no plugin: it needs neither.
+    if !matches!(command, Command::CompilePlugin { .. }) {
+        if let Ok(exe) = std::env::current_exe() {
+            crate::plugin::compile_in_child_processes(exe);
+        }
+        crate::plugin::tick_with_signals();
     }
     match command {
         Command::CompilePlugin { fuel } => crate::plugin::compile_command(fuel),

@@ -14,6 +14,7 @@ mod failure;
 mod hooks;
 mod host;
 mod output;
+mod timer;
 mod wasi;
 
 use std::collections::BTreeMap;
@@ -28,7 +29,7 @@ use crate::config::{Config, Invalid, Isolation, OnFailure, PluginConfig, PluginL
 use bindings::exports::plumeway::plugin as exports;
 use host::{HostState, MemoryLimitExceeded};
 
-pub use engine::{COMPILE_COMMAND, compile_command, compile_in_child_processes};
+pub use engine::{COMPILE_COMMAND, compile_command, compile_in_child_processes, tick_with_signals};
 pub use failure::Failure;
 pub use hooks::{EndpointView, ErrorInfo, PickInput, RequestOutcome, ResponseOutcome};
 pub use host::CallInfo;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ pub(crate) const TICK: Duration = Duration::from_millis(1);
 /// so the ticker mostly sleeps this long. A call that runs long is seen
 /// within this much of its start, and stopped within a tick of its limit
 /// from then on.
-const IDLE_TICK: Duration = Duration::from_millis(10);
+pub(super) const IDLE_TICK: Duration = Duration::from_millis(10);
 
 /// For profiling only (bench/profile.py sets it to `1`): each plugin's
 /// compiled functions are named in /tmp/perf-PID.map, which `perf report`
@@ -140,6 +140,9 @@ fn build(fuel: bool) -> Result<Ticking, String> {
         start: Instant::now(),
         ticks: AtomicU64::new(0),
     });
+    if BY_SIGNAL.load(Ordering::Relaxed) && *SIGNAL_TIMER.get_or_init(start_timer) {
+        return Ok(Ticking { engine, clock });
+    }
     let (ticker, ticker_clock) = (engine.weak(), Arc::clone(&clock));
     std::thread::Builder::new()
         .name(if fuel { "plumeway-epoch-fuel" } else { "plumeway-epoch" }.into())
@@ -147,12 +150,55 @@ fn build(fuel: bool) -> Result<Ticking, String> {
             while let Some(engine) = ticker.upgrade() {
                 ticker_clock.catch_up(&engine, Instant::now());
                 drop(engine);
-                let running = RUNNING.load(Ordering::Relaxed) > 0;
-                std::thread::sleep(if running { TICK } else { IDLE_TICK });
+                std::thread::sleep(next_tick());
             }
         })
         .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
     Ok(Ticking { engine, clock })
+}
+
+/// How long until the next tick: [`TICK`] while a call runs, else
+/// [`IDLE_TICK`].
+pub(super) fn next_tick() -> Duration {
+    if RUNNING.load(Ordering::Relaxed) > 0 {
+        TICK
+    } else {
+        IDLE_TICK
+    }
+}
+
+/// Brings every engine's epoch up to `now`; the timer's signal handler
+/// calls it, so it only loads and updates atomics.
+pub(super) fn tick(now: Instant) {
+    for cell in [&PLAIN, &FUELED] {
+        if let Some(Ok(t)) = cell.get() {
+            t.clock.catch_up(&t.engine, now);
+        }
+    }
+}
+
+/// Whether `tick_with_signals` was asked for.
+static BY_SIGNAL: AtomicBool = AtomicBool::new(false);
+
+/// Whether the timer ticks the epochs, once the first engine asked.
+static SIGNAL_TIMER: OnceLock<bool> = OnceLock::new();
+
+/// From now on, advance the epochs from a POSIX timer's signal rather than
+/// from a thread (see `timer.rs` for why). For the `plumeway` binary only,
+/// whose blocking calls all restart or expect `EINTR`; if the timer cannot
+/// be set up, the thread ticks as before.
+pub fn tick_with_signals() {
+    BY_SIGNAL.store(true, Ordering::Relaxed);
+}
+
+fn start_timer() -> bool {
+    match super::timer::start() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("cannot tick plugin time limits with a timer signal ({e}); using a thread");
+            false
+        }
+    }
 }
 
 /// Compiles `wasm`, reusing an earlier compilation of the same bytes (a
@@ -232,14 +278,17 @@ fn in_child(exe: &Path, engine: &Engine, fuel: bool, wasm: &[u8]) -> Result<Comp
         .spawn()
         .map_err(|e| Child::Broken(format!("cannot start {}: {e}", exe.display())))?;
     let mut stdin = child.stdin.take().ok_or_else(|| Child::Broken("no stdin".into()))?;
-    // Written from another thread while this one drains stdout and stderr,
-    // so neither side can block the other on a full pipe. A failed write
-    // (the child died early) shows in the child's exit status.
-    let output = std::thread::scope(|scope| {
-        scope.spawn(move || stdin.write_all(wasm));
-        child.wait_with_output()
-    })
-    .map_err(|e| Child::Broken(format!("waiting for it: {e}")))?;
+    // Written whole before stdout is read, from this thread: the child
+    // reads all of stdin before it writes anything (`compile_command`), so
+    // neither side can block the other on a full pipe. Not from a thread
+    // of its own: the first thread a process creates makes each of its
+    // system calls dearer for good (see timer.rs). A failed write (the
+    // child died early) shows in the child's exit status.
+    let _ = stdin.write_all(wasm);
+    drop(stdin);
+    let output = child
+        .wait_with_output()
+        .map_err(|e| Child::Broken(format!("waiting for it: {e}")))?;
     let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
     match output.status.code() {
         Some(0) => {}
@@ -266,6 +315,8 @@ fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> 
 /// stdout or the engine fails.
 pub fn compile_command(fuel: bool) -> std::process::ExitCode {
     use std::io::{Read, Write};
+    // All of stdin is read before anything is written: `in_child` relies
+    // on it to write the component without a thread of its own.
     let mut wasm = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut wasm) {
         eprintln!("cannot read the plugin from stdin: {e}");

@@ -104,6 +104,36 @@ mod chaos {
         }
     }
 
+    /// The `plumeway` binary advances the epoch from a timer's signal, not
+    /// from a thread: with one worker, an endless loop runs on the only
+    /// thread there is, and only the signal can stop it. Three in a row:
+    /// the timer keeps re-arming itself, from its idle pace each time.
+    #[tokio::test]
+    async fn the_binary_stops_an_endless_loop_on_its_only_thread() {
+        let backend = Backend::echo("b").await;
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n{}",
+            toml(CHAOS, "limits = { time = \"50ms\" }", &backend, "request = [\"p\"]")
+        );
+        let proxy = BinaryProxy::start(&config).await;
+        let client = proxy.client();
+        for n in 1..=3 {
+            let started = std::time::Instant::now();
+            let reply = get(&client, "/", Some("loop")).await;
+            assert_eq!(reply.status, 500, "loop {n}: {}", reply.text());
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "loop {n} took {:?}",
+                started.elapsed()
+            );
+            assert_eq!(client.get("/").await.status, 200, "after loop {n}");
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        let line = proxy.wait_for_log("failure=\"timeout\"").await;
+        assert!(line.contains("plugin failed"), "{line}");
+        assert_eq!(backend.hits(), 3, "no looping request reached the upstream");
+    }
+
     #[tokio::test]
     async fn a_trap_in_a_response_filter_fails_that_response_only() {
         let backend = Backend::echo("b").await;
