@@ -242,37 +242,82 @@ impl Pool {
     /// travel beside the response, not in its extensions: a map of
     /// extensions is two allocations, a hash insert and its drop per
     /// request.
-    pub(crate) async fn send(
-        &self,
-        dest: &Destination,
+    /// The keep-alive pool's send is polled through [`Sending`], not
+    /// awaited in an `async fn` here: that would be one more async level on
+    /// every poll, with the head copied into its state once more.
+    pub(crate) fn send<'a>(
+        &'a self,
+        dest: &'a Destination,
         head: http::request::Parts,
         body: BoxBody,
-        added: &[(http::HeaderName, http::HeaderValue)],
+        added: &'a [(http::HeaderName, http::HeaderValue)],
         raw: bool,
-    ) -> Result<Answer, PoolError> {
+    ) -> Sending<
+        impl Future<Output = Result<(http::Response<keepalive::Body>, Option<h1::RawFields>), PoolError>> + 'a,
+        impl Future<Output = Result<Answer, PoolError>> + 'a,
+        impl Future<Output = Result<Answer, PoolError>> + 'a,
+    > {
         match &self.0 {
-            Kind::KeepAlive(pool) => {
-                let (response, fields) = pool.send(dest, head, body, added, raw).await?;
-                Ok((response.map(|b| ResponseBody(Read::H1(b))), Sent(Carrier::Body), fields))
-            }
-            Kind::Pooled(client) => {
-                let mut req = for_hyper(dest, head, body, added)?;
-                let capture = capture_connection(&mut req);
-                let response = client
-                    .request(req)
-                    .await
-                    .map_err(|e| classify_error(&e, e.is_connect()))?;
-                let sent = Sent(Carrier::Pooled(capture));
-                refuse_ambiguous(&response, &sent)?;
-                Ok((response.map(ResponseBody::hyper), sent, None))
-            }
-            Kind::Streams(streams) => {
-                let req = for_hyper(dest, head, body, added)?;
-                let (response, stream) = streams.send(dest, req).await?;
-                let sent = Sent(Carrier::Stream { _held: stream });
-                refuse_ambiguous(&response, &sent)?;
-                Ok((response.map(ResponseBody::hyper), sent, None))
-            }
+            Kind::KeepAlive(pool) => Sending::KeepAlive {
+                send: pool.send(dest, head, body, added, raw),
+            },
+            Kind::Pooled(client) => Sending::Pooled {
+                send: async move {
+                    let mut req = for_hyper(dest, head, body, added)?;
+                    let capture = capture_connection(&mut req);
+                    let response = client
+                        .request(req)
+                        .await
+                        .map_err(|e| classify_error(&e, e.is_connect()))?;
+                    let sent = Sent(Carrier::Pooled(capture));
+                    refuse_ambiguous(&response, &sent)?;
+                    Ok((response.map(ResponseBody::hyper), sent, None))
+                },
+            },
+            Kind::Streams(streams) => Sending::Streams {
+                send: async move {
+                    let req = for_hyper(dest, head, body, added)?;
+                    let (response, stream) = streams.send(dest, req).await?;
+                    let sent = Sent(Carrier::Stream { _held: stream });
+                    refuse_ambiguous(&response, &sent)?;
+                    Ok((response.map(ResponseBody::hyper), sent, None))
+                },
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Pool::send`]'s future: the send of the pool's kind, polled in
+    /// place.
+    #[project = SendingProj]
+    pub(crate) enum Sending<K, P, S> {
+        /// Our HTTP/1.1 client.
+        KeepAlive { #[pin] send: K },
+        /// hyper's pooled client.
+        Pooled { #[pin] send: P },
+        /// HTTP/2 streams.
+        Streams { #[pin] send: S },
+    }
+}
+
+impl<K, P, S> Future for Sending<K, P, S>
+where
+    K: Future<Output = Result<(http::Response<keepalive::Body>, Option<h1::RawFields>), PoolError>>,
+    P: Future<Output = Result<Answer, PoolError>>,
+    S: Future<Output = Result<Answer, PoolError>>,
+{
+    type Output = Result<Answer, PoolError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            SendingProj::KeepAlive { send } => send.poll(cx).map(|answer| {
+                answer.map(|(response, fields)| {
+                    (response.map(|b| ResponseBody(Read::H1(b))), Sent(Carrier::Body), fields)
+                })
+            }),
+            SendingProj::Pooled { send } => send.poll(cx),
+            SendingProj::Streams { send } => send.poll(cx),
         }
     }
 }

@@ -481,7 +481,7 @@ fn put_frame(frame: Frame<Bytes>, framing: Framing, left: &mut u64, out: &mut Ve
 /// A response body read from a pooled connection; the connection goes
 /// back to the pool once the body's end has been read, and closes if the
 /// body is dropped before that.
-pub(super) struct Body {
+pub(crate) struct Body {
     conn: Option<Conn>,
     decoder: Decoder,
     /// Where the connection goes back to, if it may be used again.
