@@ -253,7 +253,7 @@ impl Pool {
         added: &'a [(http::HeaderName, http::HeaderValue)],
         raw: bool,
     ) -> Sending<
-        impl Future<Output = Result<(http::Response<keepalive::Body>, Option<h1::RawFields>), PoolError>> + 'a,
+        impl Future<Output = KeptAnswer> + 'a,
         impl Future<Output = Result<Answer, PoolError>> + 'a,
         impl Future<Output = Result<Answer, PoolError>> + 'a,
     > {
@@ -287,6 +287,10 @@ impl Pool {
     }
 }
 
+/// What the keep-alive pool's send answers, before [`Sending`] makes it
+/// an [`Answer`].
+type KeptAnswer = Result<(http::Response<keepalive::Body>, Option<h1::RawFields>), PoolError>;
+
 pin_project_lite::pin_project! {
     /// [`Pool::send`]'s future: the send of the pool's kind, polled in
     /// place.
@@ -303,7 +307,7 @@ pin_project_lite::pin_project! {
 
 impl<K, P, S> Future for Sending<K, P, S>
 where
-    K: Future<Output = Result<(http::Response<keepalive::Body>, Option<h1::RawFields>), PoolError>>,
+    K: Future<Output = KeptAnswer>,
     P: Future<Output = Result<Answer, PoolError>>,
     S: Future<Output = Result<Answer, PoolError>>,
 {
