@@ -17,6 +17,7 @@ mod output;
 mod timer;
 mod wasi;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -100,6 +101,12 @@ pub struct Plugin {
     isolation: Isolation,
     on_failure: OnFailure,
     needs: Needs,
+    /// Each thread's warm instance. A thread makes one call at a time (a
+    /// hook never awaits), so one is all it needs; taken and put back
+    /// without a lock or an atomic update.
+    local: thread_local::ThreadLocal<Cell<Option<Instance>>>,
+    /// Idle instances no thread holds: the one made at load, and those
+    /// a thread had no room for.
     idle: Mutex<Vec<Instance>>,
     stats: Stats,
 }
@@ -330,6 +337,7 @@ impl Plugin {
             isolation: pc.isolation,
             on_failure: pc.on_failure,
             needs: Needs::default(),
+            local: thread_local::ThreadLocal::new(),
             idle: Mutex::new(Vec::new()),
             stats: Stats::new(&name.into(), metrics),
         };
@@ -342,8 +350,12 @@ impl Plugin {
             other => Invalid::new(key.clone(), format!("failed to start: {other}")),
         })?;
         plugin.needs = needs;
-        if plugin.isolation == Isolation::Pooled {
-            plugin.checkin(instance);
+        // Shared, not this thread's: the workers that will call it may be
+        // other threads.
+        if plugin.isolation == Isolation::Pooled
+            && let Ok(mut idle) = plugin.idle.lock()
+        {
+            idle.push(instance);
         }
         Ok(plugin)
     }
@@ -458,7 +470,11 @@ impl Plugin {
     fn checkout(&self) -> Result<Instance, Failure> {
         let since = std::time::Instant::now();
         let warm = match self.isolation {
-            Isolation::Pooled => self.idle.lock().ok().and_then(|mut idle| idle.pop()),
+            Isolation::Pooled => self
+                .local
+                .get()
+                .and_then(Cell::take)
+                .or_else(|| self.idle.lock().ok()?.pop()),
             Isolation::PerRequest => None,
         };
         // The call's time limit is for the hook: a fresh instance's start
@@ -497,10 +513,13 @@ impl Plugin {
         if self.isolation == Isolation::PerRequest {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock()
+        // Into this thread's slot; one already there (a call made while
+        // another was out: not today's hooks) goes to the shared pool.
+        if let Some(spare) = self.local.get_or_default().replace(Some(instance))
+            && let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
         {
-            idle.push(instance);
+            idle.push(spare);
         }
     }
 

@@ -7,8 +7,8 @@
 //! cancellable call (`send`, `recv`, …) with two atomic updates once any
 //! thread has been created, and the kernel counts references on each file
 //! a call uses while another thread shares the file table. Four such
-//! calls per proxied request: +0.23 µs per request with one idle thread
-//! beside the worker (bench/RESULTS.md, session 21).
+//! calls per proxied request: +0.2–0.3 µs per request with one idle
+//! thread beside the worker (bench/RESULTS.md, session 21).
 //!
 //! The handler only reads the clock and adds to atomic counters, which is
 //! all a signal handler may do; then it arms the timer again, one tick or
