@@ -195,7 +195,8 @@ struct Hooks {
     balancer: Option<exports::balancer::Guest>,
 }
 
-/// Idle instances kept per plugin at most; more are dropped after use.
+/// Idle instances a plugin's shared pool keeps at most, beside the one
+/// in each thread's slot; more are dropped after use.
 const MAX_IDLE: usize = 64;
 
 impl Plugins {
