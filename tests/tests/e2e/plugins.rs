@@ -77,15 +77,21 @@ mod chaos {
         assert_eq!(backend.hits(), 11, "no failed request reached the upstream");
     }
 
+    /// The `plumeway` binary with one worker, so that the plugin runs on
+    /// the thread that serves everything: the chaos plugin as `p` (with
+    /// `extra` keys) on every request.
+    async fn one_worker(extra: &str, backend: &Backend) -> BinaryProxy {
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n{}",
+            toml(CHAOS, extra, backend, "request = [\"p\"]")
+        );
+        BinaryProxy::start(&config).await
+    }
+
     #[tokio::test]
     async fn the_log_says_what_the_plugin_did() {
         let backend = Backend::echo("b").await;
-        // One worker: the plugin runs on the thread that serves everything.
-        let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n{}",
-            toml(CHAOS, "", &backend, "request = [\"p\"]")
-        );
-        let proxy = BinaryProxy::start(&config).await;
+        let proxy = one_worker("", &backend).await;
         let client = proxy.client();
         for (mode, logged) in [
             // The panic message the guest wrote to stderr.
@@ -111,11 +117,7 @@ mod chaos {
     #[tokio::test]
     async fn the_binary_stops_an_endless_loop_on_its_only_thread() {
         let backend = Backend::echo("b").await;
-        let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n{}",
-            toml(CHAOS, "limits = { time = \"50ms\" }", &backend, "request = [\"p\"]")
-        );
-        let proxy = BinaryProxy::start(&config).await;
+        let proxy = one_worker("limits = { time = \"50ms\" }", &backend).await;
         let client = proxy.client();
         for n in 1..=3 {
             let started = std::time::Instant::now();
