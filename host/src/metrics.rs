@@ -13,8 +13,11 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+mod sharded;
+
+pub use sharded::{ShardedCounter, ShardedHistogram};
 
 /// A label value that is shared or static, never copied, per request.
 #[derive(Clone, Debug)]
@@ -197,13 +200,13 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+type Histograms<L> = Family<L, ShardedHistogram, fn() -> ShardedHistogram>;
 
 /// Every metric plumeway keeps. Cloning shares the same series.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     /// Requests answered.
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: Family<RequestLabels, ShardedCounter>,
     /// Tells these series from another [`Metrics`]'s in [`RECENT`].
     id: u64,
     /// From the request head to the end of the response body.
@@ -217,7 +220,7 @@ pub struct Metrics {
     /// Passive ejections (outlier detection).
     pub ejections: Family<EndpointLabels, Counter>,
     /// Plugin calls, whatever their outcome.
-    pub plugin_calls: Family<PluginLabels, Counter>,
+    pub plugin_calls: Family<PluginLabels, ShardedCounter>,
     /// Plugin calls that failed, by kind.
     pub plugin_failures: Family<PluginFailureLabels, Counter>,
     /// Plugin call latency, instance checkout included.
@@ -236,16 +239,16 @@ impl Default for Metrics {
     }
 }
 
-fn latency() -> Histogram {
+fn latency() -> ShardedHistogram {
     // 100µs to ~52s, doubling: covers a plugin call and a slow upstream.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+    ShardedHistogram::new(prometheus_client::metrics::histogram::exponential_buckets(
         0.0001, 2.0, 20,
     ))
 }
 
-fn plugin_latency() -> Histogram {
+fn plugin_latency() -> ShardedHistogram {
     // 2µs to ~1s, doubling: plugin calls are microseconds when healthy.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+    ShardedHistogram::new(prometheus_client::metrics::histogram::exponential_buckets(
         0.000_002, 2.0, 20,
     ))
 }
@@ -334,7 +337,7 @@ impl Metrics {
     }
 
     /// Counts one request.
-    pub fn request(&self, key: RequestKey<'_>, route: Option<&Histogram>, took: Duration) {
+    pub fn request(&self, key: RequestKey<'_>, route: Option<&ShardedHistogram>, took: Duration) {
         RECENT.with_borrow_mut(|recent| {
             if let Some(i) = recent.iter().position(|(id, l, _)| *id == self.id && key.matches(l)) {
                 recent[i].2.inc();
@@ -363,7 +366,7 @@ thread_local! {
     /// the family hashes its five labels with SipHash under a lock, on every
     /// request; most requests repeat a label set seen a moment ago, and
     /// comparing a few short strings is cheaper.
-    static RECENT: std::cell::RefCell<Vec<(u64, RequestLabels, Counter)>> =
+    static RECENT: std::cell::RefCell<Vec<(u64, RequestLabels, ShardedCounter)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 

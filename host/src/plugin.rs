@@ -114,8 +114,8 @@ pub struct Plugin {
 /// The plugin's series, resolved once so that a call only counts.
 #[derive(Debug)]
 struct Stats {
-    calls: prometheus_client::metrics::counter::Counter,
-    duration: prometheus_client::metrics::histogram::Histogram,
+    calls: crate::metrics::ShardedCounter,
+    duration: crate::metrics::ShardedHistogram,
     failures: prometheus_client::metrics::family::Family<
         crate::metrics::PluginFailureLabels,
         prometheus_client::metrics::counter::Counter,

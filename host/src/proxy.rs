@@ -84,7 +84,7 @@ struct Route {
     on_error: Option<Arc<Plugin>>,
     websocket: bool,
     /// `plumeway_request_duration_seconds{route}`, resolved once.
-    duration: prometheus_client::metrics::histogram::Histogram,
+    duration: crate::metrics::ShardedHistogram,
     /// Request headers removed before forwarding.
     strip_headers: Vec<http::HeaderName>,
     limiter: Option<limit::Limiter>,
@@ -152,7 +152,7 @@ struct Exchange<'a> {
     /// Time spent waiting for upstream response heads, over all attempts.
     upstream_time: std::time::Duration,
     /// The matched route's latency histogram.
-    route_duration: Option<prometheus_client::metrics::histogram::Histogram>,
+    route_duration: Option<crate::metrics::ShardedHistogram>,
     /// A gRPC call: failures are answered the way gRPC clients read them.
     grpc: bool,
     /// What each request filter left for its own `on_response`.

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::metrics::ShardedHistogram;
 use http::{HeaderValue, Method, Version};
-use prometheus_client::metrics::histogram::Histogram;
 
 use crate::body::Done;
 use crate::config::{AccessLogConfig, AccessLogFormat, Invalid};
@@ -143,7 +143,7 @@ pub(super) struct Entry {
 #[derive(Debug)]
 pub(crate) struct Finished {
     pub(super) metrics: Arc<Metrics>,
-    pub(super) route_duration: Option<Histogram>,
+    pub(super) route_duration: Option<ShardedHistogram>,
     pub(super) log: Arc<AccessLog>,
     pub(super) entry: Entry,
     pub(super) _counted: InFlight,

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::metrics::histogram::Histogram;
+use crate::metrics::ShardedHistogram;
 
 use tokio::time::Instant;
 
@@ -50,7 +50,7 @@ struct State {
     /// `plumeway_upstream_duration_seconds` for this endpoint, found in
     /// its family once: finding it per request hashed two labels with
     /// SipHash under a lock.
-    latency: OnceLock<Histogram>,
+    latency: OnceLock<ShardedHistogram>,
 }
 
 /// Counts a request as in flight to an endpoint until dropped (the guard
@@ -140,7 +140,7 @@ impl Endpoint {
     }
 
     /// The endpoint's latency histogram, from `resolve` the first time.
-    pub(crate) fn latency(&self, resolve: impl FnOnce() -> Histogram) -> &Histogram {
+    pub(crate) fn latency(&self, resolve: impl FnOnce() -> ShardedHistogram) -> &ShardedHistogram {
         self.state.latency.get_or_init(resolve)
     }
 
