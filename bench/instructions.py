@@ -3,7 +3,7 @@
 binary and inputs, whatever else the machine is doing, so small changes on
 the hot path show where wall-clock runs are noise.
 
-    python3 bench/instructions.py [--requests 3000] [--keep DIR] NAME=BINARY ...
+    python3 bench/instructions.py [--chain] [--requests 3000] [--keep DIR] NAME=BINARY ...
 
 Each build runs under `valgrind --tool=callgrind` in front of one nginx
 backend (as in compare.py). One keep-alive connection sends `--warmup`
@@ -12,10 +12,14 @@ the instructions of the whole process (every thread) are divided by the
 requests. Needs valgrind (callgrind_control) and nginx; stops what it
 started by PID.
 
-No plugins only: under valgrind, wasmtime's pooling allocator cannot map
-its pool ("failed to create memory pool mapping"), so a config with
-plugins does not start. The plugin chain is measured by compare.py and by
-`plumeway-bench --bin plugin-overhead`.
+With `--chain`, through compare.py's 3-plugin chain. Valgrind cannot map
+the thousand memory slots wasmtime's pooling allocator reserves ("failed
+to create memory pool mapping"), so the proxy is started with
+PLUMEWAY_POOL_SLOTS=8 (the same compiled code, a smaller reservation), and
+each plugin's time limit is raised to a minute: under valgrind its init
+takes seconds. With PLUMEWAY_PERF_MAP=1 in the environment, the plugins'
+functions are named in /tmp/perf-PID.map, where the `???:0x…` entries of
+the callgrind file can be looked up.
 """
 
 import argparse
@@ -28,7 +32,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import free_port, nginx_backend, plumeway_conf, wait_listening  # noqa: E402
+from compare import CHAIN, CHAIN_ROUTE, free_port, nginx_backend, plumeway_conf, wait_listening  # noqa: E402
 
 REQUEST = b"GET /api/hello HTTP/1.1\r\nHost: bench\r\n\r\n"
 
@@ -53,9 +57,14 @@ def get_all(sock, n):
             buf += chunk
 
 
-def measure(work, keep, name, binary, backend, warmup, requests):
+def measure(work, keep, name, binary, backend, warmup, requests, chain):
     port = free_port()
-    conf = plumeway_conf(work, name, port, backend)
+    if chain:
+        # Under valgrind a plugin's init takes seconds, not microseconds.
+        plugins = re.sub(r"(?m)^(config = .*)$", r'\1\nlimits = { time = "60s" }', CHAIN)
+        conf = plumeway_conf(work, name, port, backend, plugins=plugins, chain_keys=CHAIN_ROUTE)
+    else:
+        conf = plumeway_conf(work, name, port, backend)
     out = os.path.join(keep or work, f"{name}.callgrind")
     log = open(os.path.join(work, f"{name}.log"), "w")
     proc = subprocess.Popen(
@@ -64,6 +73,7 @@ def measure(work, keep, name, binary, backend, warmup, requests):
         ["valgrind", "--tool=callgrind", "--compress-strings=no", f"--callgrind-out-file={out}", binary, "run", conf, "--log", "warn"],
         stdout=log,
         stderr=log,
+        env={**os.environ, "PLUMEWAY_POOL_SLOTS": "8"},
     )
     try:
         wait_listening(proc, port, name)
@@ -98,6 +108,7 @@ def main():
     ap.add_argument("builds", nargs="+", metavar="NAME=BINARY")
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--chain", action="store_true", help="through the 3-plugin chain")
     ap.add_argument("--keep", metavar="DIR", help="keep the callgrind files here, for callgrind_annotate")
     args = ap.parse_args()
     if args.keep:
@@ -106,7 +117,7 @@ def main():
     with tempfile.TemporaryDirectory() as work, nginx_backend(work) as backend:
         for build in args.builds:
             name, binary = build.split("=", 1)
-            per = measure(work, args.keep, name, binary, backend, args.warmup, args.requests)
+            per = measure(work, args.keep, name, binary, backend, args.warmup, args.requests, args.chain)
             print(f"{name}: {per:,.0f} instructions per request", flush=True)
             time.sleep(0.1)
 

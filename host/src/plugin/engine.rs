@@ -30,6 +30,12 @@ pub(super) const IDLE_TICK: Duration = Duration::from_millis(10);
 /// reads, so time inside a plugin is not one anonymous `[JIT]` lump.
 const PERF_MAP: &str = "PLUMEWAY_PERF_MAP";
 
+/// For profiling only (bench/instructions.py sets it): the pool's number of
+/// slots of each kind. Each memory slot reserves gigabytes of address
+/// space, more than valgrind can map for a thousand; a handful is enough
+/// for a benchmark's chain. The compiled code is the same.
+const POOL_SLOTS: &str = "PLUMEWAY_POOL_SLOTS";
+
 /// Calls running now, in any engine.
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
@@ -113,13 +119,17 @@ pub(crate) fn catch_up(fuel: bool, now: Instant) {
 
 fn build(fuel: bool) -> Result<Ticking, String> {
     let mut pool = PoolingAllocationConfig::new();
+    let slots = std::env::var(POOL_SLOTS)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1000);
     // A Rust wasip2 component is several core instances; slots are cheap
     // address space until used.
-    pool.total_component_instances(1000)
-        .total_core_instances(4000)
-        .total_memories(1000)
-        .total_tables(2000)
-        .total_stacks(1000)
+    pool.total_component_instances(slots)
+        .total_core_instances(4 * slots)
+        .total_memories(slots)
+        .total_tables(2 * slots)
+        .total_stacks(slots)
         .max_memory_size(MAX_PLUGIN_MEMORY.as_usize())
         // Measured: keeping a little memory resident and scanning page maps
         // takes a fresh instance from ~30 µs to ~10 µs.
