@@ -579,7 +579,7 @@ impl Proxy {
     async fn filter_response(
         &self,
         route: &Route,
-        request: &request::Parts,
+        request: &mut request::Parts,
         resp: Response<BoxBody>,
         ex: &mut Exchange<'_>,
     ) -> Result<Response<BoxBody>, ProxyError> {

@@ -9,12 +9,11 @@ use wasmtime::component::Resource;
 
 use super::bindings::exports::plumeway::plugin::{balancer, error_handler, request_filter, response_filter};
 use super::bindings::plumeway::plugin::types;
-use super::host::{CallInfo, FieldsEntry};
+use super::host::{CallInfo, FieldsEntry, RequestLine};
 use super::output::{valid_path, valid_response, valid_status};
 use super::{Failure, Instance, Plugin};
 use crate::body::BoxBody;
 use crate::proxy::ErrorKind;
-use crate::router::request_host;
 
 /// What a request filter decided.
 #[derive(Debug)]
@@ -94,29 +93,12 @@ pub struct EndpointView {
     pub in_flight: u32,
 }
 
-/// Writes the request line into the instance's store for the call, where
-/// the `context` functions read it. Its strings keep their capacity from
-/// call to call: a warm call allocates nothing for it.
-fn fill(instance: &mut Instance, parts: &request::Parts) {
-    fn set(s: &mut String, value: &str) {
-        s.clear();
-        s.push_str(value);
-    }
-    let line = &mut instance.store.data_mut().line;
-    set(&mut line.method, parts.method.as_str());
-    set(
-        &mut line.path_with_query,
-        parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
-    );
-    match request_host(&parts.uri, &parts.headers) {
-        Some(host) => set(line.authority.get_or_insert_with(String::new), host),
-        None => line.authority = None,
-    }
-}
-
-/// Moves `headers` into the instance's `fields` entry, and the request's
-/// facts into its store, for one call, and back after, whatever the call's
-/// outcome: a trap never loses the request's headers, and nothing is copied.
+/// Moves a call's inputs into the instance's store, and back after,
+/// whatever the call's outcome: a trap never loses them, and nothing is
+/// copied. The request's headers are the call's `fields`, or for a response
+/// filter the response's are and the request's wait beside them; the
+/// request's method and URI are there for the `context` functions, which
+/// copy a part only when the plugin asks for it.
 struct Lent {
     fields: u32,
 }
@@ -124,7 +106,8 @@ struct Lent {
 impl Lent {
     fn new(
         instance: &mut Instance,
-        headers: &mut HeaderMap,
+        request: &mut request::Parts,
+        response: Option<&mut HeaderMap>,
         call: &mut CallInfo,
         writable: bool,
     ) -> Result<Self, Failure> {
@@ -133,12 +116,33 @@ impl Lent {
             .table
             .get_mut(&instance.fields)
             .map_err(|e| Failure::Instantiate { message: e.to_string() })?;
-        entry.headers = std::mem::take(headers);
         entry.writable = writable;
+        let line = &mut state.line;
+        line.headers_are_fields = response.is_none();
+        // Swapped with the empty values the store holds between calls,
+        // rather than assigned: nothing is built or dropped.
+        Self::swap(entry, line, request, response);
         std::mem::swap(&mut state.call, call);
-        Ok(Self {
-            fields: instance.fields.rep(),
-        })
+        let fields = instance.fields.rep();
+        state.lent = Some(fields);
+        Ok(Self { fields })
+    }
+
+    fn swap(
+        entry: &mut FieldsEntry,
+        line: &mut RequestLine,
+        request: &mut request::Parts,
+        response: Option<&mut HeaderMap>,
+    ) {
+        match response {
+            Some(headers) => {
+                std::mem::swap(&mut entry.headers, headers);
+                std::mem::swap(&mut line.headers, &mut request.headers);
+            }
+            None => std::mem::swap(&mut entry.headers, &mut request.headers),
+        }
+        std::mem::swap(&mut line.method, &mut request.method);
+        std::mem::swap(&mut line.uri, &mut request.uri);
     }
 
     /// The headers, as the call's `borrow<fields>`.
@@ -146,12 +150,21 @@ impl Lent {
         Resource::new_borrow(self.fields)
     }
 
-    fn give_back(self, instance: &mut Instance, headers: &mut HeaderMap, call: &mut CallInfo) {
+    fn give_back(
+        self,
+        instance: &mut Instance,
+        request: &mut request::Parts,
+        response: Option<&mut HeaderMap>,
+        call: &mut CallInfo,
+    ) {
         let state = instance.store.data_mut();
+        state.lent = None;
         std::mem::swap(&mut state.call, call);
+        // The entry is there: `new` found it, and only the host removes
+        // entries.
         if let Ok(entry) = state.table.get_mut(&instance.fields) {
-            *headers = std::mem::take(&mut entry.headers);
             entry.writable = false;
+            Self::swap(entry, &mut state.line, request, response);
         }
     }
 }
@@ -177,13 +190,12 @@ impl Plugin {
     /// The `rewrite` hook: a new path and query, or `None` to keep it.
     pub fn rewrite(&self, parts: &mut request::Parts, call: &mut CallInfo) -> Result<Option<PathAndQuery>, Failure> {
         let mut instance = self.checkout()?;
-        fill(&mut instance, parts);
-        let lent = Lent::new(&mut instance, &mut parts.headers, call, false)?;
+        let lent = Lent::new(&mut instance, parts, None, call, false)?;
         let result = match &instance.hooks.rewrite {
             Some(g) => g.call_rewrite(&mut instance.store, lent.fields()),
             None => Err(not_exported("rewrite")),
         };
-        lent.give_back(&mut instance, &mut parts.headers, call);
+        lent.give_back(&mut instance, parts, None, call);
         self.settle(instance, result, |path| path.as_deref().map(valid_path).transpose())
     }
 
@@ -196,13 +208,12 @@ impl Plugin {
         call: &mut CallInfo,
     ) -> Result<RequestOutcome, Failure> {
         let mut instance = self.checkout()?;
-        fill(&mut instance, parts);
-        let lent = Lent::new(&mut instance, &mut parts.headers, call, true)?;
+        let lent = Lent::new(&mut instance, parts, None, call, true)?;
         let result = match &instance.hooks.request {
             Some(g) => g.call_on_request(&mut instance.store, lent.fields(), body.map(|b| &b[..])),
             None => Err(not_exported("request-filter")),
         };
-        lent.give_back(&mut instance, &mut parts.headers, call);
+        lent.give_back(&mut instance, parts, None, call);
         self.settle(instance, result, |action| match action {
             request_filter::RequestAction::Continue(edits) => {
                 if let Some(path) = edits.path_with_query.as_deref() {
@@ -227,16 +238,15 @@ impl Plugin {
     /// the plugin makes them.
     pub fn on_response(
         &self,
-        request: &request::Parts,
+        request: &mut request::Parts,
         parts: &mut response::Parts,
         body: Option<&Bytes>,
         stash: Option<&[u8]>,
         call: &mut CallInfo,
     ) -> Result<ResponseOutcome, Failure> {
         let mut instance = self.checkout()?;
-        fill(&mut instance, request);
         let status = parts.status.as_u16();
-        let lent = Lent::new(&mut instance, &mut parts.headers, call, true)?;
+        let lent = Lent::new(&mut instance, request, Some(&mut parts.headers), call, true)?;
         let result = match &instance.hooks.response {
             Some(g) => {
                 let body = body.map(|b| &b[..]);
@@ -244,7 +254,7 @@ impl Plugin {
             }
             None => Err(not_exported("response-filter")),
         };
-        lent.give_back(&mut instance, &mut parts.headers, call);
+        lent.give_back(&mut instance, request, Some(&mut parts.headers), call);
         self.settle(instance, result, |action| match action {
             response_filter::ResponseAction::Continue(edits) => {
                 let status = edits.status.map(valid_status).transpose()?;
@@ -293,13 +303,12 @@ impl Plugin {
             request_id: err.request_id.to_string(),
         };
         let mut instance = self.checkout()?;
-        fill(&mut instance, parts);
-        let lent = Lent::new(&mut instance, &mut parts.headers, call, false)?;
+        let lent = Lent::new(&mut instance, parts, None, call, false)?;
         let result = match &instance.hooks.error {
             Some(g) => g.call_on_error(&mut instance.store, lent.fields(), &record),
             None => Err(not_exported("error-handler")),
         };
-        lent.give_back(&mut instance, &mut parts.headers, call);
+        lent.give_back(&mut instance, parts, None, call);
         self.settle(instance, result, valid_response)
     }
 
@@ -327,13 +336,12 @@ impl Plugin {
         };
         let mut instance = self.checkout()?;
         instance.store.data_mut().endpoint_urls = input.endpoints.iter().map(|e| Arc::clone(&e.url)).collect();
-        fill(&mut instance, parts);
-        let lent = Lent::new(&mut instance, &mut parts.headers, call, false)?;
+        let lent = Lent::new(&mut instance, parts, None, call, false)?;
         let result = match &instance.hooks.balancer {
             Some(g) => g.call_pick(&mut instance.store, lent.fields(), &states, &ctx),
             None => Err(not_exported("balancer")),
         };
-        lent.give_back(&mut instance, &mut parts.headers, call);
+        lent.give_back(&mut instance, parts, None, call);
         instance.store.data_mut().endpoint_urls.clear();
         self.settle(instance, result, |picked| match picked {
             None => Ok(None),

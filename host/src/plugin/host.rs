@@ -9,6 +9,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::plumeway::plugin::{context, log, types};
+use crate::router::request_host;
 
 /// The headers an instance lends to its plugin, one call at a time; empty
 /// between calls.
@@ -19,15 +20,19 @@ pub struct FieldsEntry {
     pub(crate) writable: bool,
 }
 
-/// The request line of the call in progress, which the plugin can ask for
-/// through the `context` interface; refilled for each call. Its strings
-/// keep their capacity from call to call, so a warm call allocates nothing
-/// for it, and the plugin gets a copy of a part only when it asks.
+/// The request of the call in progress, as the `context` functions read
+/// it: its method and URI, moved into the store for the call and back
+/// after, so a part is copied only when the plugin asks for it (a header
+/// filter never does). Empty outside a call.
 #[derive(Debug, Default)]
 pub(crate) struct RequestLine {
-    pub(crate) method: String,
-    pub(crate) path_with_query: String,
-    pub(crate) authority: Option<String>,
+    pub(crate) method: http::Method,
+    pub(crate) uri: http::Uri,
+    /// The request's headers, for its `Host`, when the call lends the
+    /// response's as its fields; empty when the request's are the fields.
+    pub(crate) headers: HeaderMap,
+    /// Whether the request's headers are the lent fields.
+    pub(crate) headers_are_fields: bool,
 }
 
 /// Facts about the request a call is for, which the plugin can ask for
@@ -55,8 +60,11 @@ pub(crate) struct HostState {
     pub(crate) plugin: Arc<str>,
     /// The facts of the request being served, lent for each call.
     pub(crate) call: CallInfo,
-    /// The request line of the call in progress.
+    /// The request of the call in progress.
     pub(crate) line: RequestLine,
+    /// The table index of the `fields` entry lent to the call in
+    /// progress; `None` between calls (and in `init`).
+    pub(crate) lent: Option<u32>,
     /// For balancers: the URL of each endpoint in the list given to `pick`.
     pub(crate) endpoint_urls: Vec<Arc<str>>,
     /// What the guest wrote to stderr (a Rust panic message lands here).
@@ -104,6 +112,7 @@ impl HostState {
             plugin,
             call: CallInfo::default(),
             line: RequestLine::default(),
+            lent: None,
             endpoint_urls: Vec::new(),
             stderr,
         }
@@ -338,16 +347,32 @@ impl log::Host for HostState {
 }
 
 impl context::Host for HostState {
+    // Outside a call (in `init`) the line is empty, not the defaults
+    // (`GET`, `/`) the store holds between calls.
+
     fn method(&mut self) -> wasmtime::Result<String> {
-        Ok(self.line.method.clone())
+        Ok(match self.lent {
+            Some(_) => self.line.method.as_str().to_owned(),
+            None => String::new(),
+        })
     }
 
     fn path_with_query(&mut self) -> wasmtime::Result<String> {
-        Ok(self.line.path_with_query.clone())
+        Ok(match self.lent {
+            Some(_) => self.line.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+            None => String::new(),
+        })
     }
 
     fn authority(&mut self) -> wasmtime::Result<Option<String>> {
-        Ok(self.line.authority.clone())
+        let headers = match self.lent {
+            None => return Ok(None),
+            Some(rep) if self.line.headers_are_fields => {
+                &self.table.get(&Resource::<FieldsEntry>::new_borrow(rep))?.headers
+            }
+            Some(_) => &self.line.headers,
+        };
+        Ok(request_host(&self.line.uri, headers).map(str::to_owned))
     }
 
     fn attribute(&mut self, name: String) -> wasmtime::Result<Option<String>> {

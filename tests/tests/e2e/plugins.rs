@@ -253,7 +253,7 @@ mod logger {
             LOGGER,
             "config = { tag = \"t1\" }",
             &backend,
-            "name = \"logged\"\nrequest = [\"p\"]",
+            "name = \"logged\"\nrequest = [\"p\"]\nresponse = [\"p\"]",
         );
         source.insert_str(0, "[server]\nlisten = \"127.0.0.1:0\"\n");
         let proxy = BinaryProxy::start(&source).await;
@@ -264,7 +264,8 @@ mod logger {
             .header("x-request-id", "abc-1")
             .body(empty())
             .unwrap();
-        let seen = client.send(req).await.echo();
+        let reply = client.send(req).await;
+        let seen = reply.echo();
         let line = proxy.wait_for_log("logger t1 saw GET /hello").await;
         assert!(line.contains("plugin=\"p\"") || line.contains("plugin=p"), "{line}");
         assert!(line.contains("logged"), "the route is named in the log: {line}");
@@ -274,6 +275,8 @@ mod logger {
         assert_eq!(seen.header("x-seen-request-id"), Some("abc-1"));
         // The request line, read through `context` by the SDK.
         assert_eq!(seen.header("x-seen-line"), Some("GET /hello?x=1 api.example"));
+        // And by a response filter, which is lent the response's headers.
+        assert_eq!(reply.headers["x-seen-line"], "GET /hello?x=1 api.example");
     }
 }
 

@@ -1,7 +1,10 @@
 //! Logs each request and reports the context attributes and the request
-//! line it can see in `x-seen-*` headers.
+//! line it can see in `x-seen-*` headers: the request's, to the backend;
+//! as a response filter, the response's, to the client.
 
-use plumeway_sdk::{Action, Config, Error, Plugin, Request, RequestFilter, context};
+use plumeway_sdk::{
+    Action, Config, Error, Plugin, Request, RequestFilter, Response, ResponseAction, ResponseFilter, context,
+};
 
 /// The plugin.
 #[derive(Debug)]
@@ -40,4 +43,20 @@ impl RequestFilter for Logger {
     }
 }
 
-plumeway_sdk::export!(Logger: RequestFilter);
+impl ResponseFilter for Logger {
+    fn on_response(&self, res: &mut Response<'_>) -> Result<ResponseAction, Error> {
+        // The request as forwarded: its `Host` is read from the request's
+        // headers while the response's are the ones lent.
+        let req = res.request();
+        let line = format!(
+            "{} {} {}",
+            req.method,
+            req.path_with_query,
+            req.authority.as_deref().unwrap_or("-")
+        );
+        res.headers_mut().set("x-seen-line", line)?;
+        Ok(ResponseAction::Continue)
+    }
+}
+
+plumeway_sdk::export!(Logger: RequestFilter, ResponseFilter);
