@@ -65,6 +65,8 @@ pub(crate) struct HostState {
     /// The table index of the `fields` entry lent to the call in
     /// progress; `None` between calls (and in `init`).
     pub(crate) lent: Option<u32>,
+    /// Header names this plugin edits.
+    names: KnownNames,
     /// For balancers: the URL of each endpoint in the list given to `pick`.
     pub(crate) endpoint_urls: Vec<Arc<str>>,
     /// What the guest wrote to stderr (a Rust panic message lands here).
@@ -113,6 +115,7 @@ impl HostState {
             call: CallInfo::default(),
             line: RequestLine::default(),
             lent: None,
+            names: KnownNames::default(),
             endpoint_urls: Vec::new(),
             stderr,
         }
@@ -172,6 +175,32 @@ fn parse_name(name: &str) -> Result<HeaderName, types::HeaderError> {
     Ok(name)
 }
 
+/// How many header names an instance remembers.
+const KNOWN_NAMES: usize = 16;
+
+/// The header names a plugin has edited, parsed: a plugin sets the same
+/// few names on every call, and parsing one (a table lookup, or for a
+/// name HTTP does not define, an allocation) cost more than finding it
+/// again among a handful.
+#[derive(Debug, Default)]
+pub(crate) struct KnownNames(Vec<(Box<str>, HeaderName)>);
+
+impl KnownNames {
+    /// `name` parsed and checked as [`parse_name`] does.
+    fn parse(&mut self, name: &str) -> Result<HeaderName, types::HeaderError> {
+        if let Some((_, known)) = self.0.iter().find(|(k, _)| **k == *name) {
+            return Ok(known.clone());
+        }
+        let parsed = parse_name(name)?;
+        // The first few are kept: a plugin that makes up names per request
+        // does not churn the list.
+        if self.0.len() < KNOWN_NAMES {
+            self.0.push((name.into(), parsed.clone()));
+        }
+        Ok(parsed)
+    }
+}
+
 /// Takes the bytes lifted out of the guest as they are, without a copy.
 fn parse_value(value: Vec<u8>) -> Result<HeaderValue, types::HeaderError> {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).map_err(|_| types::HeaderError::InvalidSyntax)
@@ -201,7 +230,7 @@ impl HostState {
         value: Vec<u8>,
         edit: impl FnOnce(&mut HeaderMap, HeaderName, HeaderValue),
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        let (name, value) = match parse_name(name).and_then(|n| Ok((n, parse_value(value)?))) {
+        let (name, value) = match self.names.parse(name).and_then(|n| Ok((n, parse_value(value)?))) {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
@@ -232,7 +261,7 @@ impl types::HostFields for HostState {
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
         // Every value is checked before the headers change, so a bad one
         // leaves them as they were; the usual single value needs no list.
-        let checked = parse_name(&name).and_then(|name| {
+        let checked = self.names.parse(&name).and_then(|name| {
             let mut values = values.into_iter();
             let first = values.next().map(parse_value).transpose()?;
             let rest = values.map(parse_value).collect::<Result<Vec<_>, _>>()?;
@@ -285,7 +314,7 @@ impl types::HostFields for HostState {
         this: Resource<FieldsEntry>,
         name: String,
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        let name = match parse_name(&name) {
+        let name = match self.names.parse(&name) {
             Ok(n) => n,
             Err(e) => return Ok(Err(e)),
         };
@@ -391,5 +420,33 @@ impl context::Host for HostState {
 
     fn endpoint_url(&mut self, index: u32) -> wasmtime::Result<Option<String>> {
         Ok(self.endpoint_urls.get(index as usize).map(|u| u.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_names_answer_as_parsing_does_every_time() {
+        let mut names = KnownNames::default();
+        for _ in 0..2 {
+            assert_eq!(names.parse("x-gateway").unwrap(), "x-gateway");
+            // Kept by the bytes the plugin gave; the name is lowercased.
+            assert_eq!(names.parse("X-Gateway").unwrap(), "x-gateway");
+            assert!(matches!(
+                names.parse("content-length"),
+                Err(types::HeaderError::Forbidden)
+            ));
+            assert!(matches!(
+                names.parse("bad name"),
+                Err(types::HeaderError::InvalidSyntax)
+            ));
+        }
+        assert_eq!(names.0.len(), 2, "refused names are not kept");
+        for i in 0..2 * KNOWN_NAMES {
+            assert_eq!(names.parse(&format!("x-{i}")).unwrap(), format!("x-{i}").as_str());
+        }
+        assert_eq!(names.0.len(), KNOWN_NAMES);
     }
 }
