@@ -58,7 +58,7 @@ pub fn validate_for_fuzzing(data: &[u8]) {
         return;
     };
     let (a, b) = rest.split_at(usize::from(split).min(rest.len()));
-    if let Ok(path) = output::valid_path(&String::from_utf8_lossy(a)) {
+    if let Ok(path) = output::valid_path(String::from_utf8_lossy(a).into_owned()) {
         assert!(path.as_str().starts_with('/'));
     }
     let mut headers = Vec::new();

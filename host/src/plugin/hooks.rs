@@ -196,7 +196,7 @@ impl Plugin {
             None => Err(not_exported("rewrite")),
         };
         lent.give_back(&mut instance, parts, None, call);
-        self.settle(instance, result, |path| path.as_deref().map(valid_path).transpose())
+        self.settle(instance, result, |path| path.map(valid_path).transpose())
     }
 
     /// The `request-filter` hook. Header edits are applied to `parts` as the
@@ -216,7 +216,7 @@ impl Plugin {
         lent.give_back(&mut instance, parts, None, call);
         self.settle(instance, result, |action| match action {
             request_filter::RequestAction::Continue(edits) => {
-                if let Some(path) = edits.path_with_query.as_deref() {
+                if let Some(path) = edits.path_with_query {
                     let mut uri = std::mem::take(&mut parts.uri).into_parts();
                     uri.path_and_query = Some(valid_path(path)?);
                     parts.uri = http::Uri::from_parts(uri).map_err(|e| Failure::invalid(e.to_string()))?;

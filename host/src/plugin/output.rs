@@ -11,18 +11,20 @@ use super::host::MANAGED_HEADERS;
 use crate::body::{BoxBody, full};
 
 /// A path and query from a plugin: must start with `/` and be a valid
-/// request target (no spaces, CR, LF or NUL).
-pub(crate) fn valid_path(path: &str) -> Result<PathAndQuery, Failure> {
+/// request target (ASCII, without spaces or control characters).
+pub(crate) fn valid_path(path: String) -> Result<PathAndQuery, Failure> {
     if !path.starts_with('/') {
         return Err(Failure::invalid(format!("path {path:?} does not start with \"/\"")));
     }
-    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii()) {
         return Err(Failure::invalid(format!(
-            "path {path:?} contains spaces or control characters"
+            "path {path:?} contains spaces, control characters or non-ASCII bytes (percent-encode them)"
         )));
     }
-    path.parse()
-        .map_err(|_| Failure::invalid(format!("path {path:?} is not a valid request target")))
+    // The string lifted out of the guest becomes the path's storage as it
+    // is, not copied; the rare path refused here is gone with it.
+    PathAndQuery::from_maybe_shared(Bytes::from(path))
+        .map_err(|e| Failure::invalid(format!("the path is not a valid request target: {e}")))
 }
 
 /// A status from a plugin: a final status, 200 to 599.
