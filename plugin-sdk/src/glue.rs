@@ -1,9 +1,9 @@
 //! The bridge between the generated bindings and a plugin's traits. Hidden
 //! from plugin authors; [`crate::export!`] wires it up.
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::thread::LocalKey;
 
 use crate::bindings::{balancer, error_handler, imports, lifecycle, request_filter, response_filter, rewrite};
 use crate::{
@@ -13,25 +13,27 @@ use crate::{Endpoint, ErrorKind, PickContext, ProxyError, Request, Response, Res
 
 use imports::plumeway::plugin::types as wit;
 
-thread_local! {
-    /// The plugin built by `init`. A component instance is single-threaded
-    /// and built once, so one slot per instance is all there is.
-    static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+/// Where the plugin built by `init` lives: a slot of its own type, which
+/// [`crate::export!`] declares in the plugin's crate. A component instance
+/// is single-threaded and built once, so one slot is all there is; being
+/// typed, it is read without the downcast (a type id fetched and compared)
+/// that a slot for any plugin cost on every call.
+pub trait Slot: Sized + 'static {
+    /// The slot.
+    fn slot() -> &'static LocalKey<RefCell<Option<Self>>>;
 }
 
 /// Implements every generated `Guest` trait for the plugin type `P`.
 #[derive(Debug)]
 pub struct Glue<P>(PhantomData<P>);
 
-fn with_plugin<P: 'static, R>(f: impl FnOnce(&P) -> R) -> Result<R, wit::PluginError> {
-    INSTANCE.with(
-        |slot| match slot.borrow().as_ref().and_then(|b| b.downcast_ref::<P>()) {
-            Some(plugin) => Ok(f(plugin)),
-            None => Err(wit::PluginError {
-                message: "plugin called before init".into(),
-            }),
-        },
-    )
+fn with_plugin<P: Slot, R>(f: impl FnOnce(&P) -> R) -> Result<R, wit::PluginError> {
+    P::slot().with(|slot| match slot.borrow().as_ref() {
+        Some(plugin) => Ok(f(plugin)),
+        None => Err(wit::PluginError {
+            message: "plugin called before init".into(),
+        }),
+    })
 }
 
 fn plugin_error(e: crate::Error) -> wit::PluginError {
@@ -48,7 +50,7 @@ fn response(r: LocalResponse) -> wit::Response {
     }
 }
 
-impl<P: Plugin> lifecycle::exports::plumeway::plugin::lifecycle::Guest for Glue<P> {
+impl<P: Plugin + Slot> lifecycle::exports::plumeway::plugin::lifecycle::Guest for Glue<P> {
     fn init(config: String) -> Result<lifecycle::exports::plumeway::plugin::lifecycle::Needs, String> {
         use lifecycle::exports::plumeway::plugin::lifecycle::Needs as WitNeeds;
         let plugin = P::init(Config::from_json(config))?;
@@ -60,19 +62,19 @@ impl<P: Plugin> lifecycle::exports::plumeway::plugin::lifecycle::Guest for Glue<
         if needs.response_body {
             flags |= WitNeeds::RESPONSE_BODY;
         }
-        INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
+        P::slot().with(|slot| *slot.borrow_mut() = Some(plugin));
         Ok(flags)
     }
 }
 
-impl<P: Rewrite> rewrite::exports::plumeway::plugin::rewrite::Guest for Glue<P> {
+impl<P: Rewrite + Slot> rewrite::exports::plumeway::plugin::rewrite::Guest for Glue<P> {
     fn rewrite(headers: &wit::Fields) -> Result<Option<String>, wit::PluginError> {
         let req = Request::host(Headers::host(headers, true), None);
         with_plugin::<P, _>(|p| p.rewrite(&req))?.map_err(plugin_error)
     }
 }
 
-impl<P: RequestFilter> request_filter::exports::plumeway::plugin::request_filter::Guest for Glue<P> {
+impl<P: RequestFilter + Slot> request_filter::exports::plumeway::plugin::request_filter::Guest for Glue<P> {
     fn on_request(
         headers: &wit::Fields,
         body: Option<Vec<u8>>,
@@ -92,7 +94,7 @@ impl<P: RequestFilter> request_filter::exports::plumeway::plugin::request_filter
     }
 }
 
-impl<P: ResponseFilter> response_filter::exports::plumeway::plugin::response_filter::Guest for Glue<P> {
+impl<P: ResponseFilter + Slot> response_filter::exports::plumeway::plugin::response_filter::Guest for Glue<P> {
     fn on_response(
         status: u16,
         headers: &wit::Fields,
@@ -113,7 +115,7 @@ impl<P: ResponseFilter> response_filter::exports::plumeway::plugin::response_fil
     }
 }
 
-impl<P: ErrorHandler> error_handler::exports::plumeway::plugin::error_handler::Guest for Glue<P> {
+impl<P: ErrorHandler + Slot> error_handler::exports::plumeway::plugin::error_handler::Guest for Glue<P> {
     fn on_error(
         headers: &wit::Fields,
         err: error_handler::exports::plumeway::plugin::error_handler::ProxyError,
@@ -146,7 +148,7 @@ impl<P: ErrorHandler> error_handler::exports::plumeway::plugin::error_handler::G
     }
 }
 
-impl<P: Balancer> balancer::exports::plumeway::plugin::balancer::Guest for Glue<P> {
+impl<P: Balancer + Slot> balancer::exports::plumeway::plugin::balancer::Guest for Glue<P> {
     fn pick(
         headers: &wit::Fields,
         endpoints: Vec<balancer::exports::plumeway::plugin::balancer::EndpointState>,

@@ -79,7 +79,7 @@ pub use serde;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::bindings;
-    pub use crate::glue::Glue;
+    pub use crate::glue::{Glue, Slot};
     pub use wit_bindgen;
 }
 
@@ -100,6 +100,15 @@ macro_rules! export {
             #[allow(unused_imports)]
             use super::*;
             type __PlumewayPlugin = $crate::__private::Glue<$plugin>;
+            impl $crate::__private::Slot for $plugin {
+                fn slot() -> &'static ::std::thread::LocalKey<::core::cell::RefCell<::core::option::Option<Self>>> {
+                    ::std::thread_local! {
+                        static SLOT: ::core::cell::RefCell<::core::option::Option<$plugin>> =
+                            const { ::core::cell::RefCell::new(::core::option::Option::None) };
+                    }
+                    &SLOT
+                }
+            }
             $crate::__private::bindings::lifecycle::export_lifecycle!(__PlumewayPlugin);
             $( $crate::__export_hook!($hook); )+
         }

@@ -31,15 +31,21 @@ impl Plugin for StripPrefix {
 
 impl Rewrite for StripPrefix {
     fn rewrite(&self, req: &Request<'_>) -> Result<Option<String>, Error> {
-        let Some(rest) = req.path().strip_prefix(&self.prefix) else {
+        // One scan for the `?`, not one for the path and one for the query.
+        let target = req.path_with_query();
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        let Some(rest) = path.strip_prefix(&self.prefix) else {
             return Ok(None);
         };
         if !(rest.is_empty() || rest.starts_with('/')) {
             return Ok(None);
         }
         let path = if rest.is_empty() { "/" } else { rest };
-        Ok(Some(match req.query() {
-            Some(q) => format!("{path}?{q}"),
+        Ok(Some(match query {
+            Some(q) => [path, "?", q].concat(),
             None => path.to_owned(),
         }))
     }
