@@ -157,6 +157,9 @@ struct Exchange<'a> {
     grpc: bool,
     /// What each request filter left for its own `on_response`.
     stashes: Vec<(Arc<str>, Vec<u8>)>,
+    /// The client's `Host`, kept for the response filters when the
+    /// request's headers went upstream (see [`Keep::Target`]).
+    host: Option<HeaderValue>,
 }
 
 /// What [`Proxy::admit`] made of a request.
@@ -399,6 +402,7 @@ impl Proxy {
             route_duration: None,
             grpc: grpc::is_grpc(req.headers()),
             stashes: Vec::new(),
+            host: None,
         };
         // The route's pipeline, or the error response for what failed on
         // the way. Awaited here, not in a function of its own: each async
@@ -588,6 +592,9 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         let mut body = RespBody::Streaming(body);
+        // The request's `Host`, for the filters' `authority`: set aside when
+        // the request's headers went upstream, else still among them.
+        let mut host = ex.host.take().or_else(|| request.headers.get(header::HOST).cloned());
         for plugin in &route.response {
             let stash = stash_for(&ex.stashes, plugin.name());
             if plugin.needs().response_body {
@@ -596,7 +603,7 @@ impl Proxy {
             // A plugin may ask for the whole body once; asking again is
             // invalid output (see `Plugin::on_response`).
             let outcome = loop {
-                let outcome = plugin.on_response(request, &mut parts, body.whole(), stash, &mut ex.facts);
+                let outcome = plugin.on_response(request, &mut host, &mut parts, body.whole(), stash, &mut ex.facts);
                 let outcome = guarded(plugin, ex, outcome)?;
                 match outcome {
                     Some(ResponseOutcome::BufferBody) if body.whole().is_none() => {
@@ -672,7 +679,7 @@ impl Proxy {
         };
         // The client's headers stay for an error plugin; retries resend a
         // copy of the prepared head instead.
-        let mut head = upstream_head(parts, Keep::for_route(route));
+        let mut head = first_head(route, parts, ex);
         let added = self.prepare_head(route, &mut head, ex);
         let key = upstream.hash_key(&head.headers, &added, ex.client.peer.ip());
         // The response's fields need no map when only the server's own
@@ -810,7 +817,7 @@ impl Proxy {
             reason,
         };
 
-        let mut head = upstream_head(parts, Keep::for_route(route));
+        let mut head = first_head(route, parts, ex);
         let added = self.prepare_head(route, &mut head, ex);
         headers::merge_added(&mut head.headers, &added);
         websocket::mark_upgrade(&mut head.headers);
@@ -1316,6 +1323,19 @@ fn set_path(uri: &mut Uri, path: PathAndQuery) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// The first upstream head of a request on `route`; when the client's
+/// headers go into it whole (see [`Keep::Target`]), their `Host` is kept in
+/// `ex` for the response filters, shared rather than copied into a map of
+/// its own.
+fn first_head(route: &Route, parts: &mut request::Parts, ex: &mut Exchange<'_>) -> request::Parts {
+    let keep = Keep::for_route(route);
+    let head = upstream_head(parts, keep);
+    if keep == Keep::Target {
+        ex.host = head.headers.get(header::HOST).cloned();
+    }
+    head
+}
+
 /// What of the client's head is still looked at once the upstream head has
 /// been made from it: whatever is not is moved, not copied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1323,8 +1343,8 @@ enum Keep {
     /// All of it: an error plugin or a balancer plugin may be shown the
     /// request.
     All,
-    /// The URI and `Host`: response filters are shown the request's path
-    /// and authority.
+    /// The URI (and `Host`, which [`first_head`] sets aside): response
+    /// filters are shown the request's path and authority.
     Target,
     /// Nothing.
     Nothing,
@@ -1360,9 +1380,6 @@ fn upstream_head(parts: &mut request::Parts, keep: Keep) -> request::Parts {
         Keep::Target => {
             head.uri = parts.uri.clone();
             std::mem::swap(&mut head.headers, &mut parts.headers);
-            if let Some(host) = head.headers.get(header::HOST) {
-                parts.headers.insert(header::HOST, host.clone());
-            }
         }
         Keep::Nothing => {
             std::mem::swap(&mut head.uri, &mut parts.uri);

@@ -168,9 +168,15 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 /// The host a request is for: the `Host` header (HTTP/1.1) or the URI's
 /// authority (HTTP/2 `:authority`, absolute-form HTTP/1.1).
 pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Option<&'a str> {
+    request_host_with(uri, headers.get(http::header::HOST))
+}
+
+/// [`request_host`] given the request's `Host` value (`host`) rather than
+/// its headers.
+pub fn request_host_with<'a>(uri: &'a http::Uri, host: Option<&'a http::HeaderValue>) -> Option<&'a str> {
     uri.authority()
         .map(|a| a.as_str())
-        .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+        .or_else(|| host.and_then(|h| h.to_str().ok()))
 }
 
 /// [`request_host`] as a header value, for the upstream's `Host`: the

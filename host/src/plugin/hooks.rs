@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode, request, response, uri::PathAndQuery};
+use http::{HeaderMap, HeaderValue, StatusCode, request, response, uri::PathAndQuery};
 use wasmtime::component::Resource;
 
 use super::bindings::exports::plumeway::plugin::{balancer, error_handler, request_filter, response_filter};
@@ -96,18 +96,26 @@ pub struct EndpointView {
 /// Moves a call's inputs into the instance's store, and back after,
 /// whatever the call's outcome: a trap never loses them, and nothing is
 /// copied. The request's headers are the call's `fields`, or for a response
-/// filter the response's are and the request's wait beside them; the
-/// request's method and URI are there for the `context` functions, which
-/// copy a part only when the plugin asks for it.
+/// filter the response's are and the request's `Host` waits beside them;
+/// the request's method and URI are there for the `context` functions,
+/// which copy a part only when the plugin asks for it.
 struct Lent {
     fields: u32,
+}
+
+/// What a response filter's call lends besides the request.
+struct ForResponse<'a> {
+    /// The response's headers, lent as the call's fields.
+    headers: &'a mut HeaderMap,
+    /// The request's `Host`.
+    host: &'a mut Option<HeaderValue>,
 }
 
 impl Lent {
     fn new(
         instance: &mut Instance,
         request: &mut request::Parts,
-        response: Option<&mut HeaderMap>,
+        response: Option<ForResponse<'_>>,
         call: &mut CallInfo,
         writable: bool,
     ) -> Result<Self, Failure> {
@@ -132,12 +140,12 @@ impl Lent {
         entry: &mut FieldsEntry,
         line: &mut RequestLine,
         request: &mut request::Parts,
-        response: Option<&mut HeaderMap>,
+        response: Option<ForResponse<'_>>,
     ) {
         match response {
-            Some(headers) => {
+            Some(ForResponse { headers, host }) => {
                 std::mem::swap(&mut entry.headers, headers);
-                std::mem::swap(&mut line.headers, &mut request.headers);
+                std::mem::swap(&mut line.host, host);
             }
             None => std::mem::swap(&mut entry.headers, &mut request.headers),
         }
@@ -154,7 +162,7 @@ impl Lent {
         self,
         instance: &mut Instance,
         request: &mut request::Parts,
-        response: Option<&mut HeaderMap>,
+        response: Option<ForResponse<'_>>,
         call: &mut CallInfo,
     ) {
         let state = instance.store.data_mut();
@@ -239,6 +247,7 @@ impl Plugin {
     pub fn on_response(
         &self,
         request: &mut request::Parts,
+        host: &mut Option<HeaderValue>,
         parts: &mut response::Parts,
         body: Option<&Bytes>,
         stash: Option<&[u8]>,
@@ -246,7 +255,16 @@ impl Plugin {
     ) -> Result<ResponseOutcome, Failure> {
         let mut instance = self.checkout()?;
         let status = parts.status.as_u16();
-        let lent = Lent::new(&mut instance, request, Some(&mut parts.headers), call, true)?;
+        let lent = Lent::new(
+            &mut instance,
+            request,
+            Some(ForResponse {
+                headers: &mut parts.headers,
+                host: &mut *host,
+            }),
+            call,
+            true,
+        )?;
         let result = match &instance.hooks.response {
             Some(g) => {
                 let body = body.map(|b| &b[..]);
@@ -254,7 +272,15 @@ impl Plugin {
             }
             None => Err(not_exported("response-filter")),
         };
-        lent.give_back(&mut instance, request, Some(&mut parts.headers), call);
+        lent.give_back(
+            &mut instance,
+            request,
+            Some(ForResponse {
+                headers: &mut parts.headers,
+                host: &mut *host,
+            }),
+            call,
+        );
         self.settle(instance, result, |action| match action {
             response_filter::ResponseAction::Continue(edits) => {
                 let status = edits.status.map(valid_status).transpose()?;

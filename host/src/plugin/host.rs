@@ -9,7 +9,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::plumeway::plugin::{context, log, types};
-use crate::router::request_host;
+use crate::router::request_host_with;
 
 /// The headers an instance lends to its plugin, one call at a time; empty
 /// between calls.
@@ -28,9 +28,9 @@ pub struct FieldsEntry {
 pub(crate) struct RequestLine {
     pub(crate) method: http::Method,
     pub(crate) uri: http::Uri,
-    /// The request's headers, for its `Host`, when the call lends the
-    /// response's as its fields; empty when the request's are the fields.
-    pub(crate) headers: HeaderMap,
+    /// The request's `Host`, when the call lends the response's headers
+    /// as its fields; when the request's are the fields, it is read there.
+    pub(crate) host: Option<HeaderValue>,
     /// Whether the request's headers are the lent fields.
     pub(crate) headers_are_fields: bool,
 }
@@ -394,14 +394,15 @@ impl context::Host for HostState {
     }
 
     fn authority(&mut self) -> wasmtime::Result<Option<String>> {
-        let headers = match self.lent {
+        let host = match self.lent {
             None => return Ok(None),
             Some(rep) if self.line.headers_are_fields => {
-                &self.table.get(&Resource::<FieldsEntry>::new_borrow(rep))?.headers
+                let fields = &self.table.get(&Resource::<FieldsEntry>::new_borrow(rep))?.headers;
+                fields.get(http::header::HOST)
             }
-            Some(_) => &self.line.headers,
+            Some(_) => self.line.host.as_ref(),
         };
-        Ok(request_host(&self.line.uri, headers).map(str::to_owned))
+        Ok(request_host_with(&self.line.uri, host).map(str::to_owned))
     }
 
     fn attribute(&mut self, name: String) -> wasmtime::Result<Option<String>> {
