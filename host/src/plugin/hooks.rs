@@ -115,7 +115,7 @@ impl Lent {
     fn new(
         instance: &mut Instance,
         request: &mut request::Parts,
-        response: Option<ForResponse<'_>>,
+        response: Option<&mut ForResponse<'_>>,
         call: &mut CallInfo,
         writable: bool,
     ) -> Result<Self, Failure> {
@@ -140,12 +140,12 @@ impl Lent {
         entry: &mut FieldsEntry,
         line: &mut RequestLine,
         request: &mut request::Parts,
-        response: Option<ForResponse<'_>>,
+        response: Option<&mut ForResponse<'_>>,
     ) {
         match response {
-            Some(ForResponse { headers, host }) => {
-                std::mem::swap(&mut entry.headers, headers);
-                std::mem::swap(&mut line.host, host);
+            Some(response) => {
+                std::mem::swap(&mut entry.headers, response.headers);
+                std::mem::swap(&mut line.host, response.host);
             }
             None => std::mem::swap(&mut entry.headers, &mut request.headers),
         }
@@ -162,7 +162,7 @@ impl Lent {
         self,
         instance: &mut Instance,
         request: &mut request::Parts,
-        response: Option<ForResponse<'_>>,
+        response: Option<&mut ForResponse<'_>>,
         call: &mut CallInfo,
     ) {
         let state = instance.store.data_mut();
@@ -255,16 +255,11 @@ impl Plugin {
     ) -> Result<ResponseOutcome, Failure> {
         let mut instance = self.checkout()?;
         let status = parts.status.as_u16();
-        let lent = Lent::new(
-            &mut instance,
-            request,
-            Some(ForResponse {
-                headers: &mut parts.headers,
-                host: &mut *host,
-            }),
-            call,
-            true,
-        )?;
+        let mut response = ForResponse {
+            headers: &mut parts.headers,
+            host,
+        };
+        let lent = Lent::new(&mut instance, request, Some(&mut response), call, true)?;
         let result = match &instance.hooks.response {
             Some(g) => {
                 let body = body.map(|b| &b[..]);
@@ -272,15 +267,7 @@ impl Plugin {
             }
             None => Err(not_exported("response-filter")),
         };
-        lent.give_back(
-            &mut instance,
-            request,
-            Some(ForResponse {
-                headers: &mut parts.headers,
-                host: &mut *host,
-            }),
-            call,
-        );
+        lent.give_back(&mut instance, request, Some(&mut response), call);
         self.settle(instance, result, |action| match action {
             response_filter::ResponseAction::Continue(edits) => {
                 let status = edits.status.map(valid_status).transpose()?;
