@@ -19,14 +19,21 @@ pub struct RequestHead {
 impl RequestHead {
     /// The path without the query.
     pub fn path(&self) -> &str {
-        self.path_with_query
-            .split_once('?')
-            .map_or(&self.path_with_query, |(p, _)| p)
+        split_target(&self.path_with_query).0
     }
 
     /// The query (after `?`), if any.
     pub fn query(&self) -> Option<&str> {
-        self.path_with_query.split_once('?').map(|(_, q)| q)
+        split_target(&self.path_with_query).1
+    }
+}
+
+/// A path with query split at its first `?`: the path, and the query if
+/// there is one.
+fn split_target(path_with_query: &str) -> (&str, Option<&str>) {
+    match path_with_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_with_query, None),
     }
 }
 
@@ -150,13 +157,23 @@ impl<'a> Request<'a> {
     /// The path without query, including this hook's own
     /// [`Request::set_path_with_query`].
     pub fn path(&self) -> &str {
-        let pq = self.path_with_query();
-        pq.split_once('?').map_or(pq, |(p, _)| p)
+        self.path_and_query().0
     }
 
     /// The query, if any.
     pub fn query(&self) -> Option<&str> {
-        self.path_with_query().split_once('?').map(|(_, q)| q)
+        self.path_and_query().1
+    }
+
+    /// [`Request::path`] and [`Request::query`] together, found with one
+    /// scan of the target rather than one each.
+    ///
+    /// ```
+    /// let req = plumeway_sdk::Request::builder("GET", "/api/users?page=2").build();
+    /// assert_eq!(req.path_and_query(), ("/api/users", Some("page=2")));
+    /// ```
+    pub fn path_and_query(&self) -> (&str, Option<&str>) {
+        split_target(self.path_with_query())
     }
 
     /// Path and query, including this hook's own edit.

@@ -32,11 +32,7 @@ impl Plugin for StripPrefix {
 impl Rewrite for StripPrefix {
     fn rewrite(&self, req: &Request<'_>) -> Result<Option<String>, Error> {
         // One scan for the `?`, not one for the path and one for the query.
-        let target = req.path_with_query();
-        let (path, query) = match target.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (target, None),
-        };
+        let (path, query) = req.path_and_query();
         let Some(rest) = path.strip_prefix(&self.prefix) else {
             return Ok(None);
         };
