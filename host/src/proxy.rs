@@ -568,28 +568,31 @@ impl Proxy {
             }
         }
 
-        let (resp, fields) = match (local, upgrade) {
+        let (resp, mut fields) = match (local, upgrade) {
             (Some(resp), _) => (resp, None),
             (None, Some(key)) => (self.upgrade(route, parts, &key, ex).await?, None),
             (None, None) => self.forward(route, parts, body, ex).await?,
         };
-        // Only a route without response filters gets raw fields: filtering
-        // leaves those responses as they are.
-        let resp = self.filter_response(route, parts, resp, ex).await?;
+        // Without filters the response is handed on as it is: the fields
+        // then need not be kept across an await.
+        if route.response.is_empty() {
+            return Ok((resp, fields));
+        }
+        let resp = self.filter_response(route, parts, resp, &mut fields, ex).await?;
         Ok((resp, fields))
     }
 
-    /// Runs the route's response filters, in order.
+    /// Runs the route's response filters, in order. The backend's fields
+    /// may be beside the response, raw (`fields`): the filters edit them
+    /// there, as the plugin host's `FieldsEntry` tells.
     async fn filter_response(
         &self,
         route: &Route,
         request: &mut request::Parts,
         resp: Response<BoxBody>,
+        fields: &mut Option<RawFields>,
         ex: &mut Exchange<'_>,
     ) -> Result<Response<BoxBody>, ProxyError> {
-        if route.response.is_empty() {
-            return Ok(resp);
-        }
         let (mut parts, body) = resp.into_parts();
         let mut body = RespBody::Streaming(body);
         // The request's `Host`, for the filters' `authority`: set aside when
@@ -603,7 +606,15 @@ impl Proxy {
             // A plugin may ask for the whole body once; asking again is
             // invalid output (see `Plugin::on_response`).
             let outcome = loop {
-                let outcome = plugin.on_response(request, &mut host, &mut parts, body.whole(), stash, &mut ex.facts);
+                let outcome = plugin.on_response(
+                    request,
+                    &mut host,
+                    &mut parts,
+                    fields,
+                    body.whole(),
+                    stash,
+                    &mut ex.facts,
+                );
                 let outcome = guarded(plugin, ex, outcome)?;
                 match outcome {
                     Some(ResponseOutcome::BufferBody) if body.whole().is_none() => {
@@ -622,12 +633,16 @@ impl Proxy {
                         // The new body's length is known to hyper (it is a
                         // whole buffer); a stale length must not survive.
                         parts.headers.remove(header::CONTENT_LENGTH);
+                        if let Some(raw) = fields.as_mut() {
+                            raw.forget_length();
+                        }
                         body = RespBody::Whole(b);
                     }
                 }
                 Some(ResponseOutcome::Replace(resp)) => {
                     let (p, b) = resp.into_parts();
                     parts = p;
+                    *fields = None;
                     body = RespBody::Streaming(b);
                 }
             }
@@ -683,8 +698,8 @@ impl Proxy {
         let added = self.prepare_head(route, &mut head, ex);
         let key = upstream.hash_key(&head.headers, &added, ex.client.peer.ip());
         // The response's fields need no map when only the server's own
-        // writer reads them.
-        let raw = ex.client.own_http1 && route.response.is_empty() && !ex.grpc;
+        // writer, and response filters that edit them in place, use them.
+        let raw = ex.client.own_http1 && !ex.grpc;
         let mut body = Some(body);
         // One snapshot of the endpoints for the whole request: indexes in
         // `tried` stay meaningful even if the set changes meanwhile.

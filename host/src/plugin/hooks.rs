@@ -14,6 +14,7 @@ use super::output::{valid_path, valid_response, valid_status};
 use super::{Failure, Instance, Plugin};
 use crate::body::BoxBody;
 use crate::proxy::ErrorKind;
+use crate::upstream::h1::RawFields;
 
 /// What a request filter decided.
 #[derive(Debug)]
@@ -107,6 +108,10 @@ struct Lent {
 struct ForResponse<'a> {
     /// The response's headers, lent as the call's fields.
     headers: &'a mut HeaderMap,
+    /// The backend's fields as it wrote them, when they were kept raw: the
+    /// call's fields are these and `headers` together (see
+    /// [`FieldsEntry`]).
+    raw: &'a mut Option<RawFields>,
     /// The request's `Host`.
     host: &'a mut Option<HeaderValue>,
 }
@@ -145,6 +150,7 @@ impl Lent {
         match response {
             Some(response) => {
                 std::mem::swap(&mut entry.headers, response.headers);
+                std::mem::swap(&mut entry.raw, response.raw);
                 std::mem::swap(&mut line.host, response.host);
             }
             None => std::mem::swap(&mut entry.headers, &mut request.headers),
@@ -243,12 +249,18 @@ impl Plugin {
     }
 
     /// The `response-filter` hook. Header edits are applied to `parts` as
-    /// the plugin makes them.
-    pub fn on_response(
+    /// the plugin makes them, and to `raw`, the backend's fields when they
+    /// were kept as it wrote them (see [`FieldsEntry`]).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is a borrow of a different part of the proxy's exchange, taken apart again at once"
+    )]
+    pub(crate) fn on_response(
         &self,
         request: &mut request::Parts,
         host: &mut Option<HeaderValue>,
         parts: &mut response::Parts,
+        raw: &mut Option<RawFields>,
         body: Option<&Bytes>,
         stash: Option<&[u8]>,
         call: &mut CallInfo,
@@ -257,6 +269,7 @@ impl Plugin {
         let status = parts.status.as_u16();
         let mut response = ForResponse {
             headers: &mut parts.headers,
+            raw,
             host,
         };
         let lent = Lent::new(&mut instance, request, Some(&mut response), call, true)?;

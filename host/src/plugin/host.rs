@@ -10,14 +10,56 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::plumeway::plugin::{context, log, types};
 use crate::router::request_host_with;
+use crate::upstream::h1::RawFields;
 
 /// The headers an instance lends to its plugin, one call at a time; empty
 /// between calls.
+///
+/// A response filter may be lent a backend's fields as it wrote them
+/// (`raw`), with `headers` holding only the filter's edits: making a map
+/// of every field cost more than the filter's call. A name the filter sets
+/// or removes is then left out of `raw` and its values, if any, are in
+/// `headers`; a name it appends to keeps its lines in `raw` and has the new
+/// values in `headers`, after them. The first read makes the whole map
+/// (`raw` as the map path reads it, then the edits), and the call goes on
+/// with that.
 #[derive(Debug, Default)]
 #[expect(unreachable_pub, reason = "named by the generated bindings, which re-export it")]
 pub struct FieldsEntry {
     pub(crate) headers: HeaderMap,
+    pub(crate) raw: Option<RawFields>,
     pub(crate) writable: bool,
+}
+
+impl FieldsEntry {
+    /// The fields whole, as a map.
+    fn whole(&mut self) -> wasmtime::Result<&HeaderMap> {
+        if let Some(raw) = self.raw.take() {
+            let mut map = raw.to_map().map_err(wasmtime::Error::new)?;
+            // The edits so far: the names set were left out of `raw`, so
+            // what is in `headers` is either all a name has or comes after
+            // what it had, as an append leaves it.
+            let mut name = None;
+            for (next, value) in self.headers.drain() {
+                if next.is_some() {
+                    name = next;
+                }
+                if let Some(name) = &name {
+                    map.append(name.clone(), value);
+                }
+            }
+            self.headers = map;
+        }
+        Ok(&self.headers)
+    }
+
+    /// The map, where `name`'s values are to be all it has from now on.
+    fn owning(&mut self, name: &HeaderName) -> &mut HeaderMap {
+        if let Some(raw) = &mut self.raw {
+            raw.skip(name);
+        }
+        &mut self.headers
+    }
 }
 
 /// The request of the call in progress, as the `context` functions read
@@ -210,10 +252,10 @@ impl HostState {
     fn writable(
         &mut self,
         this: &Resource<FieldsEntry>,
-    ) -> wasmtime::Result<Result<&mut HeaderMap, types::HeaderError>> {
+    ) -> wasmtime::Result<Result<&mut FieldsEntry, types::HeaderError>> {
         let entry = self.table.get_mut(this)?;
         Ok(if entry.writable {
-            Ok(&mut entry.headers)
+            Ok(entry)
         } else {
             Err(types::HeaderError::Immutable)
         })
@@ -228,21 +270,20 @@ impl HostState {
         this: &Resource<FieldsEntry>,
         name: &str,
         value: Vec<u8>,
-        edit: impl FnOnce(&mut HeaderMap, HeaderName, HeaderValue),
+        edit: impl FnOnce(&mut FieldsEntry, HeaderName, HeaderValue),
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
         let (name, value) = match self.names.parse(name).and_then(|n| Ok((n, parse_value(value)?))) {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.writable(this)?.map(|headers| edit(headers, name, value)))
+        Ok(self.writable(this)?.map(|entry| edit(entry, name, value)))
     }
 }
 
 impl types::HostFields for HostState {
     fn get(&mut self, this: Resource<FieldsEntry>, name: String) -> wasmtime::Result<Vec<Vec<u8>>> {
-        let entry = self.table.get(&this)?;
-        Ok(entry
-            .headers
+        let headers = self.table.get_mut(&this)?.whole()?;
+        Ok(headers
             .get_all(name.as_str())
             .iter()
             .map(|v| v.as_bytes().to_vec())
@@ -250,7 +291,7 @@ impl types::HostFields for HostState {
     }
 
     fn has(&mut self, this: Resource<FieldsEntry>, name: String) -> wasmtime::Result<bool> {
-        Ok(self.table.get(&this)?.headers.contains_key(name.as_str()))
+        Ok(self.table.get_mut(&this)?.whole()?.contains_key(name.as_str()))
     }
 
     fn set(
@@ -271,7 +312,8 @@ impl types::HostFields for HostState {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.writable(&this)?.map(|headers| {
+        Ok(self.writable(&this)?.map(|entry| {
+            let headers = entry.owning(&name);
             match first {
                 // `insert` drops every earlier value in the same lookup.
                 Some(first) => {
@@ -293,8 +335,8 @@ impl types::HostFields for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        self.edit_one(&this, &name, value, |headers, name, value| {
-            headers.insert(name, value);
+        self.edit_one(&this, &name, value, |entry, name, value| {
+            entry.owning(&name).insert(name, value);
         })
     }
 
@@ -304,8 +346,10 @@ impl types::HostFields for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        self.edit_one(&this, &name, value, |headers, name, value| {
-            headers.append(name, value);
+        // Raw fields keep their lines of the name; the new value goes
+        // after them.
+        self.edit_one(&this, &name, value, |entry, name, value| {
+            entry.headers.append(name, value);
         })
     }
 
@@ -318,15 +362,14 @@ impl types::HostFields for HostState {
             Ok(n) => n,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.writable(&this)?.map(|headers| {
-            headers.remove(&name);
+        Ok(self.writable(&this)?.map(|entry| {
+            entry.owning(&name).remove(&name);
         }))
     }
 
     fn copy_all(&mut self, this: Resource<FieldsEntry>) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
-        let entry = self.table.get(&this)?;
-        Ok(entry
-            .headers
+        let headers = self.table.get_mut(&this)?.whole()?;
+        Ok(headers
             .iter()
             .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect())

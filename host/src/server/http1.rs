@@ -628,13 +628,13 @@ impl Conn {
         if let Some(raw) = raw {
             // A backend's fields, passed on as they came: they hold no
             // `Connection`, no framing and no request id (see `RawFields`).
-            for span in raw.spans() {
-                out.extend_from_slice(span);
+            // What response filters set comes from the map below.
+            raw.put(out);
+            if raw.via() {
+                out.extend_from_slice(b"via: ");
+                out.extend_from_slice(crate::proxy::via_hop(raw.version()).as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
-            out.extend_from_slice(b"via: ");
-            out.extend_from_slice(crate::proxy::via_hop(raw.version()).as_bytes());
-            out.extend_from_slice(b"\r\n");
             dated = raw.dated();
             if keeps_length && let Some(n) = raw.length() {
                 length = Some(n);

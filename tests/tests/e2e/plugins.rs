@@ -278,6 +278,115 @@ mod logger {
         // And by a response filter, which is lent the response's headers.
         assert_eq!(reply.headers["x-seen-line"], "GET /hello?x=1 api.example");
     }
+
+    /// A backend whose fields need nothing done to them is passed on as it
+    /// wrote them, and response filters edit those fields in place: what
+    /// they remove or set is left out, what they append comes after. The
+    /// client must get the same response whether the filter's edits are
+    /// written beside the raw fields, or a filter that reads the fields
+    /// (the logger) makes them a map before or after the edits; and the
+    /// same as an HTTP/2 client, whose response is made a map throughout.
+    #[tokio::test]
+    async fn response_filters_edit_a_backends_fields_as_it_wrote_them() {
+        let backend = Backend::start(|_req| async {
+            http::Response::builder()
+                .header("server", "test")
+                .header("x-drop", "1")
+                .header("x-replace", "old")
+                .header("x-add", "first")
+                .header("set-cookie", "a=1")
+                .header("x-keep", "k")
+                .header("set-cookie", "b=2")
+                .header("content-type", "text/plain")
+                .body(plumeway_tests::backend::full("hello"))
+                .unwrap()
+        })
+        .await;
+        let date = "Thu, 01 Jan 2026 00:00:00 GMT";
+        let source = format!(
+            r#"[plugins.p]
+path = {LOGGER:?}
+[plugins.edit]
+builtin = "headers"
+config = {{ remove = ["x-drop"], set = {{ "x-replace" = "new", "date" = "{date}" }}, append = {{ "x-add" = "second" }} }}
+[upstreams.u]
+targets = ["{}"]
+[[routes]]
+match = {{ path_prefix = "/edit-only" }}
+upstream = "u"
+response = ["edit"]
+[[routes]]
+match = {{ path_prefix = "/edit-then-read" }}
+upstream = "u"
+response = ["edit", "p"]
+[[routes]]
+match = {{ path_prefix = "/read-then-edit" }}
+upstream = "u"
+response = ["p", "edit"]
+"#,
+            backend.url()
+        );
+        let proxy = TestProxy::start(&source).await;
+        let client = proxy.client();
+        for path in ["/edit-only", "/edit-then-read", "/read-then-edit"] {
+            // HTTP/1.1 twice (the second response comes on a reused
+            // connection), then HTTP/2.
+            for h2 in [false, false, true] {
+                let reply = match h2 {
+                    false => client.get(path).await,
+                    true => client.get_h2(path, "localhost").await,
+                };
+                let all = |name: &str| -> Vec<&str> {
+                    reply
+                        .headers
+                        .get_all(name)
+                        .iter()
+                        .map(|v| v.to_str().unwrap())
+                        .collect()
+                };
+                let path = format!("{path}{}", if h2 { " over HTTP/2" } else { "" });
+                assert_eq!(reply.status, 200, "{path}");
+                assert!(all("x-drop").is_empty(), "{path}: {:?}", reply.headers);
+                assert_eq!(all("x-replace"), ["new"], "{path}");
+                assert_eq!(all("x-add"), ["first", "second"], "{path}");
+                assert_eq!(all("set-cookie"), ["a=1", "b=2"], "{path}");
+                assert_eq!((all("x-keep"), all("server")), (vec!["k"], vec!["test"]), "{path}");
+                assert_eq!(all("date"), [date], "{path}: one Date, the filter's");
+                assert_eq!(all("via").len(), 1, "{path}: {:?}", reply.headers);
+                assert_eq!(all("content-length"), ["5"], "{path}");
+                assert_eq!(reply.text(), "hello", "{path}");
+            }
+        }
+        let seen = |path: &'static str| {
+            let client = &client;
+            async move {
+                client.get(path).await.headers["x-seen-fields"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+            }
+        };
+        let via = format!(
+            "via={}",
+            &client.get("/edit-only").await.headers["via"].to_str().unwrap()
+        );
+        assert_eq!(
+            seen("/edit-then-read").await,
+            format!(
+                "content-length=5; content-type=text/plain; server=test; set-cookie=a=1; set-cookie=b=2; \
+                 {via}; x-add=first; x-add=second; x-keep=k; x-replace=new"
+            ),
+            "a filter after the edits reads them"
+        );
+        assert_eq!(
+            seen("/read-then-edit").await,
+            format!(
+                "content-length=5; content-type=text/plain; server=test; set-cookie=a=1; set-cookie=b=2; \
+                 {via}; x-add=first; x-drop=1; x-keep=k; x-replace=old"
+            ),
+            "a filter before the edits reads the backend's fields"
+        );
+    }
 }
 
 mod body_upper {

@@ -187,13 +187,120 @@ pub(crate) struct RawFields {
     dated: bool,
     /// The version the backend answered in, which names this hop in `Via`.
     version: Version,
+    /// Names whose lines are not passed on: a response filter set or
+    /// removed them, and their values, if any, are in the response's map.
+    /// Only names the head has, so this is seldom more than empty: a
+    /// `Vec`, which keeps the fields small, as they are moved whole from
+    /// the backend's connection to the writer.
+    skip: Vec<HeaderName>,
+    /// Whether this hop's `Via` is to be written: a response filter may
+    /// have set or removed it.
+    via: bool,
+}
+
+/// The lines of `bytes`, each without its line end.
+fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(bytes);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        let (line, next) = match memchr::memchr(b'\n', r) {
+            Some(i) => (&r[..i], Some(&r[i + 1..])),
+            None => (r, None),
+        };
+        rest = next;
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    })
+}
+
+/// Whether `head` has a field named `name`: the places of the name's first
+/// letter are found in one vectorised pass, and only those at a line's
+/// start are looked at.
+fn has_field(head: &[u8], name: &HeaderName) -> bool {
+    let first = name.as_str().as_bytes()[0];
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), head)
+        .any(|i| i > 0 && head[i - 1] == b'\n' && named(&head[i..], name))
+}
+
+/// Whether `line` is a field named `name`.
+fn named(line: &[u8], name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    line.get(name.len()) == Some(&b':') && line[..name.len()].eq_ignore_ascii_case(name)
 }
 
 impl RawFields {
-    /// The fields to pass on, in order: runs of lines to be written each
-    /// followed by CRLF.
-    pub(crate) fn spans(&self) -> impl Iterator<Item = &[u8]> {
+    /// The runs of lines to pass on, in order, each without its last CRLF.
+    fn spans(&self) -> impl Iterator<Item = &[u8]> {
         self.spans.iter().map(|&[a, b]| &self.head[a as usize..b as usize])
+    }
+
+    /// Writes the fields to pass on to `out`, each line with its CRLF.
+    pub(crate) fn put(&self, out: &mut Vec<u8>) {
+        for run in self.spans() {
+            if self.skip.is_empty() {
+                out.extend_from_slice(run);
+                out.extend_from_slice(b"\r\n");
+                continue;
+            }
+            for line in lines(run) {
+                if !self.skip.iter().any(|name| named(line, name)) {
+                    out.extend_from_slice(line);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+    }
+
+    /// Leaves `name`'s lines out from now on: a response filter set the
+    /// name anew, or removed it.
+    pub(crate) fn skip(&mut self, name: &HeaderName) {
+        if *name == header::DATE {
+            self.dated = false;
+        } else if *name == header::VIA {
+            // Never among the lines (a backend's `Via` needs a map).
+            self.via = false;
+            return;
+        }
+        // Kept only when the head has the name, so that a filter setting a
+        // name the backend did not send (the usual case) leaves the runs to
+        // be written whole.
+        if !self.skip.contains(name) && has_field(&self.head, name) {
+            self.skip.push(name.clone());
+        }
+    }
+
+    /// Whether the writer adds this hop's `Via`: not once a response filter
+    /// set or removed `Via`, which the map of these fields would hold.
+    pub(crate) fn via(&self) -> bool {
+        self.via
+    }
+
+    /// Forgets the backend's `Content-Length`: a response filter gave the
+    /// response another body.
+    pub(crate) fn forget_length(&mut self) {
+        self.length = None;
+    }
+
+    /// The fields as a map, as they are read when they are not kept raw,
+    /// with this hop's `Via` (as the proxy appends it to such a map), less
+    /// the names left out: for a response filter that reads the fields.
+    pub(crate) fn to_map(&self) -> Result<HeaderMap, Malformed> {
+        let mut at = Places::new();
+        if locate(&self.head, &mut at)?.is_none() {
+            return malformed("a raw response head is incomplete");
+        }
+        let mut map = HeaderMap::with_capacity(at.len() + 1);
+        fill_map(&self.head, &at, &mut map)?;
+        map.append(
+            header::VIA,
+            HeaderValue::from_static(crate::proxy::via_hop(self.version)),
+        );
+        for name in &self.skip {
+            map.remove(name);
+        }
+        if !self.via {
+            map.remove(header::VIA);
+        }
+        Ok(map)
     }
 
     /// The backend's `Content-Length`.
@@ -258,6 +365,8 @@ fn raw_fields(head: &Bytes, at: &[[u32; 4]], version: Version) -> Option<(RawFie
         length: None,
         dated: false,
         version,
+        skip: Vec::new(),
+        via: true,
     };
     let mut connection = Connection::default();
     let mut framing = Fields::default();
@@ -316,7 +425,7 @@ fn raw_fields(head: &Bytes, at: &[[u32; 4]], version: Version) -> Option<(RawFie
 /// as it must.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub(super) struct Malformed(pub(super) String);
+pub(crate) struct Malformed(pub(super) String);
 
 fn malformed<T>(reason: impl Into<String>) -> Result<T, Malformed> {
     Err(Malformed(reason.into()))
@@ -330,40 +439,12 @@ fn malformed<T>(reason: impl Into<String>) -> Result<T, Malformed> {
 /// fields that need nothing done to them are kept as [`RawFields`]
 /// instead, and `spare` is left alone.
 pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap, raw: bool) -> Result<Option<Head>, Malformed> {
-    // Where each name and value lies in `buf`: httparse's slices borrow it,
-    // and the head is split off before values are made from it.
-    let mut at: SmallVec<[[u32; 4]; 32]> = SmallVec::new();
-    let (len, code, minor) = {
-        // Uninitialised slots: zeroing a hundred of them for every response
-        // would cost more than parsing a small head.
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut []);
-        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut slots);
-        let len = match parsed {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return malformed(format!("response head over {MAX_HEAD} bytes"));
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return malformed(format!("more than {MAX_HEADERS} response headers"));
-            }
-            Err(e) => return malformed(format!("invalid response head: {e}")),
-        };
-        // A head is far shorter than 4 GiB (MAX_HEAD plus one read).
-        let base = buf.as_ptr() as usize;
-        let offset = |p: *const u8| (p as usize - base) as u32;
-        for h in res.headers.iter() {
-            let (name, value) = (offset(h.name.as_ptr()), offset(h.value.as_ptr()));
-            at.push([name, name + h.name.len() as u32, value, value + h.value.len() as u32]);
+    let mut at = Places::new();
+    let Some(Located { len, status, minor }) = locate(buf, &mut at)? else {
+        if buf.len() > MAX_HEAD {
+            return malformed(format!("response head over {MAX_HEAD} bytes"));
         }
-        (len, res.code, res.version)
-    };
-    let (Some(code), Some(minor)) = (code, minor) else {
-        return malformed("invalid response head");
-    };
-    let Ok(status) = StatusCode::from_u16(code) else {
-        return malformed(format!("invalid status code {code}"));
+        return Ok(None);
     };
     let head = buf.split_to(len).freeze();
     let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
@@ -380,9 +461,75 @@ pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap, raw: bool) -
     let mut headers = std::mem::take(spare);
     headers.clear();
     headers.reserve(at.len());
+    let (connection, framing) = fill_map(&head, &at, &mut headers)?;
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        raw: None,
+        connection,
+        framing,
+    }))
+}
+
+/// A complete response head found at the front of a buffer.
+struct Located {
+    /// The head's length, its blank line included.
+    len: usize,
+    status: StatusCode,
+    /// The minor version: 0 or 1.
+    minor: u8,
+}
+
+/// Where each field's name and value lie in a buffer, as offsets:
+/// httparse's slices borrow it, and the head is split off before values
+/// are made from it.
+type Places = SmallVec<[[u32; 4]; 32]>;
+
+/// Finds a complete response head at the front of `buf`, and where its
+/// fields lie (into `at`, which is given rather than returned so that it
+/// is not copied); `None` while the head is incomplete. Inlined into
+/// `parse_head`, its one caller per response, as it was before a map of
+/// raw fields needed it too.
+#[inline(always)]
+fn locate(buf: &[u8], at: &mut Places) -> Result<Option<Located>, Malformed> {
+    // Uninitialised slots: zeroing a hundred of them for every response
+    // would cost more than parsing a small head.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut slots);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return malformed(format!("more than {MAX_HEADERS} response headers"));
+        }
+        Err(e) => return malformed(format!("invalid response head: {e}")),
+    };
+    // A head is far shorter than 4 GiB (MAX_HEAD plus one read).
+    let base = buf.as_ptr() as usize;
+    let offset = |p: *const u8| (p as usize - base) as u32;
+    for h in res.headers.iter() {
+        let (name, value) = (offset(h.name.as_ptr()), offset(h.value.as_ptr()));
+        at.push([name, name + h.name.len() as u32, value, value + h.value.len() as u32]);
+    }
+    let (Some(code), Some(minor)) = (res.code, res.version) else {
+        return malformed("invalid response head");
+    };
+    let Ok(status) = StatusCode::from_u16(code) else {
+        return malformed(format!("invalid status code {code}"));
+    };
+    Ok(Some(Located { len, status, minor }))
+}
+
+/// Appends the fields of `head` (at `at`) to `headers`, their values
+/// sharing its memory, and says what they tell of the connection and the
+/// framing. `Connection` is noted rather than kept when it names only
+/// `keep-alive` or `close`.
+fn fill_map(head: &Bytes, at: &[[u32; 4]], headers: &mut HeaderMap) -> Result<(Connection, Fields), Malformed> {
     let mut connection = Connection::default();
     let mut framing = Fields::default();
-    for &[n0, n1, v0, v1] in &at {
+    for &[n0, n1, v0, v1] in at {
         let (n, v) = (n0 as usize..n1 as usize, v0 as usize..v1 as usize);
         // Nearly every backend says `Connection: keep-alive`; read here, it
         // costs no header to make, look up and strip again.
@@ -406,14 +553,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, spare: &mut HeaderMap, raw: bool) -
             _ => return malformed("invalid response header"),
         }
     }
-    Ok(Some(Head {
-        status,
-        version,
-        headers,
-        raw: None,
-        connection,
-        framing,
-    }))
+    Ok((connection, framing))
 }
 
 /// How much body follows a response head (RFC 9112 §6.3). A head whose
@@ -673,11 +813,55 @@ mod tests {
     }
 
     /// The lines `fields` passes on, each with its CRLF.
-    fn lines(fields: &RawFields) -> String {
-        fields
-            .spans()
-            .map(|s| format!("{}\r\n", String::from_utf8_lossy(s)))
-            .collect()
+    fn written(fields: &RawFields) -> String {
+        let mut out = Vec::new();
+        fields.put(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn fields_a_filter_set_or_removed_are_left_out_and_the_map_is_the_map_paths() {
+        const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: raw/1\r\nSet-Cookie: a=1\r\nConnection: keep-alive\r\n\
+              Set-Cookie: b=2\r\nX-Request-Id: theirs\r\nContent-Length: 12\r\nX-Last: z\r\n\
+              Date: Tue, 01 Dec 2026 00:00:00 GMT\r\n\r\n";
+        let mut raw = raw_head(HEAD).raw.expect("kept raw");
+        // Untouched, the map is the one the map path makes, with `Via`.
+        let mut mapped = head(HEAD).unwrap().unwrap().headers;
+        mapped.append(
+            header::VIA,
+            HeaderValue::from_static(crate::proxy::via_hop(Version::HTTP_11)),
+        );
+        let pairs = |m: &HeaderMap| m.iter().map(|(n, v)| format!("{n}: {v:?}")).collect::<Vec<_>>();
+        assert_eq!(pairs(&raw.to_map().unwrap()), pairs(&mapped));
+
+        // A name the head lacks changes nothing.
+        raw.skip(&HeaderName::from_static("x-absent"));
+        assert!(raw.skip.is_empty());
+        // Names matched whatever their case; a run is split around them.
+        raw.skip(&header::SET_COOKIE);
+        raw.skip(&header::DATE);
+        raw.skip(&header::SET_COOKIE);
+        assert_eq!(written(&raw), "Server: raw/1\r\nX-Last: z\r\n");
+        assert!(
+            !raw.dated(),
+            "the writer dates a response whose Date was set or removed"
+        );
+        assert!(raw.via());
+        mapped.remove(header::SET_COOKIE);
+        mapped.remove(header::DATE);
+        assert_eq!(pairs(&raw.to_map().unwrap()), pairs(&mapped));
+        // A field the writer writes itself is still left out of the map.
+        raw.skip(&HeaderName::from_static("x-request-id"));
+        assert_eq!(written(&raw), "Server: raw/1\r\nX-Last: z\r\n");
+        mapped.remove("x-request-id");
+        assert_eq!(pairs(&raw.to_map().unwrap()), pairs(&mapped));
+
+        raw.skip(&header::VIA);
+        assert!(!raw.via());
+        assert!(!raw.to_map().unwrap().contains_key(header::VIA));
+        assert_eq!(raw.length(), Some(12));
+        raw.forget_length();
+        assert_eq!(raw.length(), None);
     }
 
     #[test]
@@ -692,7 +876,7 @@ mod tests {
         // `Connection`, the backend's request id and its length are the
         // writer's to write; a run stops at each.
         assert_eq!(
-            lines(&raw),
+            written(&raw),
             "Server: raw/1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Spaced:  a  b\r\n\
              Date: Tue, 01 Dec 2026 00:00:00 GMT\r\n"
         );
@@ -709,7 +893,7 @@ mod tests {
         // A line that does not end in CRLF ends its run; what goes out
         // ends in CRLF all the same.
         let raw = raw_head(b"HTTP/1.1 200 OK\r\nX-A: 1\nX-B: 2\r\n\r\n").raw.unwrap();
-        assert_eq!(lines(&raw), "X-A: 1\r\nX-B: 2\r\n");
+        assert_eq!(written(&raw), "X-A: 1\r\nX-B: 2\r\n");
         assert!(!raw.dated());
     }
 

@@ -1,6 +1,7 @@
 //! Logs each request and reports the context attributes and the request
 //! line it can see in `x-seen-*` headers: the request's, to the backend;
-//! as a response filter, the response's, to the client.
+//! as a response filter, the response's, to the client, with the
+//! response's fields as it reads them.
 
 use plumeway_sdk::{
     Action, Config, Error, Plugin, Request, RequestFilter, Response, ResponseAction, ResponseFilter, context,
@@ -54,7 +55,18 @@ impl ResponseFilter for Logger {
             req.path_with_query,
             req.authority.as_deref().unwrap_or("-")
         );
+        // The response's fields as this filter reads them, sorted, but for
+        // the ones that change from one response to the next or are ours.
+        let mut fields: Vec<String> = res
+            .headers()
+            .to_vec()
+            .into_iter()
+            .filter(|(name, _)| name != "date" && !name.starts_with("x-seen-"))
+            .map(|(name, value)| format!("{name}={}", String::from_utf8_lossy(&value)))
+            .collect();
+        fields.sort();
         res.headers_mut().set("x-seen-line", line)?;
+        res.headers_mut().set("x-seen-fields", fields.join("; "))?;
         Ok(ResponseAction::Continue)
     }
 }
