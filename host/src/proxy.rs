@@ -110,7 +110,7 @@ pub struct Client {
     /// response's access record, so the proxy leaves it out of the
     /// response's map (an insert saved per request); and it writes a
     /// backend's fields handed to it raw (see [`RawFields`]), so no map is
-    /// made of them when nothing else reads them.
+    /// made of them unless a response filter reads them.
     pub own_http1: bool,
     /// The connection's last `Forwarded` element and the host it names:
     /// the connection's requests nearly always ask for one host, and the

@@ -166,13 +166,15 @@ impl Connection {
 }
 
 /// A response head's fields as the backend wrote them, for a client that
-/// the server's own HTTP/1.1 writer answers with no response filter in
-/// between: nothing then reads them but that writer, which copies them out
-/// as they came. Making a map of them cost more than anything else in a
-/// plain proxied request (a name looked up, a value checked, a hash and an
+/// the server's own HTTP/1.1 writer answers: that writer copies them out as
+/// they came. Making a map of them cost more than anything else in a plain
+/// proxied request (a name looked up, a value checked, a hash and an
 /// insert per field, a `Via` entry, then each field written out and
 /// dropped again). Only heads whose fields need nothing done to them are
-/// kept so; the rest go into a map as before.
+/// kept so; the rest go into a map as before. Response filters edit them
+/// in place: the names they set or remove are left out here, and what
+/// they set or append is in the response's map, written after these (see
+/// the plugin host's `FieldsEntry`).
 #[derive(Debug, Clone)]
 pub(crate) struct RawFields {
     /// The whole head; `spans` index it.
