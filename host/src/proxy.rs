@@ -11,7 +11,7 @@ mod access;
 mod error;
 mod grpc;
 mod headers;
-pub(crate) use headers::{hop as via_hop, is_hop_by_hop_response};
+pub(crate) use headers::{append_via, hop as via_hop, is_hop_by_hop_response};
 mod limit;
 pub mod path;
 mod request_id;

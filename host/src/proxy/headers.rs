@@ -363,7 +363,7 @@ pub(super) fn strip_internal(headers: &mut HeaderMap) {
 }
 
 /// Appends this hop to `Via` (RFC 9110 §7.6.3), as `1.1 plumeway`.
-pub(super) fn append_via(headers: &mut HeaderMap, version: Version) {
+pub(crate) fn append_via(headers: &mut HeaderMap, version: Version) {
     // One lookup: the entry is both read and written.
     match headers.entry(header::VIA) {
         http::header::Entry::Vacant(e) => {

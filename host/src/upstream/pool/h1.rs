@@ -292,10 +292,7 @@ impl RawFields {
         }
         let mut map = HeaderMap::with_capacity(at.len() + 1);
         fill_map(&self.head, &at, &mut map)?;
-        map.append(
-            header::VIA,
-            HeaderValue::from_static(crate::proxy::via_hop(self.version)),
-        );
+        crate::proxy::append_via(&mut map, self.version);
         for name in &self.skip {
             map.remove(name);
         }
@@ -829,10 +826,7 @@ mod tests {
         let mut raw = raw_head(HEAD).raw.expect("kept raw");
         // Untouched, the map is the one the map path makes, with `Via`.
         let mut mapped = head(HEAD).unwrap().unwrap().headers;
-        mapped.append(
-            header::VIA,
-            HeaderValue::from_static(crate::proxy::via_hop(Version::HTTP_11)),
-        );
+        crate::proxy::append_via(&mut mapped, Version::HTTP_11);
         let pairs = |m: &HeaderMap| m.iter().map(|(n, v)| format!("{n}: {v:?}")).collect::<Vec<_>>();
         assert_eq!(pairs(&raw.to_map().unwrap()), pairs(&mapped));
 
