@@ -320,7 +320,12 @@ impl Client {
         let element = forwarded_element(self.peer.ip(), &self.ip, self.proto, host_text);
         // The text becomes the value as it is, without a copy.
         let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(element)).ok()?;
-        *last = Some((host.cloned(), value.clone()));
+        // The host kept is a copy: the request's value shares the memory
+        // the connection read its head into, which would be held for the
+        // connection's life, and could not be handed to the next
+        // connection that reads (see `server::spare`).
+        let kept = host.and_then(|h| HeaderValue::from_bytes(h.as_bytes()).ok());
+        *last = Some((kept, value.clone()));
         Some(value)
     }
 }
