@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub mod http1;
+mod spare;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::{ConnectionLabels, Metrics, ReloadLabels};

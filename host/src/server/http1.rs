@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::State;
+use super::{State, spare};
 use crate::body::RequestBody;
 use crate::deadline::Slot;
 use crate::proxy::{Client, REQUEST_ID, Served, has_token_in};
@@ -123,11 +123,11 @@ pub(super) async fn serve(
     let slot = Arc::new(Slot::new());
     client.deadline = Some(Arc::clone(&slot));
     client.own_http1 = true;
+    // No memory until there is a request to read (see `spare`).
     let mut conn = Conn {
         socket,
-        buf: BytesMut::with_capacity(READ_SIZE),
-        out: Vec::with_capacity(1024),
-        headers: HeaderMap::new(),
+        buf: BytesMut::new(),
+        out: Vec::new(),
     };
     let header_read = state.current().proxy.config().server.timeouts.header_read.get();
     // One timer for the connection's life, moved only when it fires
@@ -165,16 +165,26 @@ pub(super) async fn serve(
         } = req;
         let head = req.method() == Method::HEAD;
         let serving = state.current();
-        // Pinned where it is made and polled in place: the request's
-        // future is kilobytes, and handing it to another future would copy
-        // it. The response, hundreds of bytes, is put where it stays until
-        // it is written, for the same reason.
+        // The response, hundreds of bytes, is put where it stays until it
+        // is written: handed from one future to another, it would be
+        // copied at each step.
         let written = {
             let mut answered = None;
             // The backend's fields, when they are passed on as it wrote them.
             let mut raw = None;
             {
-                let mut handled = pin!(serving.proxy.handle(req, &client, &mut raw));
+                // The request's future, kilobytes, is made in place in
+                // memory of its own, freed as soon as the response is
+                // ready. In the connection's future it made every idle
+                // connection ~7 KiB larger, and at 200 busy connections its
+                // lines had gone cold by the time the connection sent again
+                // (bench/RESULTS.md, session 24).
+                // Made inside `Box::write`'s call: made first and then
+                // moved, it is copied whole.
+                let mut handled = Box::into_pin(Box::write(
+                    Box::new_uninit(),
+                    serving.proxy.handle(req, &client, &mut raw),
+                ));
                 let mut armed = None;
                 poll_fn(|cx| {
                     let deadline = (&*slot, &mut armed);
@@ -242,7 +252,8 @@ impl<F: Future> Stop<'_, F> {
     }
 }
 
-/// A connection on this path, with the buffers it keeps between requests.
+/// A connection on this path, with the buffers of the request in hand.
+/// Between requests they go back to the thread's spares (see `spare`).
 struct Conn {
     socket: Arc<Socket>,
     /// Bytes read and not yet taken. Header values share its memory; once
@@ -250,9 +261,6 @@ struct Conn {
     buf: BytesMut,
     /// The response being written.
     out: Vec<u8>,
-    /// The last response's header map, emptied for the next request, as
-    /// hyper does: no map is allocated per request.
-    headers: HeaderMap,
 }
 
 /// The limits of one head's read, from the config serving when it starts.
@@ -299,13 +307,25 @@ impl Conn {
     /// Reads what the socket has into `buf`: `Ok(0)` when the client has
     /// closed the connection.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < MIN_READ {
-            // Reclaims the buffer's memory when nothing else holds it.
-            self.buf.reserve(READ_SIZE);
-        }
-        let wanted = self.buf.capacity() - self.buf.len();
         let buf = &mut self.buf;
-        poll_read_shared(&self.socket.io, cx, wanted, |s| s.try_read_buf(buf))
+        let wanted = if buf.capacity() == 0 {
+            // A spare buffer has at least this much room.
+            READ_SIZE
+        } else {
+            if buf.capacity() - buf.len() < MIN_READ {
+                // Reclaims the buffer's memory when nothing else holds it.
+                buf.reserve(READ_SIZE);
+            }
+            buf.capacity() - buf.len()
+        };
+        poll_read_shared(&self.socket.io, cx, wanted, |s| {
+            // Taken only once the socket has something to read: waiting
+            // for a request holds no buffer.
+            if buf.capacity() == 0 {
+                *buf = spare::read_buffer(READ_SIZE);
+            }
+            s.try_read_buf(buf)
+        })
     }
 
     /// Waits for the next complete request head.
@@ -346,6 +366,9 @@ impl Conn {
                 }
                 timer.as_mut().reset(limits.deadline);
             }
+            // Waiting for the next request: its buffer goes back to the
+            // spares, for a connection that has one to read.
+            spare::give_read(&mut self.buf, READ_SIZE);
             Poll::Pending
         })
         .await
@@ -438,11 +461,10 @@ impl Conn {
         }))
     }
 
-    /// The head's fields, in the map kept from the last response; `None`
-    /// if one is not a valid name or value.
+    /// The head's fields, in a map a response has given back (see
+    /// `spare`); `None` if one is not a valid name or value.
     fn headers_of(&mut self, head: &Bytes, at: &[[u32; 4]]) -> Option<HeaderMap> {
-        let mut headers = std::mem::take(&mut self.headers);
-        headers.clear();
+        let mut headers = spare::map();
         headers.reserve(at.len());
         for &[n0, n1, v0, v1] in at {
             let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize]).ok()?;
@@ -521,12 +543,14 @@ impl Conn {
         head: bool,
         mut keep_alive: bool,
     ) -> io::Result<bool> {
+        if self.out.capacity() == 0 {
+            self.out = spare::write_buffer(1024);
+        }
         let mut encoder = self.encode_head(resp, raw.as_ref(), head, &mut keep_alive);
-        // The map serves the next request's head. Its values go now: they
+        // The map serves a later request's head. Its values go now: they
         // may share an upstream connection's read buffer, which can be
         // reused only once nothing else holds it.
-        resp.headers_mut().clear();
-        self.headers = std::mem::take(resp.headers_mut());
+        spare::give_map(std::mem::take(resp.headers_mut()));
         // Raw fields share the backend connection's read buffer in the same
         // way.
         drop(raw);
@@ -556,7 +580,7 @@ impl Conn {
             }
         })
         .await;
-        self.out.clear();
+        spare::give_write(std::mem::take(&mut self.out));
         outcome.map(|()| keep_alive)
     }
 

@@ -351,3 +351,89 @@ async fn every_response_carries_its_request_id_once_in_place_of_the_upstreams() 
     assert_eq!(got.len(), 1, "{text}");
     assert_eq!(got[0].0, vec!["err-3".to_owned()], "{text}");
 }
+
+/// Reads one response with a `Content-Length` off `s`: its head, and its
+/// body.
+async fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    within("a response", async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
+                    .unwrap_or_else(|| panic!("no content-length: {head}"))
+                    .parse()
+                    .unwrap();
+                if got.len() >= end + 4 + length {
+                    assert_eq!(got.len(), end + 4 + length, "more than one response: {head}");
+                    return (head, got[end + 4..].to_vec());
+                }
+            }
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+}
+
+/// Between its requests a connection gives its buffers back, and the next
+/// connection to read takes them: nothing of one connection's request or
+/// response may show in another's.
+#[tokio::test]
+async fn connections_taking_turns_see_only_their_own_requests() {
+    let backend = Backend::echo("b").await;
+    // A response filter's edit is in the response's header map, which goes
+    // back with the buffers.
+    let proxy = TestProxy::start(&format!(
+        "[plugins.resp]\nbuiltin = \"headers\"\nconfig = {{ set = {{ \"x-edited\" = \"yes\" }} }}\n\
+         [upstreams.u]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"u\"\nresponse = [\"resp\"]\n",
+        backend.url()
+    ))
+    .await;
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    // Connection 0 sends many fields, 1 none of its own, 2 one long one.
+    let extra = |i: usize| match i {
+        0 => (0..24).map(|k| format!("x-many-{k}: {k}\r\n")).collect::<String>(),
+        1 => String::new(),
+        _ => format!("x-long: {}\r\n", "v".repeat(3000)),
+    };
+    for round in 0..4 {
+        for (i, s) in conns.iter_mut().enumerate() {
+            let path = format!("/c{i}/r{round}");
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nx-conn: {i}\r\n{}\r\n", extra(i));
+            s.write_all(request.as_bytes()).await.unwrap();
+            let (head, body) = read_response(s).await;
+            assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+            let echo = plumeway_tests::Echo::parse(&body);
+            assert_eq!(echo.path, path, "{head}");
+            assert_eq!(echo.header("x-conn"), Some(i.to_string().as_str()), "{path}");
+            let many = echo.headers.keys().filter(|k| k.starts_with("x-many-")).count();
+            assert_eq!(many, if i == 0 { 24 } else { 0 }, "{path}: {:?}", echo.headers);
+            assert_eq!(echo.header("x-long").map(str::len), (i == 2).then_some(3000), "{path}");
+            assert_eq!(echo.header("x-edited"), None, "{path}: {:?}", echo.headers);
+            // Each of the backend's fields once, and no other's.
+            let lower = head.to_ascii_lowercase();
+            for field in [
+                "x-backend: b",
+                "content-type: application/json",
+                "date: ",
+                "via: ",
+                "x-edited: yes",
+            ] {
+                assert_eq!(lower.matches(field).count(), 1, "{field} in {head}");
+            }
+        }
+    }
+    assert_eq!(backend.hits(), 12);
+}
