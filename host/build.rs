@@ -20,6 +20,8 @@ fn main() {
             root.join("plugin-sdk/Cargo.toml"),
             root.join("wit"),
             root.join("Cargo.lock"),
+            // The workspace manifest holds the `wasm-plugin` profile.
+            root.join("Cargo.toml"),
         ],
     );
     let mut code = String::from(

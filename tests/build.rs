@@ -22,6 +22,8 @@ fn main() {
             root.join("examples/hello-plugin"),
             root.join("plugin-sdk/src"),
             root.join("wit"),
+            // The workspace manifest holds the `wasm-plugin` profile.
+            root.join("Cargo.toml"),
         ],
     );
     let mut code = String::new();

@@ -5,7 +5,7 @@
 //!
 //! The nested cargo uses its own target directory, so it never waits for
 //! the lock that the outer cargo holds, and the `wasm-plugin` profile of the
-//! workspace (size-optimised, `panic = "abort"`).
+//! workspace (optimised for speed, `panic = "abort"`).
 
 use std::env;
 use std::path::{Path, PathBuf};
