@@ -53,12 +53,7 @@ pub(super) fn read_buffer(size: usize) -> BytesMut {
 /// lines the last one warmed.
 pub(super) fn give_read(buf: &mut BytesMut, size: usize) {
     if buf.is_empty() && buf.try_reclaim(size) {
-        let buf = std::mem::take(buf);
-        SPARES.with_borrow_mut(|s| {
-            if s.reads.len() < KEPT {
-                s.reads.push(buf);
-            }
-        });
+        keep(|s| &mut s.reads, std::mem::take(buf));
     }
 }
 
@@ -75,11 +70,7 @@ pub(super) fn give_write(mut out: Vec<u8>) {
         return;
     }
     out.clear();
-    SPARES.with_borrow_mut(|s| {
-        if s.writes.len() < KEPT {
-            s.writes.push(out);
-        }
-    });
+    keep(|s| &mut s.writes, out);
 }
 
 /// An empty header map.
@@ -95,9 +86,15 @@ pub(super) fn give_map(mut map: HeaderMap) {
         return;
     }
     map.clear();
+    keep(|s| &mut s.maps, map);
+}
+
+/// Puts `spare` on its list, unless the list is full.
+fn keep<T>(list: fn(&mut Spares) -> &mut Vec<T>, spare: T) {
     SPARES.with_borrow_mut(|s| {
-        if s.maps.len() < KEPT {
-            s.maps.push(map);
+        let list = list(s);
+        if list.len() < KEPT {
+            list.push(spare);
         }
     });
 }
