@@ -145,53 +145,58 @@ pub(super) async fn serve(
                 deadline: Instant::now() + server.timeouts.header_read.get(),
             }
         };
-        let req = match conn.next_request(&limits, timer.as_mut(), &mut stop).await {
-            Next::Request(req) => req,
-            Next::HandOver => return Ended::HandOver(conn.socket, conn.buf),
-            Next::Closed => return Ended::Closed,
-            Next::TimedOut => {
-                if conn.buf.is_empty() {
-                    conn.close();
-                } else {
-                    conn.socket.answer_timeout();
+        // The backend's fields, when they are passed on as it wrote them.
+        let mut raw = None;
+        let serving;
+        let (mut handled, head, keep_alive, has_body) = {
+            // The parsed request is bound in this block, which ends before
+            // the next await: bound in the loop's body, it would be kept in
+            // the connection's future as well, hundreds of bytes more to
+            // write and read per request.
+            let Parsed {
+                req,
+                keep_alive,
+                has_body,
+            } = match conn.next_request(&limits, timer.as_mut(), &mut stop).await {
+                Next::Request(parsed) => parsed,
+                Next::HandOver => return Ended::HandOver(conn.socket, conn.buf),
+                Next::Closed => return Ended::Closed,
+                Next::TimedOut => {
+                    if conn.buf.is_empty() {
+                        conn.close();
+                    } else {
+                        conn.socket.answer_timeout();
+                    }
+                    return Ended::Closed;
                 }
-                return Ended::Closed;
-            }
+            };
+            let head = req.method() == Method::HEAD;
+            serving = state.current();
+            // The request's future, kilobytes, is made in place in memory
+            // of its own, freed as soon as the response is ready. In the
+            // connection's future it made every idle connection ~7 KiB
+            // larger, and at 200 busy connections its lines had gone cold
+            // by the time the connection sent again (bench/RESULTS.md,
+            // session 24). Made inside `Box::write`'s call: made first and
+            // then moved, it is copied whole.
+            let handled = Box::into_pin(Box::write(
+                Box::new_uninit(),
+                serving.proxy.handle(req, &client, &mut raw),
+            ));
+            (handled, head, keep_alive, has_body)
         };
-        let Parsed {
-            req,
-            keep_alive,
-            has_body,
-        } = req;
-        let head = req.method() == Method::HEAD;
-        let serving = state.current();
         // The response, hundreds of bytes, is put where it stays until it
         // is written: handed from one future to another, it would be
         // copied at each step.
         let written = {
             let mut answered = None;
-            // The backend's fields, when they are passed on as it wrote them.
-            let mut raw = None;
-            {
-                // The request's future, kilobytes, is made in place in
-                // memory of its own, freed as soon as the response is
-                // ready. In the connection's future it made every idle
-                // connection ~7 KiB larger, and at 200 busy connections its
-                // lines had gone cold by the time the connection sent again
-                // (bench/RESULTS.md, session 24).
-                // Made inside `Box::write`'s call: made first and then
-                // moved, it is copied whole.
-                let mut handled = Box::into_pin(Box::write(
-                    Box::new_uninit(),
-                    serving.proxy.handle(req, &client, &mut raw),
-                ));
-                let mut armed = None;
-                poll_fn(|cx| {
-                    let deadline = (&*slot, &mut armed);
-                    conn.poll_answered(cx, handled.as_mut(), !has_body, timer.as_mut(), deadline, &mut answered)
-                })
-                .await;
-            }
+            let mut armed = None;
+            poll_fn(|cx| {
+                let deadline = (&*slot, &mut armed);
+                conn.poll_answered(cx, handled.as_mut(), !has_body, timer.as_mut(), deadline, &mut answered)
+            })
+            .await;
+            drop(handled);
             slot.clear();
             let Some(resp) = answered.as_mut() else {
                 // The client went away: dropping the request's future
