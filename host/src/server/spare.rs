@@ -15,6 +15,9 @@ use http::HeaderMap;
 /// are freed.
 const KEPT: usize = 256;
 
+/// A read buffer grown past this (a large head) is freed rather than kept.
+const KEPT_READ: usize = 16 * 1024;
+
 /// A write buffer grown past this (a large body gathered) is freed rather
 /// than kept.
 const KEPT_WRITE: usize = 16 * 1024;
@@ -50,10 +53,13 @@ pub(super) fn read_buffer(size: usize) -> BytesMut {
 /// request's header values, split off it, may still), leaving an empty
 /// buffer with no memory in its place. Taken back, it has room for `size`
 /// bytes again, from the start of its memory: the next read lands in the
-/// lines the last one warmed.
+/// lines the last one warmed. One grown for a large head is freed instead.
 pub(super) fn give_read(buf: &mut BytesMut, size: usize) {
     if buf.is_empty() && buf.try_reclaim(size) {
-        keep(|s| &mut s.reads, std::mem::take(buf));
+        let buf = std::mem::take(buf);
+        if buf.capacity() <= KEPT_READ {
+            keep(|s| &mut s.reads, buf);
+        }
     }
 }
 
