@@ -343,6 +343,13 @@ def idle_rss_with_builtins(work, procs):
     return (rss_kib(p.pid), rss_kib(p.pid, "RssAnon"), rss_kib(p.pid, "RssFile")), None
 
 
+def paired(runs, base, key, op, fmt):
+    """`op` of each round's run and the base's run in the same round: the
+    median, with the lowest and highest in brackets."""
+    values = sorted(op(a[key], b[key]) for a, b in zip(runs, base))
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(values[0])}–{fmt.format(values[-1])})"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5, help="per wrk run")
@@ -378,7 +385,9 @@ def main():
         results = {}
         for c in conns:
             for r in range(args.rounds):
-                for p in proxies:
+                # Each round starts with the next proxy: none always runs
+                # just after another's load has warmed or cooled the caches.
+                for p in proxies[r % len(proxies):] + proxies[: r % len(proxies)]:
                     results.setdefault((p.name, c), []).append(wrk(p, c, args.seconds))
                     print(f"  wrk c={c} round {r + 1} {p.name}: {results[(p.name, c)][-1]}", file=sys.stderr, flush=True)
         h2, wsr, idle = {}, {}, {}
@@ -407,7 +416,10 @@ def main():
                 sock = "; ".join(r["errors"] for r in runs if r["errors"])
                 say(f"| {p.name} | {c} | {med(runs, 'rps'):,.0f} | {med(runs, 'p50'):.0f} | {med(runs, 'p99'):.0f} | {med(runs, 'cpu'):.2f} | {med(runs, 'sys'):.2f} | {errs} {sock} |")
         say()
-        say("Ratios plumeway/nginx (throughput: higher is better; CPU and latency: lower is better):")
+        # This machine's speed drifts by up to 2× within minutes, the same
+        # for every proxy: a ratio is taken within each round, between runs
+        # seconds apart, and the median of those is the figure.
+        say(f"Ratios plumeway/nginx, each the median of the {args.rounds} rounds' own ratios, the range in brackets (throughput: higher is better; CPU and latency: lower is better):")
         say()
         say("| plumeway | conns | throughput | CPU/req | p50 | p99 |")
         say("|---|---|---|---|---|---|")
@@ -415,15 +427,18 @@ def main():
             n = results[("nginx", c)]
             for name in [p.name for p in proxies if p.name.startswith("plumeway")]:
                 r = results[(name, c)]
-                say(f"| {name} | {c} | {med(r, 'rps') / med(n, 'rps'):.2f}× | {med(r, 'cpu') / med(n, 'cpu'):.2f}× | {med(r, 'p50') / med(n, 'p50'):.2f}× | {med(r, 'p99') / med(n, 'p99'):.2f}× |")
+                cells = [paired(r, n, key, lambda a, b: a / b, "{:.2f}×") for key in ("rps", "cpu", "p50", "p99")]
+                say(f"| {name} | {c} | " + " | ".join(cells) + " |")
         say()
         for base in ["plumeway"] + [name for name, _ in also]:
             for c in conns:
                 if (f"{base}+3", c) not in results:
                     continue
-                plain, chained = med(results[(base, c)], "cpu"), med(results[(f"{base}+3", c)], "cpu")
+                chained, plain = results[(f"{base}+3", c)], results[(base, c)]
                 who = "" if base == "plumeway" else f" ({base})"
-                say(f"3-plugin chain at {c} connections{who}: +{chained - plain:.2f} µs CPU per request over no plugins.")
+                added = paired(chained, plain, "cpu", lambda a, b: a - b, "{:+.2f}")
+                over = paired(chained, results[("nginx", c)], "cpu", lambda a, b: a / b, "{:.2f}×")
+                say(f"3-plugin chain at {c} connections{who}: {added} µs CPU per request over no plugins; {over} nginx's.")
         if not args.quick:
             say()
             say(f"HTTP/2 (h2load -n {args.h2_requests} -c 10 -m 10, h2c; HTTP/1.1 to the backend):")
