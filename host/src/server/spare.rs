@@ -54,8 +54,10 @@ pub(super) fn read_buffer(size: usize) -> BytesMut {
 /// buffer with no memory in its place. Taken back, it has room for `size`
 /// bytes again, from the start of its memory: the next read lands in the
 /// lines the last one warmed. One grown for a large head is freed instead.
+/// A buffer given back already (no memory) is left at once: a connection
+/// waiting for its next request gives back on every wake-up.
 pub(super) fn give_read(buf: &mut BytesMut, size: usize) {
-    if buf.is_empty() && buf.try_reclaim(size) {
+    if buf.capacity() != 0 && buf.is_empty() && buf.try_reclaim(size) {
         let buf = std::mem::take(buf);
         if buf.capacity() <= KEPT_READ {
             keep(|s| &mut s.reads, buf);
