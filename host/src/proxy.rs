@@ -371,27 +371,18 @@ impl Proxy {
         let start = Instant::now();
         let counted = access::InFlight::new(&self.metrics);
         // What only the access log needs is taken only when it is on.
-        let logging = self.config.access_log.enabled;
-        let wall = if logging {
-            std::time::SystemTime::now()
-        } else {
-            std::time::UNIX_EPOCH
-        };
+        let logged = self.config.access_log.enabled.then(|| {
+            let agent = self.access_log_wants_agent();
+            let header = |name: HeaderName| agent.then(|| req.headers().get(name).cloned()).flatten();
+            Box::new(access::Logged {
+                wall: std::time::SystemTime::now(),
+                path: req.uri().path_and_query().map_or("/", PathAndQuery::as_str).into(),
+                user_agent: header(header::USER_AGENT),
+                referer: header(header::REFERER),
+            })
+        });
         let method = req.method().clone();
-        let path: Box<str> = if logging {
-            req.uri().path_and_query().map_or("/", PathAndQuery::as_str).into()
-        } else {
-            Box::default()
-        };
         let version = req.version();
-        let (user_agent, referer) = if self.access_log_wants_agent() {
-            (
-                req.headers().get(header::USER_AGENT).cloned(),
-                req.headers().get(header::REFERER).cloned(),
-            )
-        } else {
-            (None, None)
-        };
         let peer = client.peer.ip();
         let mut ex = Exchange {
             client,
@@ -428,10 +419,8 @@ impl Proxy {
             log: Arc::clone(&self.access_log),
             entry: access::Entry {
                 start,
-                wall,
                 client: peer,
                 method,
-                path,
                 version,
                 status: resp.status().as_u16(),
                 route: ex.facts.route,
@@ -440,8 +429,7 @@ impl Proxy {
                 attempts: ex.attempts,
                 upstream_time: ex.upstream_time,
                 request_id: ex.request_id,
-                user_agent,
-                referer,
+                logged,
             },
             _counted: counted,
         };
