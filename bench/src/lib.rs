@@ -57,7 +57,9 @@ pub async fn load(addr: SocketAddr, path: &str, connections: usize, total: u64) 
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let (ok, failed, next) = (Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&next));
-        let uri: http::Uri = format!("http://{addr}{path}").parse().expect("uri");
+        // The origin form, as a browser or wrk sends it: an absolute URI
+        // whose authority is not the Host is malformed to the proxy.
+        let uri: http::Uri = path.parse().expect("uri");
         tasks.push(tokio::spawn(async move {
             let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
                 return;

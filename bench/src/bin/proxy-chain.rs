@@ -5,17 +5,33 @@
 //!
 //! `cargo run --release -p plumeway-bench --bin proxy-chain [-- REQUESTS CONNECTIONS]`
 
-use std::process::Stdio;
+use std::io::BufRead;
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use plumeway_bench::{backend, cpu_time, load};
-use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A proxy process, killed when dropped. `std::process` rather than
+/// tokio's: tokio's `process` feature, enabled by any package built
+/// together with `plumeway` (as `bench/compare.sh` builds this one), adds a
+/// check for exited children to every park of plumeway's runtime too.
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn main() -> anyhow::Result<()> {
     // Re-executed as the proxy: the same code as the `plumeway` binary,
     // built in this run, so the figures never come from a stale binary. It
-    // starts its own runtime, so this dispatch comes before ours.
-    if std::env::args().nth(1).as_deref() == Some("run") {
+    // starts its own runtime, so this dispatch comes before ours. The proxy
+    // in turn re-executes itself (this binary) to compile its plugins: that
+    // goes to the same CLI, or each proxy would start this benchmark again.
+    let arg = std::env::args().nth(1);
+    if matches!(arg.as_deref(), Some("run" | plumeway::plugin::COMPILE_COMMAND)) {
         std::process::exit(i32::from(plumeway::cli::main() != std::process::ExitCode::SUCCESS));
     }
     tokio::runtime::Builder::new_multi_thread()
@@ -55,31 +71,34 @@ response = ["resp"]
     for (name, toml) in [("no plugins", plain), ("3-plugin chain", chain)] {
         let path = dir.path().join(format!("{}.toml", proxies.len()));
         std::fs::write(&path, toml)?;
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .arg("run")
-            .arg(&path)
-            .args(["--log", "warn,plumeway::server=info"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stderr = child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines
-                .next_line()
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("proxy exited"))?;
-            if let Some(a) = line.split("addr=").nth(1) {
-                break a
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .parse::<std::net::SocketAddr>()?;
+        let mut child = Proxy(
+            std::process::Command::new(std::env::current_exe()?)
+                .arg("run")
+                .arg(&path)
+                .args(["--log", "warn,plumeway::server=info"])
+                .stderr(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        let stderr = child.0.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        // Its log is read on a thread of its own, to the end, so that the
+        // proxy never blocks on a full pipe; the listening address is the
+        // first thing wanted from it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let addr = line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next());
+                if let (Some(addr), Some(tx)) = (addr, tx.take()) {
+                    let _ = tx.send(addr.to_owned());
+                }
             }
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+        });
+        let addr: std::net::SocketAddr = tokio::task::spawn_blocking(move || rx.recv())
+            .await?
+            .map_err(|_| anyhow::anyhow!("proxy exited"))?
+            .parse()?;
+        let pid = child.0.id();
         proxies.push((name, addr, pid, child));
     }
 
