@@ -181,10 +181,6 @@ type Instance = Box<Warm>;
 struct Warm {
     store: Store<HostState>,
     hooks: Hooks,
-    /// The one `fields` entry in the store's table that each call lends
-    /// the headers through: made once, so a call does not allocate a table
-    /// slot for them.
-    fields: wasmtime::component::Resource<host::FieldsEntry>,
     /// When the current call checked the instance out.
     since: std::time::Instant,
     /// Set while a call has the instance checked out.
@@ -441,14 +437,10 @@ impl Plugin {
             Ok(Err(message)) => return Err(Failure::Returned { message }),
             Err(e) => return Err(self.classify(e, &store)),
         };
-        let fields = (store.data_mut().table)
-            .push(host::FieldsEntry::default())
-            .map_err(|e| Failure::Instantiate { message: e.to_string() })?;
         Ok((
             Box::new(Warm {
                 store,
                 hooks,
-                fields,
                 since: std::time::Instant::now(),
                 running: None,
             }),

@@ -572,7 +572,7 @@ impl Proxy {
 
     /// Runs the route's response filters, in order. The backend's fields
     /// may be beside the response, raw (`fields`): the filters edit them
-    /// there, as the plugin host's `FieldsEntry` tells.
+    /// there, as the plugin host's `Fields` tells.
     async fn filter_response(
         &self,
         route: &Route,

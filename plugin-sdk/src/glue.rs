@@ -68,19 +68,18 @@ impl<P: Plugin + Slot> lifecycle::exports::plumeway::plugin::lifecycle::Guest fo
 }
 
 impl<P: Rewrite + Slot> rewrite::exports::plumeway::plugin::rewrite::Guest for Glue<P> {
-    fn rewrite(headers: &wit::Fields) -> Result<Option<String>, wit::PluginError> {
-        let req = Request::host(Headers::host(headers, true), None);
+    fn rewrite() -> Result<Option<String>, wit::PluginError> {
+        let req = Request::host(Headers::host(true), None);
         with_plugin::<P, _>(|p| p.rewrite(&req))?.map_err(plugin_error)
     }
 }
 
 impl<P: RequestFilter + Slot> request_filter::exports::plumeway::plugin::request_filter::Guest for Glue<P> {
     fn on_request(
-        headers: &wit::Fields,
         body: Option<Vec<u8>>,
     ) -> Result<request_filter::exports::plumeway::plugin::request_filter::RequestAction, wit::PluginError> {
         use request_filter::exports::plumeway::plugin::request_filter::{RequestAction, RequestEdits};
-        let mut req = Request::host(Headers::host(headers, false), body);
+        let mut req = Request::host(Headers::host(false), body);
         let action = with_plugin::<P, _>(|p| p.on_request(&mut req))?.map_err(plugin_error)?;
         Ok(match action {
             Action::Continue => RequestAction::Continue(RequestEdits {
@@ -97,12 +96,11 @@ impl<P: RequestFilter + Slot> request_filter::exports::plumeway::plugin::request
 impl<P: ResponseFilter + Slot> response_filter::exports::plumeway::plugin::response_filter::Guest for Glue<P> {
     fn on_response(
         status: u16,
-        headers: &wit::Fields,
         body: Option<Vec<u8>>,
         stash: Option<Vec<u8>>,
     ) -> Result<response_filter::exports::plumeway::plugin::response_filter::ResponseAction, wit::PluginError> {
         use response_filter::exports::plumeway::plugin::response_filter::{ResponseAction as WitAction, ResponseEdits};
-        let mut res = Response::host(status, Headers::host(headers, false), body, stash);
+        let mut res = Response::host(status, Headers::host(false), body, stash);
         let action = with_plugin::<P, _>(|p| p.on_response(&mut res))?.map_err(plugin_error)?;
         Ok(match action {
             ResponseAction::Continue => WitAction::Continue(ResponseEdits {
@@ -117,7 +115,6 @@ impl<P: ResponseFilter + Slot> response_filter::exports::plumeway::plugin::respo
 
 impl<P: ErrorHandler + Slot> error_handler::exports::plumeway::plugin::error_handler::Guest for Glue<P> {
     fn on_error(
-        headers: &wit::Fields,
         err: error_handler::exports::plumeway::plugin::error_handler::ProxyError,
     ) -> Result<wit::Response, wit::PluginError> {
         use error_handler::exports::plumeway::plugin::error_handler::ErrorKind as K;
@@ -141,7 +138,7 @@ impl<P: ErrorHandler + Slot> error_handler::exports::plumeway::plugin::error_han
             attempts: err.attempts,
             request_id: err.request_id,
         };
-        let req = Request::host(Headers::host(headers, true), None);
+        let req = Request::host(Headers::host(true), None);
         with_plugin::<P, _>(|p| p.on_error(&req, &err))?
             .map(response)
             .map_err(plugin_error)
@@ -150,7 +147,6 @@ impl<P: ErrorHandler + Slot> error_handler::exports::plumeway::plugin::error_han
 
 impl<P: Balancer + Slot> balancer::exports::plumeway::plugin::balancer::Guest for Glue<P> {
     fn pick(
-        headers: &wit::Fields,
         endpoints: Vec<balancer::exports::plumeway::plugin::balancer::EndpointState>,
         ctx: balancer::exports::plumeway::plugin::balancer::PickContext,
     ) -> Result<Option<u32>, wit::PluginError> {
@@ -164,7 +160,7 @@ impl<P: Balancer + Slot> balancer::exports::plumeway::plugin::balancer::Guest fo
             attempt: ctx.attempt,
             tried: ctx.tried.into_iter().map(|i| i as usize).collect(),
         };
-        let req = Request::host(Headers::host(headers, true), None);
+        let req = Request::host(Headers::host(true), None);
         let picked = with_plugin::<P, _>(|p| p.pick(&req, &endpoints, &ctx))?.map_err(plugin_error)?;
         picked
             .map(|i| {

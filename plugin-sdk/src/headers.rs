@@ -1,8 +1,10 @@
 //! Headers: the host's, lent for one call, or local ones in unit tests.
 
 use std::fmt;
+use std::marker::PhantomData;
 
-use crate::bindings::imports::plumeway::plugin::types::{Fields, HeaderError as WitHeaderError};
+use crate::bindings::imports::plumeway::plugin::headers as host;
+use crate::bindings::imports::plumeway::plugin::types::HeaderError as WitHeaderError;
 
 /// The headers of the request or response a hook is looking at.
 ///
@@ -28,10 +30,9 @@ pub struct Headers<'a> {
 }
 
 enum Inner<'a> {
-    Host {
-        fields: &'a Fields,
-        read_only: bool,
-    },
+    /// The headers of the call in progress, which the host's `headers`
+    /// functions act on; valid while the hook that was given them runs.
+    Host { call: PhantomData<&'a ()>, read_only: bool },
     Local {
         list: Vec<(String, Vec<u8>)>,
         read_only: bool,
@@ -94,9 +95,13 @@ impl Default for Headers<'static> {
 }
 
 impl<'a> Headers<'a> {
-    pub(crate) fn host(fields: &'a Fields, read_only: bool) -> Self {
+    /// The call's headers, as the host lends them to the hook running now.
+    pub(crate) fn host(read_only: bool) -> Self {
         Self {
-            inner: Inner::Host { fields, read_only },
+            inner: Inner::Host {
+                call: PhantomData,
+                read_only,
+            },
         }
     }
 
@@ -120,7 +125,7 @@ impl<'a> Headers<'a> {
     /// Every value of `name`, as bytes, in order.
     pub fn get_all(&self, name: &str) -> Vec<Vec<u8>> {
         match &self.inner {
-            Inner::Host { fields, .. } => fields.get(name),
+            Inner::Host { .. } => host::get(name),
             Inner::Local { list, .. } => list
                 .iter()
                 .filter(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -132,7 +137,7 @@ impl<'a> Headers<'a> {
     /// Whether `name` is present.
     pub fn has(&self, name: &str) -> bool {
         match &self.inner {
-            Inner::Host { fields, .. } => fields.has(name),
+            Inner::Host { .. } => host::has(name),
             Inner::Local { list, .. } => list.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)),
         }
     }
@@ -141,12 +146,12 @@ impl<'a> Headers<'a> {
     pub fn set(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), HeaderError> {
         let value = value.as_ref();
         match &mut self.inner {
-            Inner::Host { fields, read_only } => {
+            Inner::Host { read_only, .. } => {
                 if *read_only {
                     return Err(HeaderError::Immutable);
                 }
                 // The value goes to the host as it is: no copy, no list.
-                fields.set_one(name, value).map_err(Into::into)
+                host::set_one(name, value).map_err(Into::into)
             }
             Inner::Local { list, read_only } => {
                 check_local(name, Some(value), *read_only)?;
@@ -161,11 +166,11 @@ impl<'a> Headers<'a> {
     pub fn append(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), HeaderError> {
         let value = value.as_ref();
         match &mut self.inner {
-            Inner::Host { fields, read_only } => {
+            Inner::Host { read_only, .. } => {
                 if *read_only {
                     return Err(HeaderError::Immutable);
                 }
-                fields.append(name, value).map_err(Into::into)
+                host::append(name, value).map_err(Into::into)
             }
             Inner::Local { list, read_only } => {
                 check_local(name, Some(value), *read_only)?;
@@ -178,11 +183,11 @@ impl<'a> Headers<'a> {
     /// Removes every value of `name`.
     pub fn remove(&mut self, name: &str) -> Result<(), HeaderError> {
         match &mut self.inner {
-            Inner::Host { fields, read_only } => {
+            Inner::Host { read_only, .. } => {
                 if *read_only {
                     return Err(HeaderError::Immutable);
                 }
-                fields.delete(name).map_err(Into::into)
+                host::delete(name).map_err(Into::into)
             }
             Inner::Local { list, read_only } => {
                 check_local(name, None, *read_only)?;
@@ -196,7 +201,7 @@ impl<'a> Headers<'a> {
     /// the host; prefer [`Headers::get`] on the hot path.
     pub fn to_vec(&self) -> Vec<(String, Vec<u8>)> {
         match &self.inner {
-            Inner::Host { fields, .. } => fields.copy_all(),
+            Inner::Host { .. } => host::copy_all(),
             Inner::Local { list, .. } => list.clone(),
         }
     }

@@ -12,10 +12,7 @@ wasmtime::component::bindgen!({
     world: "any-plugin",
     path: "../wit",
     // Hooks and host functions are synchronous (see `wasi.rs` for why) and
-    // host functions trappable, so a bad resource handle ends the call, not
-    // the proxy.
+    // host functions trappable, so a host function's own failure (fields
+    // that cannot be read back into a map) ends the call, not the proxy.
     imports: { default: trappable },
-    with: {
-        "plumeway:plugin/types.fields": super::host::FieldsEntry,
-    },
 });

@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, request, response, uri::PathAndQuery};
-use wasmtime::component::Resource;
 
 use super::bindings::exports::plumeway::plugin::{balancer, error_handler, request_filter, response_filter};
 use super::bindings::plumeway::plugin::types;
-use super::host::{CallInfo, FieldsEntry, RequestLine};
+use super::host::{CallInfo, Fields, RequestLine};
 use super::output::{valid_path, valid_response, valid_status};
 use super::{Failure, Instance, Plugin};
 use crate::body::BoxBody;
@@ -96,21 +95,20 @@ pub struct EndpointView {
 
 /// Moves a call's inputs into the instance's store, and back after,
 /// whatever the call's outcome: a trap never loses them, and nothing is
-/// copied. The request's headers are the call's `fields`, or for a response
+/// copied. The request's headers are the call's fields, or for a response
 /// filter the response's are and the request's `Host` waits beside them;
 /// the request's method and URI are there for the `context` functions,
-/// which copy a part only when the plugin asks for it.
-struct Lent {
-    fields: u32,
-}
+/// which copy a part only when the plugin asks for it. Made by
+/// [`Lent::new`], ended by [`Lent::give_back`].
+#[must_use = "what was lent must be given back"]
+struct Lent(());
 
 /// What a response filter's call lends besides the request.
 struct ForResponse<'a> {
     /// The response's headers, lent as the call's fields.
     headers: &'a mut HeaderMap,
     /// The backend's fields as it wrote them, when they were kept raw: the
-    /// call's fields are these and `headers` together (see
-    /// [`FieldsEntry`]).
+    /// call's fields are these and `headers` together (see [`Fields`]).
     raw: &'a mut Option<RawFields>,
     /// The request's `Host`.
     host: &'a mut Option<HeaderValue>,
@@ -123,26 +121,20 @@ impl Lent {
         response: Option<&mut ForResponse<'_>>,
         call: &mut CallInfo,
         writable: bool,
-    ) -> Result<Self, Failure> {
+    ) -> Self {
         let state = instance.store.data_mut();
-        let entry = state
-            .table
-            .get_mut(&instance.fields)
-            .map_err(|e| Failure::Instantiate { message: e.to_string() })?;
-        entry.writable = writable;
-        let line = &mut state.line;
-        line.headers_are_fields = response.is_none();
+        state.fields.writable = writable;
+        state.line.headers_are_fields = response.is_none();
         // Swapped with the empty values the store holds between calls,
         // rather than assigned: nothing is built or dropped.
-        Self::swap(entry, line, request, response);
+        Self::swap(&mut state.fields, &mut state.line, request, response);
         std::mem::swap(&mut state.call, call);
-        let fields = instance.fields.rep();
-        state.lent = Some(fields);
-        Ok(Self { fields })
+        state.lent = true;
+        Self(())
     }
 
     fn swap(
-        entry: &mut FieldsEntry,
+        entry: &mut Fields,
         line: &mut RequestLine,
         request: &mut request::Parts,
         response: Option<&mut ForResponse<'_>>,
@@ -159,11 +151,6 @@ impl Lent {
         std::mem::swap(&mut line.uri, &mut request.uri);
     }
 
-    /// The headers, as the call's `borrow<fields>`.
-    fn fields(&self) -> Resource<FieldsEntry> {
-        Resource::new_borrow(self.fields)
-    }
-
     fn give_back(
         self,
         instance: &mut Instance,
@@ -172,14 +159,10 @@ impl Lent {
         call: &mut CallInfo,
     ) {
         let state = instance.store.data_mut();
-        state.lent = None;
+        state.lent = false;
         std::mem::swap(&mut state.call, call);
-        // The entry is there: `new` found it, and only the host removes
-        // entries.
-        if let Ok(entry) = state.table.get_mut(&instance.fields) {
-            entry.writable = false;
-            Self::swap(entry, &mut state.line, request, response);
-        }
+        state.fields.writable = false;
+        Self::swap(&mut state.fields, &mut state.line, request, response);
     }
 }
 
@@ -204,9 +187,9 @@ impl Plugin {
     /// The `rewrite` hook: a new path and query, or `None` to keep it.
     pub fn rewrite(&self, parts: &mut request::Parts, call: &mut CallInfo) -> Result<Option<PathAndQuery>, Failure> {
         let mut instance = self.checkout()?;
-        let lent = Lent::new(&mut instance, parts, None, call, false)?;
+        let lent = Lent::new(&mut instance, parts, None, call, false);
         let result = match &instance.hooks.rewrite {
-            Some(g) => g.call_rewrite(&mut instance.store, lent.fields()),
+            Some(g) => g.call_rewrite(&mut instance.store),
             None => Err(not_exported("rewrite")),
         };
         lent.give_back(&mut instance, parts, None, call);
@@ -222,9 +205,9 @@ impl Plugin {
         call: &mut CallInfo,
     ) -> Result<RequestOutcome, Failure> {
         let mut instance = self.checkout()?;
-        let lent = Lent::new(&mut instance, parts, None, call, true)?;
+        let lent = Lent::new(&mut instance, parts, None, call, true);
         let result = match &instance.hooks.request {
-            Some(g) => g.call_on_request(&mut instance.store, lent.fields(), body.map(|b| &b[..])),
+            Some(g) => g.call_on_request(&mut instance.store, body.map(|b| &b[..])),
             None => Err(not_exported("request-filter")),
         };
         lent.give_back(&mut instance, parts, None, call);
@@ -250,7 +233,7 @@ impl Plugin {
 
     /// The `response-filter` hook. Header edits are applied to `parts` as
     /// the plugin makes them, and to `raw`, the backend's fields when they
-    /// were kept as it wrote them (see [`FieldsEntry`]).
+    /// were kept as it wrote them (see [`Fields`]).
     #[expect(
         clippy::too_many_arguments,
         reason = "each is a borrow of a different part of the proxy's exchange, taken apart again at once"
@@ -272,11 +255,11 @@ impl Plugin {
             raw,
             host,
         };
-        let lent = Lent::new(&mut instance, request, Some(&mut response), call, true)?;
+        let lent = Lent::new(&mut instance, request, Some(&mut response), call, true);
         let result = match &instance.hooks.response {
             Some(g) => {
                 let body = body.map(|b| &b[..]);
-                g.call_on_response(&mut instance.store, status, lent.fields(), body, stash)
+                g.call_on_response(&mut instance.store, status, body, stash)
             }
             None => Err(not_exported("response-filter")),
         };
@@ -329,9 +312,9 @@ impl Plugin {
             request_id: err.request_id.to_string(),
         };
         let mut instance = self.checkout()?;
-        let lent = Lent::new(&mut instance, parts, None, call, false)?;
+        let lent = Lent::new(&mut instance, parts, None, call, false);
         let result = match &instance.hooks.error {
-            Some(g) => g.call_on_error(&mut instance.store, lent.fields(), &record),
+            Some(g) => g.call_on_error(&mut instance.store, &record),
             None => Err(not_exported("error-handler")),
         };
         lent.give_back(&mut instance, parts, None, call);
@@ -362,9 +345,9 @@ impl Plugin {
         };
         let mut instance = self.checkout()?;
         instance.store.data_mut().endpoint_urls = input.endpoints.iter().map(|e| Arc::clone(&e.url)).collect();
-        let lent = Lent::new(&mut instance, parts, None, call, false)?;
+        let lent = Lent::new(&mut instance, parts, None, call, false);
         let result = match &instance.hooks.balancer {
-            Some(g) => g.call_pick(&mut instance.store, lent.fields(), &states, &ctx),
+            Some(g) => g.call_pick(&mut instance.store, &states, &ctx),
             None => Err(not_exported("balancer")),
         };
         lent.give_back(&mut instance, parts, None, call);

@@ -1,19 +1,19 @@
 //! What a plugin instance's store holds, and the host functions it imports:
-//! the `fields` resource, logging, and request context.
+//! the call's headers, logging, and request context.
 
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::plumeway::plugin::{context, log, types};
+use super::bindings::plumeway::plugin::{context, headers, log, types};
 use crate::router::request_host_with;
 use crate::upstream::h1::RawFields;
 
-/// The headers an instance lends to its plugin, one call at a time; empty
-/// between calls.
+/// The headers an instance lends to its plugin, one call at a time, for the
+/// `headers` functions; empty between calls.
 ///
 /// A response filter may be lent a backend's fields as it wrote them
 /// (`raw`), with `headers` holding only the filter's edits: making a map
@@ -24,14 +24,13 @@ use crate::upstream::h1::RawFields;
 /// (`raw` as the map path reads it, then the edits), and the call goes on
 /// with that.
 #[derive(Debug, Default)]
-#[expect(unreachable_pub, reason = "named by the generated bindings, which re-export it")]
-pub struct FieldsEntry {
+pub(crate) struct Fields {
     pub(crate) headers: HeaderMap,
     pub(crate) raw: Option<RawFields>,
     pub(crate) writable: bool,
 }
 
-impl FieldsEntry {
+impl Fields {
     /// The fields whole, as a map.
     fn whole(&mut self) -> wasmtime::Result<&HeaderMap> {
         if let Some(raw) = self.raw.take() {
@@ -104,9 +103,11 @@ pub(crate) struct HostState {
     pub(crate) call: CallInfo,
     /// The request of the call in progress.
     pub(crate) line: RequestLine,
-    /// The table index of the `fields` entry lent to the call in
-    /// progress; `None` between calls (and in `init`).
-    pub(crate) lent: Option<u32>,
+    /// The headers lent to the call in progress.
+    pub(crate) fields: Fields,
+    /// Whether a hook's call is in progress (not between calls, nor in
+    /// `init`).
+    pub(crate) lent: bool,
     /// Header names this plugin edits.
     names: KnownNames,
     /// For balancers: the URL of each endpoint in the list given to `pick`.
@@ -156,7 +157,8 @@ impl HostState {
             plugin,
             call: CallInfo::default(),
             line: RequestLine::default(),
-            lent: None,
+            fields: Fields::default(),
+            lent: false,
             names: KnownNames::default(),
             endpoint_urls: Vec::new(),
             stderr,
@@ -249,40 +251,35 @@ fn parse_value(value: Vec<u8>) -> Result<HeaderValue, types::HeaderError> {
 }
 
 impl HostState {
-    fn writable(
-        &mut self,
-        this: &Resource<FieldsEntry>,
-    ) -> wasmtime::Result<Result<&mut FieldsEntry, types::HeaderError>> {
-        let entry = self.table.get_mut(this)?;
-        Ok(if entry.writable {
-            Ok(entry)
+    /// The call's headers, if this call may edit them.
+    fn writable(&mut self) -> Result<&mut Fields, types::HeaderError> {
+        if self.fields.writable {
+            Ok(&mut self.fields)
         } else {
             Err(types::HeaderError::Immutable)
-        })
+        }
     }
-}
 
-impl HostState {
     /// `set-one` and `append`: the name and value are checked first, so a
     /// bad one leaves the headers as they were.
     fn edit_one(
         &mut self,
-        this: &Resource<FieldsEntry>,
         name: &str,
         value: Vec<u8>,
-        edit: impl FnOnce(&mut FieldsEntry, HeaderName, HeaderValue),
-    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        let (name, value) = match self.names.parse(name).and_then(|n| Ok((n, parse_value(value)?))) {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.writable(this)?.map(|entry| edit(entry, name, value)))
+        edit: impl FnOnce(&mut Fields, HeaderName, HeaderValue),
+    ) -> Result<(), types::HeaderError> {
+        let name = self.names.parse(name)?;
+        let value = parse_value(value)?;
+        self.writable().map(|fields| edit(fields, name, value))
     }
 }
 
-impl types::HostFields for HostState {
-    fn get(&mut self, this: Resource<FieldsEntry>, name: String) -> wasmtime::Result<Vec<Vec<u8>>> {
-        let headers = self.table.get_mut(&this)?.whole()?;
+// Between calls the store holds empty fields that may not be edited, so
+// outside a hook reads find nothing and edits answer `immutable` with no
+// check of their own.
+impl headers::Host for HostState {
+    fn get(&mut self, name: String) -> wasmtime::Result<Vec<Vec<u8>>> {
+        let headers = self.fields.whole()?;
         Ok(headers
             .get_all(name.as_str())
             .iter()
@@ -290,16 +287,11 @@ impl types::HostFields for HostState {
             .collect())
     }
 
-    fn has(&mut self, this: Resource<FieldsEntry>, name: String) -> wasmtime::Result<bool> {
-        Ok(self.table.get_mut(&this)?.whole()?.contains_key(name.as_str()))
+    fn has(&mut self, name: String) -> wasmtime::Result<bool> {
+        Ok(self.fields.whole()?.contains_key(name.as_str()))
     }
 
-    fn set(
-        &mut self,
-        this: Resource<FieldsEntry>,
-        name: String,
-        values: Vec<Vec<u8>>,
-    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+    fn set(&mut self, name: String, values: Vec<Vec<u8>>) -> wasmtime::Result<Result<(), types::HeaderError>> {
         // Every value is checked before the headers change, so a bad one
         // leaves them as they were; the usual single value needs no list.
         let checked = self.names.parse(&name).and_then(|name| {
@@ -312,8 +304,8 @@ impl types::HostFields for HostState {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.writable(&this)?.map(|entry| {
-            let headers = entry.owning(&name);
+        Ok(self.writable().map(|fields| {
+            let headers = fields.owning(&name);
             match first {
                 // `insert` drops every earlier value in the same lookup.
                 Some(first) => {
@@ -329,59 +321,36 @@ impl types::HostFields for HostState {
         }))
     }
 
-    fn set_one(
-        &mut self,
-        this: Resource<FieldsEntry>,
-        name: String,
-        value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        self.edit_one(&this, &name, value, |entry, name, value| {
-            entry.owning(&name).insert(name, value);
-        })
+    fn set_one(&mut self, name: String, value: Vec<u8>) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        Ok(self.edit_one(&name, value, |fields, name, value| {
+            fields.owning(&name).insert(name, value);
+        }))
     }
 
-    fn append(
-        &mut self,
-        this: Resource<FieldsEntry>,
-        name: String,
-        value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+    fn append(&mut self, name: String, value: Vec<u8>) -> wasmtime::Result<Result<(), types::HeaderError>> {
         // Raw fields keep their lines of the name; the new value goes
         // after them.
-        self.edit_one(&this, &name, value, |entry, name, value| {
-            entry.headers.append(name, value);
-        })
+        Ok(self.edit_one(&name, value, |fields, name, value| {
+            fields.headers.append(name, value);
+        }))
     }
 
-    fn delete(
-        &mut self,
-        this: Resource<FieldsEntry>,
-        name: String,
-    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+    fn delete(&mut self, name: String) -> wasmtime::Result<Result<(), types::HeaderError>> {
         let name = match self.names.parse(&name) {
             Ok(n) => n,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.writable(&this)?.map(|entry| {
-            entry.owning(&name).remove(&name);
+        Ok(self.writable().map(|fields| {
+            fields.owning(&name).remove(&name);
         }))
     }
 
-    fn copy_all(&mut self, this: Resource<FieldsEntry>) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
-        let headers = self.table.get_mut(&this)?.whole()?;
+    fn copy_all(&mut self) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        let headers = self.fields.whole()?;
         Ok(headers
             .iter()
             .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect())
-    }
-
-    fn drop(&mut self, this: Resource<FieldsEntry>) -> wasmtime::Result<()> {
-        // Only the host creates fields and lends them as borrows; an owned
-        // handle reaching here is still ours to free.
-        if this.owned() {
-            self.table.delete(this)?;
-        }
-        Ok(())
     }
 }
 
@@ -423,27 +392,28 @@ impl context::Host for HostState {
     // (`GET`, `/`) the store holds between calls.
 
     fn method(&mut self) -> wasmtime::Result<String> {
-        Ok(match self.lent {
-            Some(_) => self.line.method.as_str().to_owned(),
-            None => String::new(),
+        Ok(if self.lent {
+            self.line.method.as_str().to_owned()
+        } else {
+            String::new()
         })
     }
 
     fn path_with_query(&mut self) -> wasmtime::Result<String> {
-        Ok(match self.lent {
-            Some(_) => self.line.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
-            None => String::new(),
+        Ok(if self.lent {
+            self.line.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned()
+        } else {
+            String::new()
         })
     }
 
     fn authority(&mut self) -> wasmtime::Result<Option<String>> {
-        let host = match self.lent {
-            None => return Ok(None),
-            Some(rep) if self.line.headers_are_fields => {
-                let fields = &self.table.get(&Resource::<FieldsEntry>::new_borrow(rep))?.headers;
-                fields.get(http::header::HOST)
-            }
-            Some(_) => self.line.host.as_ref(),
+        if !self.lent {
+            return Ok(None);
+        }
+        let host = match self.line.headers_are_fields {
+            true => self.fields.headers.get(http::header::HOST),
+            false => self.line.host.as_ref(),
         };
         Ok(request_host_with(&self.line.uri, host).map(str::to_owned))
     }

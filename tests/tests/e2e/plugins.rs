@@ -277,6 +277,11 @@ mod logger {
         assert_eq!(seen.header("x-seen-line"), Some("GET /hello?x=1 api.example"));
         // And by a response filter, which is lent the response's headers.
         assert_eq!(reply.headers["x-seen-line"], "GET /hello?x=1 api.example");
+        // Outside a hook there are no headers to read or edit.
+        assert_eq!(
+            seen.header("x-seen-init"),
+            Some("get 0, has false, set Err(HeaderError::Immutable), all 0")
+        );
     }
 
     /// A backend whose fields need nothing done to them is passed on as it

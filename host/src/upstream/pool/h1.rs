@@ -174,7 +174,7 @@ impl Connection {
 /// kept so; the rest go into a map as before. Response filters edit them
 /// in place: the names they set or remove are left out here, and what
 /// they set or append is in the response's map, written after these (see
-/// the plugin host's `FieldsEntry`).
+/// the plugin host's `Fields`).
 #[derive(Debug, Clone)]
 pub(crate) struct RawFields {
     /// The whole head; `spans` index it.

@@ -1,7 +1,8 @@
 //! Logs each request and reports the context attributes and the request
 //! line it can see in `x-seen-*` headers: the request's, to the backend;
 //! as a response filter, the response's, to the client, with the
-//! response's fields as it reads them.
+//! response's fields as it reads them. In `x-seen-init`, what the
+//! `headers` functions gave it in `init`, where no hook is running.
 
 use plumeway_sdk::{
     Action, Config, Error, Plugin, Request, RequestFilter, Response, ResponseAction, ResponseFilter, context,
@@ -11,6 +12,7 @@ use plumeway_sdk::{
 #[derive(Debug)]
 pub struct Logger {
     tag: String,
+    init_saw: String,
 }
 
 impl Plugin for Logger {
@@ -22,7 +24,17 @@ impl Plugin for Logger {
             tag: String,
         }
         let s: Settings = config.parse()?;
-        Ok(Self { tag: s.tag })
+        // The contract's functions as such: the SDK lends headers only to
+        // a hook.
+        use plumeway_sdk::__private::bindings::imports::plumeway::plugin::headers;
+        let init_saw = format!(
+            "get {}, has {}, set {:?}, all {}",
+            headers::get("host").len(),
+            headers::has("host"),
+            headers::set_one("x-init", b"1"),
+            headers::copy_all().len()
+        );
+        Ok(Self { tag: s.tag, init_saw })
     }
 }
 
@@ -40,6 +52,7 @@ impl RequestFilter for Logger {
             req.authority().unwrap_or("-")
         );
         req.headers_mut().set("x-seen-line", line)?;
+        req.headers_mut().set("x-seen-init", &self.init_saw)?;
         Ok(Action::Continue)
     }
 }
