@@ -134,18 +134,18 @@ impl Lent {
     }
 
     fn swap(
-        entry: &mut Fields,
+        fields: &mut Fields,
         line: &mut RequestLine,
         request: &mut request::Parts,
         response: Option<&mut ForResponse<'_>>,
     ) {
         match response {
             Some(response) => {
-                std::mem::swap(&mut entry.headers, response.headers);
-                std::mem::swap(&mut entry.raw, response.raw);
+                std::mem::swap(&mut fields.headers, response.headers);
+                std::mem::swap(&mut fields.raw, response.raw);
                 std::mem::swap(&mut line.host, response.host);
             }
-            None => std::mem::swap(&mut entry.headers, &mut request.headers),
+            None => std::mem::swap(&mut fields.headers, &mut request.headers),
         }
         std::mem::swap(&mut line.method, &mut request.method);
         std::mem::swap(&mut line.uri, &mut request.uri);
