@@ -31,7 +31,9 @@ pub struct Headers<'a> {
 
 enum Inner<'a> {
     /// The headers of the call in progress, which the host's `headers`
-    /// functions act on; valid while the hook that was given them runs.
+    /// functions act on. The hooks' traits take `Request<'_>` and
+    /// `Response<'_>`, so `'a` keeps them inside the hook they were given
+    /// to: kept for a later call, they would act on that call's headers.
     Host { call: PhantomData<&'a ()>, read_only: bool },
     Local {
         list: Vec<(String, Vec<u8>)>,
@@ -46,7 +48,7 @@ pub enum HeaderError {
     InvalidSyntax,
     /// The header belongs to the connection or framing; the host manages it.
     Forbidden,
-    /// The headers are read-only in this hook.
+    /// The headers are read-only in this hook (or no hook is running).
     Immutable,
     /// Something else, as the host explained.
     Other(Option<String>),

@@ -1,6 +1,6 @@
 //! Cost of one plugin call: a warm pooled instance vs a fresh instance per
 //! call (`isolation = "per-request"`), through the same host API the proxy
-//! uses (the request's headers lent to the call, one header read and one set).
+//! uses (the request's headers lent to the call, one header set).
 //!
 //! `cargo run --release -p plumeway-bench --bin plugin-overhead [CALLS] [pooled|fresh]`
 //!

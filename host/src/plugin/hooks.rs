@@ -93,16 +93,6 @@ pub struct EndpointView {
     pub in_flight: u32,
 }
 
-/// Moves a call's inputs into the instance's store, and back after,
-/// whatever the call's outcome: a trap never loses them, and nothing is
-/// copied. The request's headers are the call's fields, or for a response
-/// filter the response's are and the request's `Host` waits beside them;
-/// the request's method and URI are there for the `context` functions,
-/// which copy a part only when the plugin asks for it. Made by
-/// [`Lent::new`], ended by [`Lent::give_back`].
-#[must_use = "what was lent must be given back"]
-struct Lent(());
-
 /// What a response filter's call lends besides the request.
 struct ForResponse<'a> {
     /// The response's headers, lent as the call's fields.
@@ -114,56 +104,55 @@ struct ForResponse<'a> {
     host: &'a mut Option<HeaderValue>,
 }
 
-impl Lent {
-    fn new(
-        instance: &mut Instance,
-        request: &mut request::Parts,
-        response: Option<&mut ForResponse<'_>>,
-        call: &mut CallInfo,
-        writable: bool,
-    ) -> Self {
-        let state = instance.store.data_mut();
-        state.fields.writable = writable;
-        state.line.headers_are_fields = response.is_none();
-        // Swapped with the empty values the store holds between calls,
-        // rather than assigned: nothing is built or dropped.
-        Self::swap(&mut state.fields, &mut state.line, request, response);
-        std::mem::swap(&mut state.call, call);
-        state.lent = true;
-        Self(())
-    }
+/// Runs `hook` with the call's inputs moved into the instance's store, and
+/// moves them back after, whatever `hook` returns: a trap never loses
+/// them, and nothing is copied. The request's headers are the call's
+/// fields, or for a response filter the response's are and the request's
+/// `Host` waits beside them; the request's method and URI are there for
+/// the `context` functions, which copy a part only when the plugin asks
+/// for it.
+fn lent<R>(
+    instance: &mut Instance,
+    request: &mut request::Parts,
+    mut response: Option<&mut ForResponse<'_>>,
+    call: &mut CallInfo,
+    writable: bool,
+    hook: impl FnOnce(&mut Instance) -> R,
+) -> R {
+    let state = instance.store.data_mut();
+    state.fields.writable = writable;
+    state.line.headers_are_fields = response.is_none();
+    // Swapped with the empty values the store holds between calls, rather
+    // than assigned: nothing is built or dropped.
+    swap(&mut state.fields, &mut state.line, request, response.as_deref_mut());
+    std::mem::swap(&mut state.call, call);
+    state.lent = true;
+    let result = hook(instance);
+    let state = instance.store.data_mut();
+    state.lent = false;
+    std::mem::swap(&mut state.call, call);
+    state.fields.writable = false;
+    swap(&mut state.fields, &mut state.line, request, response);
+    result
+}
 
-    fn swap(
-        fields: &mut Fields,
-        line: &mut RequestLine,
-        request: &mut request::Parts,
-        response: Option<&mut ForResponse<'_>>,
-    ) {
-        match response {
-            Some(response) => {
-                std::mem::swap(&mut fields.headers, response.headers);
-                std::mem::swap(&mut fields.raw, response.raw);
-                std::mem::swap(&mut line.host, response.host);
-            }
-            None => std::mem::swap(&mut fields.headers, &mut request.headers),
+/// Exchanges the call's inputs with what the store holds (see [`lent`]).
+fn swap(
+    fields: &mut Fields,
+    line: &mut RequestLine,
+    request: &mut request::Parts,
+    response: Option<&mut ForResponse<'_>>,
+) {
+    match response {
+        Some(response) => {
+            std::mem::swap(&mut fields.headers, response.headers);
+            std::mem::swap(&mut fields.raw, response.raw);
+            std::mem::swap(&mut line.host, response.host);
         }
-        std::mem::swap(&mut line.method, &mut request.method);
-        std::mem::swap(&mut line.uri, &mut request.uri);
+        None => std::mem::swap(&mut fields.headers, &mut request.headers),
     }
-
-    fn give_back(
-        self,
-        instance: &mut Instance,
-        request: &mut request::Parts,
-        response: Option<&mut ForResponse<'_>>,
-        call: &mut CallInfo,
-    ) {
-        let state = instance.store.data_mut();
-        state.lent = false;
-        std::mem::swap(&mut state.call, call);
-        state.fields.writable = false;
-        Self::swap(&mut state.fields, &mut state.line, request, response);
-    }
+    std::mem::swap(&mut line.method, &mut request.method);
+    std::mem::swap(&mut line.uri, &mut request.uri);
 }
 
 impl Plugin {
@@ -187,12 +176,10 @@ impl Plugin {
     /// The `rewrite` hook: a new path and query, or `None` to keep it.
     pub fn rewrite(&self, parts: &mut request::Parts, call: &mut CallInfo) -> Result<Option<PathAndQuery>, Failure> {
         let mut instance = self.checkout()?;
-        let lent = Lent::new(&mut instance, parts, None, call, false);
-        let result = match &instance.hooks.rewrite {
-            Some(g) => g.call_rewrite(&mut instance.store),
+        let result = lent(&mut instance, parts, None, call, false, |i| match &i.hooks.rewrite {
+            Some(g) => g.call_rewrite(&mut i.store),
             None => Err(not_exported("rewrite")),
-        };
-        lent.give_back(&mut instance, parts, None, call);
+        });
         self.settle(instance, result, |path| path.map(valid_path).transpose())
     }
 
@@ -205,12 +192,10 @@ impl Plugin {
         call: &mut CallInfo,
     ) -> Result<RequestOutcome, Failure> {
         let mut instance = self.checkout()?;
-        let lent = Lent::new(&mut instance, parts, None, call, true);
-        let result = match &instance.hooks.request {
-            Some(g) => g.call_on_request(&mut instance.store, body.map(|b| &b[..])),
+        let result = lent(&mut instance, parts, None, call, true, |i| match &i.hooks.request {
+            Some(g) => g.call_on_request(&mut i.store, body.map(|b| &b[..])),
             None => Err(not_exported("request-filter")),
-        };
-        lent.give_back(&mut instance, parts, None, call);
+        });
         self.settle(instance, result, |action| match action {
             request_filter::RequestAction::Continue(edits) => {
                 if let Some(path) = edits.path_with_query {
@@ -255,15 +240,15 @@ impl Plugin {
             raw,
             host,
         };
-        let lent = Lent::new(&mut instance, request, Some(&mut response), call, true);
-        let result = match &instance.hooks.response {
-            Some(g) => {
-                let body = body.map(|b| &b[..]);
-                g.call_on_response(&mut instance.store, status, body, stash)
+        let result = lent(&mut instance, request, Some(&mut response), call, true, |i| {
+            match &i.hooks.response {
+                Some(g) => {
+                    let body = body.map(|b| &b[..]);
+                    g.call_on_response(&mut i.store, status, body, stash)
+                }
+                None => Err(not_exported("response-filter")),
             }
-            None => Err(not_exported("response-filter")),
-        };
-        lent.give_back(&mut instance, request, Some(&mut response), call);
+        });
         self.settle(instance, result, |action| match action {
             response_filter::ResponseAction::Continue(edits) => {
                 let status = edits.status.map(valid_status).transpose()?;
@@ -312,12 +297,10 @@ impl Plugin {
             request_id: err.request_id.to_string(),
         };
         let mut instance = self.checkout()?;
-        let lent = Lent::new(&mut instance, parts, None, call, false);
-        let result = match &instance.hooks.error {
-            Some(g) => g.call_on_error(&mut instance.store, &record),
+        let result = lent(&mut instance, parts, None, call, false, |i| match &i.hooks.error {
+            Some(g) => g.call_on_error(&mut i.store, &record),
             None => Err(not_exported("error-handler")),
-        };
-        lent.give_back(&mut instance, parts, None, call);
+        });
         self.settle(instance, result, valid_response)
     }
 
@@ -345,12 +328,10 @@ impl Plugin {
         };
         let mut instance = self.checkout()?;
         instance.store.data_mut().endpoint_urls = input.endpoints.iter().map(|e| Arc::clone(&e.url)).collect();
-        let lent = Lent::new(&mut instance, parts, None, call, false);
-        let result = match &instance.hooks.balancer {
-            Some(g) => g.call_pick(&mut instance.store, &states, &ctx),
+        let result = lent(&mut instance, parts, None, call, false, |i| match &i.hooks.balancer {
+            Some(g) => g.call_pick(&mut i.store, &states, &ctx),
             None => Err(not_exported("balancer")),
-        };
-        lent.give_back(&mut instance, parts, None, call);
+        });
         instance.store.data_mut().endpoint_urls.clear();
         self.settle(instance, result, |picked| match picked {
             None => Ok(None),

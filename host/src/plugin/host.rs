@@ -251,26 +251,19 @@ fn parse_value(value: Vec<u8>) -> Result<HeaderValue, types::HeaderError> {
 }
 
 impl HostState {
-    /// The call's headers, if this call may edit them.
-    fn writable(&mut self) -> Result<&mut Fields, types::HeaderError> {
-        if self.fields.writable {
-            Ok(&mut self.fields)
-        } else {
-            Err(types::HeaderError::Immutable)
-        }
-    }
-
-    /// `set-one` and `append`: the name and value are checked first, so a
-    /// bad one leaves the headers as they were.
-    fn edit_one(
+    /// Runs `edit` on the call's headers if this call may edit them; else
+    /// (a read-only hook, or no hook at all) the answer is `immutable`,
+    /// whatever the edit, so it is checked first. `edit` checks its names
+    /// and values before it changes anything, so a bad one leaves the
+    /// headers as they were.
+    fn edit(
         &mut self,
-        name: &str,
-        value: Vec<u8>,
-        edit: impl FnOnce(&mut Fields, HeaderName, HeaderValue),
+        edit: impl FnOnce(&mut KnownNames, &mut Fields) -> Result<(), types::HeaderError>,
     ) -> Result<(), types::HeaderError> {
-        let name = self.names.parse(name)?;
-        let value = parse_value(value)?;
-        self.writable().map(|fields| edit(fields, name, value))
+        if !self.fields.writable {
+            return Err(types::HeaderError::Immutable);
+        }
+        edit(&mut self.names, &mut self.fields)
     }
 }
 
@@ -292,19 +285,12 @@ impl headers::Host for HostState {
     }
 
     fn set(&mut self, name: String, values: Vec<Vec<u8>>) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        // Every value is checked before the headers change, so a bad one
-        // leaves them as they were; the usual single value needs no list.
-        let checked = self.names.parse(&name).and_then(|name| {
+        Ok(self.edit(|names, fields| {
+            // The usual single value needs no list.
+            let name = names.parse(&name)?;
             let mut values = values.into_iter();
             let first = values.next().map(parse_value).transpose()?;
             let rest = values.map(parse_value).collect::<Result<Vec<_>, _>>()?;
-            Ok((name, first, rest))
-        });
-        let (name, first, rest) = match checked {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.writable().map(|fields| {
             let headers = fields.owning(&name);
             match first {
                 // `insert` drops every earlier value in the same lookup.
@@ -318,30 +304,33 @@ impl headers::Host for HostState {
             for v in rest {
                 headers.append(name.clone(), v);
             }
+            Ok(())
         }))
     }
 
     fn set_one(&mut self, name: String, value: Vec<u8>) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        Ok(self.edit_one(&name, value, |fields, name, value| {
+        Ok(self.edit(|names, fields| {
+            let (name, value) = (names.parse(&name)?, parse_value(value)?);
             fields.owning(&name).insert(name, value);
+            Ok(())
         }))
     }
 
     fn append(&mut self, name: String, value: Vec<u8>) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        // Raw fields keep their lines of the name; the new value goes
-        // after them.
-        Ok(self.edit_one(&name, value, |fields, name, value| {
+        Ok(self.edit(|names, fields| {
+            let (name, value) = (names.parse(&name)?, parse_value(value)?);
+            // Raw fields keep their lines of the name; the new value goes
+            // after them.
             fields.headers.append(name, value);
+            Ok(())
         }))
     }
 
     fn delete(&mut self, name: String) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        let name = match self.names.parse(&name) {
-            Ok(n) => n,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.writable().map(|fields| {
+        Ok(self.edit(|names, fields| {
+            let name = names.parse(&name)?;
             fields.owning(&name).remove(&name);
+            Ok(())
         }))
     }
 

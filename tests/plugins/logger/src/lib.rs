@@ -59,8 +59,8 @@ impl RequestFilter for Logger {
 
 impl ResponseFilter for Logger {
     fn on_response(&self, res: &mut Response<'_>) -> Result<ResponseAction, Error> {
-        // The request as forwarded: its `Host` is read from the request's
-        // headers while the response's are the ones lent.
+        // The request as forwarded: its `Host` is the one the host set
+        // aside, as the response's headers are the ones lent.
         let req = res.request();
         let line = format!(
             "{} {} {}",
