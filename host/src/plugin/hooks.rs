@@ -176,8 +176,8 @@ impl Plugin {
     /// The `rewrite` hook: a new path and query, or `None` to keep it.
     // This and the other hooks are kept out of line: inlined into
     // `Proxy::run`, their code made a request on a route without plugins
-    // run ~90 more instructions (bench/RESULTS.md, session 26); a call
-    // costs a plugin call nothing measurable.
+    // run ~90 more instructions (bench/RESULTS.md, session 26), and the
+    // extra call costs the chain nothing measurable.
     #[inline(never)]
     pub fn rewrite(&self, parts: &mut request::Parts, call: &mut CallInfo) -> Result<Option<PathAndQuery>, Failure> {
         let mut instance = self.checkout()?;
