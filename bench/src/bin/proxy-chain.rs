@@ -98,8 +98,7 @@ response = ["resp"]
             .await?
             .map_err(|_| anyhow::anyhow!("proxy exited"))?
             .parse()?;
-        let pid = child.0.id();
-        proxies.push((name, addr, pid, child));
+        proxies.push((name, addr, child));
     }
 
     println!("{requests} requests per run, {connections} connections, 3 interleaved rounds");
@@ -108,14 +107,15 @@ response = ["resp"]
         "proxy", "round", "requests/s", "CPU µs/request"
     );
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); proxies.len()];
-    for (_, addr, _, _) in &proxies {
+    for (_, addr, _) in &proxies {
         load(*addr, "/api/warm", connections, 2_000).await;
     }
     for round in 1..=3 {
-        for (i, (name, addr, pid, _)) in proxies.iter().enumerate() {
-            let before = cpu_time(*pid)?;
+        for (i, (name, addr, Proxy(child))) in proxies.iter().enumerate() {
+            let pid = child.id();
+            let before = cpu_time(pid)?;
             let run = load(*addr, "/api/users", connections, requests).await;
-            let used = cpu_time(*pid)? - before;
+            let used = cpu_time(pid)? - before;
             anyhow::ensure!(run.failed == 0, "{name}: {} requests failed", run.failed);
             let per_req = used.as_secs_f64() * 1e6 / run.ok as f64;
             cpu[i].push(per_req);
