@@ -68,8 +68,8 @@ impl<P: Plugin + Slot> lifecycle::exports::plumeway::plugin::lifecycle::Guest fo
 }
 
 impl<P: Rewrite + Slot> rewrite::exports::plumeway::plugin::rewrite::Guest for Glue<P> {
-    fn rewrite() -> Result<Option<String>, wit::PluginError> {
-        let req = Request::host(Headers::host(true), None);
+    fn rewrite(path_with_query: String) -> Result<Option<String>, wit::PluginError> {
+        let req = Request::with_path(Headers::host(true), path_with_query);
         with_plugin::<P, _>(|p| p.rewrite(&req))?.map_err(plugin_error)
     }
 }

@@ -64,6 +64,16 @@ impl Head {
         }
     }
 
+    /// The host's, with the path and query already given.
+    fn with_path(path_with_query: String) -> Self {
+        Self::Host {
+            method: OnceCell::new(),
+            path_with_query: OnceCell::from(path_with_query),
+            authority: OnceCell::new(),
+            whole: OnceCell::new(),
+        }
+    }
+
     fn method(&self) -> &str {
         match self {
             Self::Host { method, .. } => method.get_or_init(host::method),
@@ -123,6 +133,12 @@ pub struct Request<'a> {
 impl<'a> Request<'a> {
     pub(crate) fn host(headers: Headers<'a>, body: Option<Vec<u8>>) -> Self {
         Self::new(Head::host(), headers, body)
+    }
+
+    /// The request of a `rewrite` call, which is handed the path and query
+    /// rather than asking the host for them.
+    pub(crate) fn with_path(headers: Headers<'a>, path_with_query: String) -> Self {
+        Self::new(Head::with_path(path_with_query), headers, None)
     }
 
     fn new(head: Head, headers: Headers<'a>, body: Option<Vec<u8>>) -> Self {

@@ -180,9 +180,13 @@ impl Plugin {
     // extra call costs the chain nothing measurable.
     #[inline(never)]
     pub fn rewrite(&self, parts: &mut request::Parts, call: &mut CallInfo) -> Result<Option<PathAndQuery>, Failure> {
+        // Shared, not copied: the request's URI is lent to the store for the
+        // call, and the guest is handed the path from this.
+        let path = parts.uri.path_and_query().cloned();
+        let path = path.as_ref().map_or("/", PathAndQuery::as_str);
         let mut instance = self.checkout()?;
         let result = lent(&mut instance, parts, None, call, false, |i| match &i.hooks.rewrite {
-            Some(g) => g.call_rewrite(&mut i.store),
+            Some(g) => g.call_rewrite(&mut i.store, path),
             None => Err(not_exported("rewrite")),
         });
         self.settle(instance, result, |path| path.map(valid_path).transpose())
