@@ -38,11 +38,15 @@ from compare import (  # noqa: E402
     wait_port,
 )
 
-# wrk's `done` hook: requests, then the percentiles in µs, on one line.
+# wrk's `done` hook: requests, duration and the percentiles in µs, then
+# the failed requests (non-2xx/3xx, and socket errors, whose requests are
+# missing from the histogram), on one line.
 REPORT = """done = function(summary, latency, requests)
-  io.write(string.format("TAIL %d %d %d %d %d %d %d\\n", summary.requests, summary.duration,
+  local e = summary.errors
+  io.write(string.format("TAIL %d %d %d %d %d %d %d %d\\n", summary.requests, summary.duration,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency:percentile(99.9), latency.max))
+    latency:percentile(99.9), latency.max,
+    e.status + e.connect + e.read + e.write + e.timeout))
 end
 """
 
@@ -59,10 +63,12 @@ def run(pid, port, connections, seconds, script):
         check=True,
     ).stdout
     cpu = sum(cpu_seconds(pid)) - before
-    line = next(line for line in out.splitlines() if line.startswith("TAIL "))
-    requests, duration, p50, p90, p99, p999, top = map(int, line.split()[1:])
-    if requests == 0:
-        raise RuntimeError(f"wrk made no requests through port {port}")
+    line = next((line for line in out.splitlines() if line.startswith("TAIL ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no report for port {port}: {out!r}")
+    requests, duration, p50, p90, p99, p999, top, failed = map(int, line.split()[1:])
+    if requests == 0 or failed:
+        raise RuntimeError(f"port {port}: {requests} requests, {failed} failed or errors")
     return [requests / duration * 1e6, p50, p90, p99, p999, top, cpu / requests * 1e6]
 
 
@@ -74,6 +80,10 @@ def main():
     ap.add_argument("--seconds", type=int, default=3, help="per wrk run")
     ap.add_argument("--connections", default="10,50,200")
     args = ap.parse_args()
+    builds = [b.split("=", 1) for b in args.builds]
+    names = [b[0] for b in builds]
+    if any(len(b) != 2 for b in builds) or "nginx" in names or len(set(names)) != len(names):
+        ap.error("builds are NAME=BINARY, with names of their own other than nginx")
     plugins, route = (CHAIN, CHAIN_ROUTE) if args.chain else ("", "")
     procs = []
     with tempfile.TemporaryDirectory() as work, nginx_backend(work) as backend:
@@ -89,7 +99,7 @@ def main():
   server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""",
             )
             proxies = [("nginx", start(procs, [nginx_binary(), "-c", conf, "-p", work]).pid, port)]
-            for name, binary in (b.split("=", 1) for b in args.builds):
+            for name, binary in builds:
                 port = free_port()
                 conf = plumeway_conf(work, name, port, backend, None, plugins, route)
                 proxies.append((name, start(procs, [os.path.abspath(binary), "run", conf, "--log", "warn"]).pid, port))
@@ -120,7 +130,11 @@ def main():
             for p in procs:
                 p.terminate()
             for p in procs:
-                p.wait()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
 
 
 if __name__ == "__main__":

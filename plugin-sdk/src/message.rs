@@ -40,7 +40,8 @@ fn split_target(path_with_query: &str) -> (&str, Option<&str>) {
 /// The request line as a hook sees it. Inside plumeway it is the host's,
 /// read through the `context` functions of the call, and each part is
 /// copied in the first time the plugin looks at it: a hook that never does
-/// (a header filter) costs no copies. In unit tests it is a whole
+/// (a header filter) costs no copies. A rewrite is handed its path as the
+/// call's argument, every rewrite reading it. In unit tests it is a whole
 /// [`RequestHead`] from the builder.
 #[derive(Debug)]
 enum Head {
@@ -203,8 +204,9 @@ impl<'a> Request<'a> {
     }
 
     /// The request line as it arrived at this hook. Copies every part in
-    /// from the host; [`Request::method`], [`Request::path_with_query`] and
-    /// [`Request::authority`] copy only their own.
+    /// from the host (a rewrite has its path already); [`Request::method`],
+    /// [`Request::path_with_query`] and [`Request::authority`] copy only
+    /// their own.
     pub fn head(&self) -> &RequestHead {
         self.head.whole()
     }

@@ -180,8 +180,9 @@ impl Plugin {
     // extra call costs the chain nothing measurable.
     #[inline(never)]
     pub fn rewrite(&self, parts: &mut request::Parts, call: &mut CallInfo) -> Result<Option<PathAndQuery>, Failure> {
-        // Shared, not copied: the request's URI is lent to the store for the
-        // call, and the guest is handed the path from this.
+        // Shared rather than copied on the host (wasmtime copies it into the
+        // guest): the request's URI is lent to the store for the call, and
+        // the guest is handed the path from this.
         let path = parts.uri.path_and_query().cloned();
         let path = path.as_ref().map_or("/", PathAndQuery::as_str);
         let mut instance = self.checkout()?;

@@ -56,6 +56,9 @@ struct Inner {
     /// By endpoint. Every request looks its endpoint up here twice (to take
     /// a connection and to put it back), by the hash its [`Destination`] keeps.
     idle: Mutex<HashMap<Destination, Vec<Idle>, rustc_hash::FxBuildHasher>>,
+    /// Whether the pool is used from a current-thread runtime (see
+    /// [`requeue`]).
+    current_thread: bool,
 }
 
 struct Idle {
@@ -226,6 +229,8 @@ impl KeepAlive {
             idle_timeout,
             max_idle,
             idle: Mutex::default(),
+            current_thread: tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
         });
         super::sweep_while_alive(&inner, idle_timeout, sweep);
         Self { inner }
@@ -260,7 +265,7 @@ impl KeepAlive {
         // is woken once per burst, not once per request. On loopback that
         // wake-up is charged to the sender: writing at once cost ~1.5 µs
         // of system time per request with the 3-plugin chain (bench/RESULTS.md).
-        requeue().await;
+        requeue(self.inner.current_thread).await;
         loop {
             let (mut conn, reused) = match self.take(dest) {
                 Some(conn) => (conn, true),
@@ -357,18 +362,21 @@ impl KeepAlive {
     }
 }
 
-/// How the request body will be framed: by its exact length when known
-/// (the client's `Content-Length` is what hyper's server says the body is),
-/// chunked otherwise, and nothing for no body.
-/// Lets the tasks already woken run first: this one goes to the back of
-/// the run queue. tokio's `yield_now` holds a task back until the queue
-/// is empty and the driver has been polled: one more `epoll_wait` per
-/// request where connections are few (0.90 per request at 10 connections;
-/// nginx makes 0.56), and the request waits behind every connection that
-/// poll finds ready. Against it (bench/RESULTS.md, session 27): p99 at
-/// 10/50/200 connections 1.15/1.10/1.12× nginx's became 0.99/1.04/1.02×,
-/// and the 3-plugin chain 0.6–1.4 µs cheaper per request.
-async fn requeue() {
+/// Lets the tasks already woken run first, on a current-thread runtime
+/// by going to the back of its run queue (tokio reschedules a task that
+/// woke itself while being polled as a yield: `task/harness.rs`).
+/// tokio's `yield_now` holds a task back until the queue is empty and the
+/// driver has been polled: one more `epoll_wait` per request where
+/// connections are few (0.90 per request at 10 connections; nginx makes
+/// 0.56), and the request waits behind every connection that poll finds
+/// ready. Against it (bench/RESULTS.md, session 27): p99 over nginx's at
+/// 10/50/200 connections 1.15/1.10/1.12× became 0.99/1.04/1.02×, and the
+/// 3-plugin chain 0.6–1.4 µs cheaper per request. A multi-thread runtime
+/// keeps `yield_now`: there a yield wakes a parked worker to steal it.
+async fn requeue(current_thread: bool) {
+    if !current_thread {
+        return tokio::task::yield_now().await;
+    }
     let mut queued = false;
     poll_fn(|cx| {
         if queued {
@@ -381,6 +389,9 @@ async fn requeue() {
     .await;
 }
 
+/// How the request body will be framed: by its exact length when known
+/// (the client's `Content-Length` is what hyper's server says the body is),
+/// chunked otherwise, and nothing for no body.
 fn framing(method: &Method, headers: &HeaderMap, body: &BoxBody) -> Framing {
     if body.is_end_stream() {
         // A method that means something with content says that there is
