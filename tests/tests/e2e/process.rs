@@ -170,7 +170,7 @@ async fn sigterm_closes_idle_keep_alive_connections_at_once() {
 }
 
 #[tokio::test]
-async fn one_worker_thread_serves_many_connections_plugins_included() {
+async fn one_and_two_worker_threads_serve_many_connections_plugins_included() {
     let backend = Backend::start(|_req| async { http::Response::new(full("ok")) }).await;
     let config = |workers: usize| {
         format!(
@@ -179,14 +179,18 @@ async fn one_worker_thread_serves_many_connections_plugins_included() {
         )
     };
     // `workers = 1` is a current-thread runtime: everything on one thread.
-    let one = BinaryProxy::start(&config(1)).await;
-    let calls = (0..200).map(|i| {
-        let client = one.client();
-        async move { (i, client.get(&format!("/{i}")).await) }
-    });
-    for (i, reply) in futures_util::future::join_all(calls).await {
-        assert_eq!(reply.status, 200, "request {i}");
-        assert_eq!(reply.headers["x-chain"], "yes", "request {i}");
+    // Two is a multi-thread one, where the upstream write waits behind the
+    // woken tasks differently (`requeue` in the keep-alive pool).
+    for workers in [1, 2] {
+        let proxy = BinaryProxy::start(&config(workers)).await;
+        let calls = (0..200).map(|i| {
+            let client = proxy.client();
+            async move { (i, client.get(&format!("/{i}")).await) }
+        });
+        for (i, reply) in futures_util::future::join_all(calls).await {
+            assert_eq!(reply.status, 200, "workers = {workers}, request {i}");
+            assert_eq!(reply.headers["x-chain"], "yes", "workers = {workers}, request {i}");
+        }
     }
 }
 
