@@ -370,7 +370,7 @@ impl KeepAlive {
 /// connections are few (0.90 per request at 10 connections; nginx makes
 /// 0.56), and the request waits behind every connection that poll finds
 /// ready. Against it (bench/RESULTS.md, session 27): p99 over nginx's at
-/// 10/50/200 connections 1.15/1.10/1.12× became 0.99/1.04/1.02×, and the
+/// 10/50/200 connections 1.12/1.34/1.08× became 1.02/1.07/0.97×, and the
 /// 3-plugin chain 0.6–1.4 µs cheaper per request. A multi-thread runtime
 /// keeps `yield_now`: there a yield wakes a parked worker to steal it.
 async fn requeue(current_thread: bool) {
