@@ -423,7 +423,11 @@ impl Plugin {
         let started = |e: wasmtime::Error| Failure::Instantiate {
             message: format!("{e:#}"),
         };
-        let lifecycle = self.indices.lifecycle.load(&mut store, &instance).map_err(started)?;
+        let lifecycle = self
+            .indices
+            .lifecycle
+            .load(&mut store, &instance)
+            .map_err(|e| started(other_shape("plumeway:plugin/lifecycle@0.1.0", e)))?;
         let hooks = self.indices.load(&mut store, &instance).map_err(started)?;
         self.arm(&mut store, std::time::Instant::now())?;
         let needs = match lifecycle.call_init(&mut store, &self.config_json) {
@@ -564,30 +568,47 @@ impl Plugin {
 
 impl Indices {
     fn load(&self, store: &mut Store<HostState>, instance: &wasmtime::component::Instance) -> wasmtime::Result<Hooks> {
+        // Exports are found by name when the plugin loads; their types are
+        // checked here.
+        let shape = |hook: Hook| move |e| other_shape(hook.interface(), e);
         Ok(Hooks {
             rewrite: self
                 .rewrite
                 .as_ref()
-                .map(|x| x.load(&mut *store, instance))
+                .map(|x| x.load(&mut *store, instance).map_err(shape(Hook::Rewrite)))
                 .transpose()?,
             request: self
                 .request
                 .as_ref()
-                .map(|x| x.load(&mut *store, instance))
+                .map(|x| x.load(&mut *store, instance).map_err(shape(Hook::RequestFilter)))
                 .transpose()?,
             response: self
                 .response
                 .as_ref()
-                .map(|x| x.load(&mut *store, instance))
+                .map(|x| x.load(&mut *store, instance).map_err(shape(Hook::ResponseFilter)))
                 .transpose()?,
-            error: self.error.as_ref().map(|x| x.load(&mut *store, instance)).transpose()?,
+            error: self
+                .error
+                .as_ref()
+                .map(|x| x.load(&mut *store, instance).map_err(shape(Hook::ErrorHandler)))
+                .transpose()?,
             balancer: self
                 .balancer
                 .as_ref()
-                .map(|x| x.load(&mut *store, instance))
+                .map(|x| x.load(&mut *store, instance).map_err(shape(Hook::Balancer)))
                 .transpose()?,
         })
     }
+}
+
+/// An export found by name whose functions do not have the contract's
+/// types: the plugin was built against another version of the contract
+/// (a plugin not rebuilt after it changed), which the error says.
+fn other_shape(interface: &str, e: wasmtime::Error) -> wasmtime::Error {
+    e.context(format!(
+        "it exports {interface}, but not as this plumeway's contract has it: it was built against another \
+         version of the contract; rebuild it against this plumeway's plumeway-sdk"
+    ))
 }
 
 impl fmt::Debug for Plugin {

@@ -242,6 +242,28 @@ mod rewrite_only {
     }
 }
 
+mod old_contract {
+    use super::*;
+    use plumeway::config::Config;
+    use plumeway::proxy::Proxy;
+    use plumeway_tests::plugins::OLD_CONTRACT;
+
+    #[tokio::test]
+    async fn a_plugin_built_against_another_shape_of_the_contract_is_told_to_be_rebuilt() {
+        let backend = Backend::echo("b").await;
+        let source = toml(OLD_CONTRACT, "", &backend, "rewrite = \"p\"");
+        let config = Config::parse(Path::new("p.toml"), &source).unwrap();
+        let err = Proxy::build(&config).await.unwrap_err().to_string();
+        assert_eq!(
+            err.lines().next().unwrap(),
+            "p.toml:1:10: plugins.p: failed to start: could not start an instance: it exports \
+             plumeway:plugin/rewrite@0.1.0, but not as this plumeway's contract has it: it was built against \
+             another version of the contract; rebuild it against this plumeway's plumeway-sdk: failed to convert \
+             function to given type: type mismatch with parameters: expected 1-tuple, found 0-tuple"
+        );
+    }
+}
+
 mod logger {
     use super::*;
     use plumeway_tests::plugins::LOGGER;
