@@ -28,8 +28,8 @@ from compare import (  # noqa: E402
     CHAIN,
     CHAIN_ROUTE,
     PATH,
-    cpu_seconds,
     free_port,
+    measure,
     nginx_backend,
     nginx_binary,
     nginx_conf,
@@ -55,21 +55,14 @@ COLUMNS = ["req/s", "p50", "p90", "p99", "p99.9", "max", "CPU µs/req"]
 
 def run(pid, port, connections, seconds, script):
     """One wrk run: the columns of COLUMNS."""
-    before = sum(cpu_seconds(pid))
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script, f"http://127.0.0.1:{port}{PATH}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    cpu = sum(cpu_seconds(pid)) - before
+    out, cpu = measure(pid, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script, f"http://127.0.0.1:{port}{PATH}"])
     line = next((line for line in out.splitlines() if line.startswith("TAIL ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no report for port {port}: {out!r}")
     requests, duration, p50, p90, p99, p999, top, failed = map(int, line.split()[1:])
     if requests == 0 or failed:
         raise RuntimeError(f"port {port}: {requests} requests, {failed} failed or errors")
-    return [requests / duration * 1e6, p50, p90, p99, p999, top, cpu / requests * 1e6]
+    return [requests / duration * 1e6, p50, p90, p99, p999, top, sum(cpu) / requests * 1e6]
 
 
 def main():

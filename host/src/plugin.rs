@@ -240,6 +240,9 @@ impl Plugins {
     }
 }
 
+/// The interface every plugin exports, as a plugin author sees it in errors.
+const LIFECYCLE: &str = "plumeway:plugin/lifecycle@0.1.0";
+
 impl Hook {
     /// The WIT interface name, as a plugin author sees it in errors.
     pub fn interface(self) -> &'static str {
@@ -318,7 +321,7 @@ impl Plugin {
         let lifecycle = exports::lifecycle::GuestIndices::new(&pre).map_err(|_| {
             Invalid::new(
                 key.clone(),
-                "does not export plumeway:plugin/lifecycle@0.1.0: is it a plumeway plugin?",
+                format!("does not export {LIFECYCLE}: is it a plumeway plugin?"),
             )
         })?;
         let indices = Indices {
@@ -427,7 +430,7 @@ impl Plugin {
             .indices
             .lifecycle
             .load(&mut store, &instance)
-            .map_err(|e| started(other_shape("plumeway:plugin/lifecycle@0.1.0", e)))?;
+            .map_err(|e| started(other_shape(LIFECYCLE, e)))?;
         let hooks = self.indices.load(&mut store, &instance).map_err(started)?;
         self.arm(&mut store, std::time::Instant::now())?;
         let needs = match lifecycle.call_init(&mut store, &self.config_json) {

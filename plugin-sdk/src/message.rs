@@ -57,19 +57,18 @@ enum Head {
 
 impl Head {
     fn host() -> Self {
-        Self::Host {
-            method: OnceCell::new(),
-            path_with_query: OnceCell::new(),
-            authority: OnceCell::new(),
-            whole: OnceCell::new(),
-        }
+        Self::host_with(OnceCell::new())
     }
 
     /// The host's, with the path and query already given.
     fn with_path(path_with_query: String) -> Self {
+        Self::host_with(OnceCell::from(path_with_query))
+    }
+
+    fn host_with(path_with_query: OnceCell<String>) -> Self {
         Self::Host {
             method: OnceCell::new(),
-            path_with_query: OnceCell::from(path_with_query),
+            path_with_query,
             authority: OnceCell::new(),
             whole: OnceCell::new(),
         }
